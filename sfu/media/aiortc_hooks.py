@@ -1,0 +1,236 @@
+"""The one module that touches aiortc's private internals (aiortc pinned to 1.16.0).
+
+aiortc terminates ICE, DTLS and SRTP for us; everything after decryption is ours:
+
+* ``attach_rtp_sink`` replaces the DTLS transport's ``_handle_rtp_data`` so that each
+  decrypted RTP packet reaches the SFU as raw bytes: no ``RtpPacket`` parse, no jitter
+  buffer, no decoder thread.
+* ``hook_receiver`` replaces ``RTCRtpReceiver.receive`` so the receiver registers its
+  SSRCs for RTCP routing but never starts the decoder thread, and routes its RTCP
+  (sender reports) to the SFU.
+* ``hook_sender`` replaces ``RTCRtpSender.send`` so no encoder loop ever polls a track,
+  and routes subscriber RTCP (NACK, PLI, FIR, REMB, receiver reports) to the SFU.
+* ``rtp_writer`` returns a synchronous function that SRTP-protects a packet with the
+  subscriber's keys and writes it to the selected ICE pair's socket.
+
+``check_compatibility`` fails loudly if an aiortc upgrade moves any of these hooks.
+"""
+
+from __future__ import annotations
+
+import inspect
+import logging
+from collections.abc import Callable
+from typing import Any
+
+import aioice.ice
+from aiortc import RTCPeerConnection, RTCRtpReceiver, RTCRtpSender, RTCRtpTransceiver
+from aiortc.rtcdtlstransport import RTCDtlsTransport, State
+from aiortc.rtcrtpparameters import RTCRtpReceiveParameters, RTCRtpSendParameters
+from aiortc.rtp import AnyRtcpPacket, RtpPacket
+
+logger = logging.getLogger(__name__)
+
+AIORTC_VERSION = "1.16.0"
+
+RtcpHandler = Callable[[AnyRtcpPacket], None]
+
+
+class HookError(RuntimeError):
+    """aiortc no longer looks the way this module expects."""
+
+
+def check_compatibility() -> None:
+    """Raise HookError when aiortc's internals are not where the hooks expect them."""
+    import aiortc
+
+    if aiortc.__version__ != AIORTC_VERSION:
+        raise HookError(f"aiortc {aiortc.__version__} found, hooks written for {AIORTC_VERSION}")
+    expectations: list[tuple[Any, str]] = [
+        (RTCDtlsTransport, "_handle_rtp_data"),
+        (RTCDtlsTransport, "_handle_rtcp_data"),
+        (RTCDtlsTransport, "_register_rtp_receiver"),
+        (RTCDtlsTransport, "_unregister_rtp_receiver"),
+        (RTCDtlsTransport, "_register_rtp_sender"),
+        (RTCDtlsTransport, "_unregister_rtp_sender"),
+        (RTCDtlsTransport, "_send_rtp"),
+        (RTCRtpReceiver, "_handle_rtcp_packet"),
+        (RTCRtpReceiver, "receive"),
+        (RTCRtpSender, "_handle_rtcp_packet"),
+        (RTCRtpSender, "send"),
+        (RTCRtpTransceiver, "_codecs"),
+        (aioice.ice.Connection, "_nominated"),
+    ]
+    for owner, name in expectations:
+        present = hasattr(owner, name) or name in getattr(owner, "__annotations__", {})
+        if not present and name not in inspect.getsource(owner):
+            raise HookError(f"{owner.__name__}.{name} is gone")
+    src = inspect.getsource(RTCDtlsTransport._recv_next)
+    if "_handle_rtp_data(data, arrival_time_ms=arrival_time_ms)" not in src:
+        raise HookError("RTCDtlsTransport._recv_next no longer hands decrypted RTP to _handle_rtp_data")
+    if "self._tx_srtp.protect(data)" not in inspect.getsource(RTCDtlsTransport._send_rtp):
+        raise HookError("RTCDtlsTransport._send_rtp no longer protects with _tx_srtp")
+    if "self._rtp_router.register_sender(sender, ssrc=sender._ssrc)" not in inspect.getsource(
+        RTCDtlsTransport._register_rtp_sender
+    ):
+        raise HookError("RTCDtlsTransport._register_rtp_sender changed")
+    if not hasattr(RTCPeerConnection, "_RTCPeerConnection__createSctpTransport"):
+        raise HookError("RTCPeerConnection.__createSctpTransport is gone")
+    if "await transceiver.sender.send(" not in inspect.getsource(RTCPeerConnection):
+        raise HookError("RTCPeerConnection no longer starts senders with send()")
+
+
+def create_sctp_transport_first(pc: RTCPeerConnection) -> None:
+    """Give ``pc`` its SCTP transport before any transceiver exists, as the bundle's.
+
+    Every transceiver then bundles onto the SCTP transport's DTLS transport, and aiortc
+    offers the SCTP m-section (after the media ones) in every offer. Marked bundled, it is
+    not "replaced" by the answer's BUNDLE group: aiortc would stop the shared transport.
+    """
+    if pc.sctp is None:
+        pc._RTCPeerConnection__createSctpTransport()  # type: ignore[attr-defined]
+        pc.sctp._bundled = True  # type: ignore[union-attr]
+
+
+def attach_rtp_sink(dtls: RTCDtlsTransport, sink: Callable[[bytes], None]) -> None:
+    """Hand every decrypted RTP packet on ``dtls`` to ``sink`` as raw bytes."""
+
+    async def handle_rtp_data(data: bytes, arrival_time_ms: int) -> None:
+        try:
+            sink(data)
+        except Exception:  # a bad packet must never stop the transport's receive loop
+            logger.exception("RTP sink failed on a %d-byte packet", len(data))
+
+    dtls._handle_rtp_data = handle_rtp_data  # type: ignore[method-assign]
+
+
+def route_unknown_rtp(dtls: RTCDtlsTransport, data: bytes) -> RTCRtpReceiver | None:
+    """Ask aiortc's own router which receiver an unknown SSRC belongs to (by payload type)."""
+    try:
+        packet = RtpPacket.parse(data, dtls._rtp_header_extensions_map)
+    except ValueError:
+        return None
+    receiver = dtls._rtp_router.route_rtp(packet)
+    return receiver if isinstance(receiver, RTCRtpReceiver) else None
+
+
+def hook_receiver(
+    receiver: RTCRtpReceiver,
+    on_started: Callable[[RTCRtpReceiveParameters], None],
+    on_rtcp: RtcpHandler,
+) -> None:
+    """Make ``receiver`` a pure packet source: no decoder thread, RTCP to ``on_rtcp``."""
+    state = {"started": False}
+
+    async def receive(parameters: RTCRtpReceiveParameters) -> None:
+        if state["started"]:
+            return
+        state["started"] = True
+        receiver.transport._register_rtp_receiver(receiver, parameters)
+        on_started(parameters)
+
+    async def handle_rtcp_packet(packet: AnyRtcpPacket) -> None:
+        on_rtcp(packet)
+
+    receiver.receive = receive  # type: ignore[method-assign]
+    receiver._handle_rtcp_packet = handle_rtcp_packet  # type: ignore[method-assign]
+
+
+def unhook_receiver(receiver: RTCRtpReceiver) -> None:
+    receiver.transport._unregister_rtp_receiver(receiver)
+
+
+def hook_sender(
+    sender: RTCRtpSender,
+    on_started: Callable[[RTCRtpSendParameters], None],
+    on_rtcp: RtcpHandler,
+) -> None:
+    """Make ``sender`` a forwarding sender: no encoder loop, RTCP to ``on_rtcp``."""
+    state = {"started": False}
+
+    async def send(parameters: RTCRtpSendParameters) -> None:
+        if state["started"]:
+            return
+        state["started"] = True
+        sender.transport._register_rtp_sender(sender, parameters)
+        on_started(parameters)
+
+    async def handle_rtcp_packet(packet: AnyRtcpPacket) -> None:
+        on_rtcp(packet)
+
+    sender.send = send  # type: ignore[method-assign]
+    sender._handle_rtcp_packet = handle_rtcp_packet  # type: ignore[method-assign]
+
+
+def unhook_sender(sender: RTCRtpSender) -> None:
+    sender.transport._unregister_rtp_sender(sender)
+
+
+def sender_ssrcs(sender: RTCRtpSender) -> tuple[int, int]:
+    """The (media, RTX) SSRCs aiortc chose and announced for ``sender``."""
+    return sender._ssrc, sender._rtx_ssrc
+
+
+def set_sender_msid(sender: RTCRtpSender, stream_id: str, track_id: str) -> None:
+    """Choose the ``a=msid`` the subscriber sees for this m-section."""
+    sender._stream_id = stream_id
+    sender._track_id = track_id
+
+
+def negotiated_codecs(transceiver: RTCRtpTransceiver) -> list[Any]:
+    """The codecs agreed for ``transceiver`` by the last completed negotiation."""
+    return list(transceiver._codecs)
+
+
+def negotiated_header_extensions(transceiver: RTCRtpTransceiver) -> list[Any]:
+    return list(transceiver._headerExtensions)
+
+
+def rtp_writer(dtls: RTCDtlsTransport) -> Callable[[bytes], bool]:
+    """A synchronous writer: SRTP-protect ``data`` with the peer's keys and send it.
+
+    Skips aiortc's three nested coroutines per packet (``_send_rtp`` -> ICE ``send`` ->
+    ``sendto``); returns False when the transport is not connected.
+    """
+    connection = dtls.transport._connection
+    nominated = connection._nominated
+
+    def write(data: bytes) -> bool:
+        if dtls._state is not State.CONNECTED:
+            return False
+        pair = nominated.get(1)
+        if pair is None:
+            return False
+        srtp = dtls._tx_srtp
+        protected = srtp.protect_rtcp(data) if 192 <= data[1] <= 223 else srtp.protect(data)
+        transport = pair.protocol.transport
+        if transport is None or transport.is_closing():
+            return False
+        transport.sendto(protected, pair.remote_addr)
+        return True
+
+    return write
+
+
+async def send_rtcp(dtls: RTCDtlsTransport, data: bytes) -> None:
+    """Send a (compound) RTCP packet through aiortc's own path."""
+    try:
+        await dtls._send_rtp(data)
+    except ConnectionError:
+        pass
+
+
+
+def packet_receiver(receiver: RTCRtpReceiver, on_packet: Callable[[RtpPacket], None]) -> None:
+    """Receive encoded packets from ``receiver`` instead of decoded frames (load peers)."""
+    hook_receiver(receiver, on_started=lambda parameters: None, on_rtcp=lambda packet: None)
+
+    async def handle_rtp_packet(packet: RtpPacket, arrival_time_ms: int) -> None:
+        on_packet(packet)
+
+    receiver._handle_rtp_packet = handle_rtp_packet  # type: ignore[method-assign]
+
+
+async def request_keyframe(receiver: RTCRtpReceiver, media_ssrc: int) -> None:
+    """Send a PLI for ``media_ssrc`` from ``receiver`` (aiortc sends PLI only on decode errors)."""
+    await receiver._send_rtcp_pli(media_ssrc)

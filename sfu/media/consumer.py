@@ -1,0 +1,244 @@
+"""A Consumer is one (published track, subscriber) pair going out.
+
+It owns the rewrite state for its subscriber: SSRC, payload types negotiated with that
+subscriber, sequence-number and timestamp offsets (gaps preserved, so NACKs map back to
+the producer's cache), and the MID header extension. It starts video at a keyframe.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from aiortc.rtp import (
+    RTCP_PSFB_APP,
+    RTCP_PSFB_FIR,
+    RTCP_PSFB_PLI,
+    RTCP_RTPFB_NACK,
+    AnyRtcpPacket,
+    RtcpPsfbPacket,
+    RtcpRrPacket,
+    RtcpRtpfbPacket,
+    RtcpSenderInfo,
+    RtcpSrPacket,
+    unpack_remb_fci,
+)
+
+from . import rtp
+from .producer import CodecInfo, Producer
+from .rtp import InboundPacket
+
+logger = logging.getLogger(__name__)
+
+MID_URI = "urn:ietf:params:rtp-hdrext:sdes:mid"
+AUDIO_LEVEL_URI = "urn:ietf:params:rtp-hdrext:ssrc-audio-level"
+ABS_SEND_TIME_URI = "http://www.webrtc.org/experiments/rtp-hdrext/abs-send-time"
+
+
+@dataclass(slots=True)
+class SendStats:
+    packets: int = 0
+    octets: int = 0
+    retransmitted: int = 0
+    nacks_received: int = 0
+    plis_received: int = 0
+    remb_bitrate: int | None = None
+    fraction_lost: int = 0
+    last_seq: int | None = None
+    last_timestamp: int = 0
+    last_time: float = 0.0
+
+
+class Consumer:
+    """Forwards one producer's packets to one subscriber transport."""
+
+    def __init__(self, producer: Producer, write: Callable[[bytes], bool], ssrc: int, rtx_ssrc: int) -> None:
+        self.producer = producer
+        self.kind = producer.kind
+        self.ssrc = ssrc
+        self.rtx_ssrc = rtx_ssrc
+        self.stats = SendStats()
+        self.paused = True  # until the subscriber's transport and answer are ready
+        self._write = write
+        self._pt_map: dict[int, int] = {}
+        self._rtx_pt: int | None = None
+        self._rtx_seq = random.randint(0, 0x7FFF)
+        self._mid_element = b""
+        self._audio_level_id = 0
+        self._abs_send_time_id = 0
+        self._clock_rate = 90000 if self.kind == "video" else 48000
+        self._needs_keyframe = self.kind == "video"
+        self._seq_offset: int | None = None
+        self._ts_offset = 0
+        self._start_seq = 0
+        self._next_seq = random.randint(0, 0x7FFF)
+        self._next_ts = random.randint(0, 0xFFFFFFFF)
+        self._attached = False
+
+    # --- negotiation -------------------------------------------------------------------
+
+    def configure(self, codecs: list[CodecInfo], rtx_apt: dict[int, int], header_extensions: list[object], mid: str | None) -> bool:
+        """Map the producer's payload types onto the subscriber's; False if none match."""
+        by_key = {c.key: c for c in codecs}
+        pt_map: dict[int, int] = {}
+        for pt, codec in self.producer.codecs.items():
+            mine = by_key.get(codec.key)
+            if mine is not None:
+                pt_map[pt] = mine.payload_type
+                self._clock_rate = mine.clock_rate
+        self._pt_map = pt_map
+        primary = next(iter(pt_map.values()), None)
+        self._rtx_pt = next((rtx for rtx, apt in rtx_apt.items() if apt == primary), None)
+        ids = {getattr(e, "uri"): getattr(e, "id") for e in header_extensions}
+        mid_id = ids.get(MID_URI, 0)
+        self._mid_element = rtp.one_byte_element(mid_id, mid.encode()) if mid_id and mid else b""
+        self._audio_level_id = ids.get(AUDIO_LEVEL_URI, 0) if self.kind == "audio" else 0
+        self._abs_send_time_id = ids.get(ABS_SEND_TIME_URI, 0) if self.kind == "video" else 0
+        return bool(pt_map)
+
+    def attach(self) -> None:
+        """Start forwarding (the subscriber's sender is up)."""
+        self.paused = False
+        if not self._attached:
+            self._attached = True
+            self.producer.add_consumer(self)
+        self._restart()
+
+    def pause(self) -> None:
+        self.paused = True
+
+    def resume(self) -> None:
+        if self.paused and self._attached:
+            self.paused = False
+            self._restart()
+
+    def detach(self) -> None:
+        self.paused = True
+        if self._attached:
+            self._attached = False
+            self.producer.remove_consumer(self)
+
+    def _restart(self) -> None:
+        """Continue the outgoing stream from the next keyframe, without a sequence jump."""
+        self._seq_offset = None
+        self._needs_keyframe = self.kind == "video"
+        if self._needs_keyframe:
+            self.producer.request_keyframe()
+
+    # --- the per-packet path -----------------------------------------------------------
+
+    def forward(self, packet: InboundPacket, abs_send_time: int) -> None:
+        if self.paused:
+            return
+        offset = self._seq_offset
+        if offset is None:
+            if self._needs_keyframe and not packet.keyframe:
+                return
+            self._begin(packet)
+            offset = self._seq_offset
+            assert offset is not None
+        elif ((packet.sequence_number - self._start_seq) & 0xFFFF) >= 0x8000:
+            return  # older than where this subscriber's stream began
+        out_pt = self._pt_map.get(packet.payload_type)
+        if out_pt is None:
+            return
+        seq = (packet.sequence_number + offset) & 0xFFFF
+        ts = (packet.timestamp + self._ts_offset) & 0xFFFFFFFF
+        data = self._build(packet, out_pt, seq, ts, self.ssrc, abs_send_time, b"")
+        if self._write(data):
+            stats = self.stats
+            stats.packets += 1
+            stats.octets += len(packet.payload)
+            if stats.last_seq is None or rtp.seq_newer(seq, stats.last_seq):
+                stats.last_seq = seq
+                stats.last_timestamp = ts
+                stats.last_time = time.time()
+
+    def _begin(self, packet: InboundPacket) -> None:
+        stats = self.stats
+        if stats.last_seq is not None:
+            self._next_seq = (stats.last_seq + 1) & 0xFFFF
+            elapsed = max(0.0, time.time() - stats.last_time)
+            self._next_ts = (stats.last_timestamp + int(elapsed * self._clock_rate) + 1) & 0xFFFFFFFF
+        self._seq_offset = (self._next_seq - packet.sequence_number) & 0xFFFF
+        self._ts_offset = (self._next_ts - packet.timestamp) & 0xFFFFFFFF
+        self._start_seq = packet.sequence_number
+        self._needs_keyframe = False
+
+    def _build(self, packet: InboundPacket, pt: int, seq: int, ts: int, ssrc: int, abs_send_time: int, prefix: bytes) -> bytes:
+        elements = self._mid_element
+        if self._audio_level_id and packet.audio_level is not None:
+            elements += bytes(((self._audio_level_id << 4), packet.audio_level))
+        if self._abs_send_time_id:
+            elements += bytes(((self._abs_send_time_id << 4) | 2,)) + abs_send_time.to_bytes(3, "big")
+        head = rtp.header(packet.marker, pt, seq, ts, ssrc, packet.padding, bool(elements))
+        if elements:
+            return head + rtp.extension_block(elements) + prefix + packet.payload
+        return head + prefix + packet.payload
+
+    # --- RTCP from the subscriber ------------------------------------------------------
+
+    def on_rtcp(self, packet: AnyRtcpPacket) -> None:
+        if isinstance(packet, RtcpRtpfbPacket) and packet.fmt == RTCP_RTPFB_NACK:
+            self.stats.nacks_received += 1
+            self._retransmit(packet.lost)
+        elif isinstance(packet, RtcpPsfbPacket):
+            if packet.fmt in (RTCP_PSFB_PLI, RTCP_PSFB_FIR):
+                self.stats.plis_received += 1
+                self.producer.request_keyframe()
+            elif packet.fmt == RTCP_PSFB_APP:
+                try:
+                    bitrate, ssrcs = unpack_remb_fci(packet.fci)
+                except ValueError:
+                    return
+                if self.ssrc in ssrcs:
+                    self.stats.remb_bitrate = bitrate
+        elif isinstance(packet, (RtcpRrPacket, RtcpSrPacket)):
+            for report in packet.reports:
+                if report.ssrc == self.ssrc:
+                    self.stats.fraction_lost = report.fraction_lost
+
+    def _retransmit(self, lost: list[int]) -> None:
+        offset = self._seq_offset
+        if offset is None or self.paused:
+            return
+        abs_send_time = int(time.time() * 262144) & 0xFFFFFF
+        for seq in lost[:256]:
+            packet = self.producer.cached((seq - offset) & 0xFFFF)
+            if packet is None:
+                continue
+            pt = self._pt_map.get(packet.payload_type)
+            if pt is None:
+                continue
+            ts = (packet.timestamp + self._ts_offset) & 0xFFFFFFFF
+            if self._rtx_pt is not None:
+                data = self._build(packet, self._rtx_pt, self._rtx_seq, ts, self.rtx_ssrc, abs_send_time, seq.to_bytes(2, "big"))
+                self._rtx_seq = (self._rtx_seq + 1) & 0xFFFF
+            else:
+                data = self._build(packet, pt, seq, ts, self.ssrc, abs_send_time, b"")
+            if self._write(data):
+                self.stats.retransmitted += 1
+
+    # --- RTCP to the subscriber --------------------------------------------------------
+
+    def sender_report(self) -> RtcpSrPacket | None:
+        """An SR that maps our timestamps onto the publisher's NTP clock (keeps lip sync)."""
+        stats = self.stats
+        source = self.producer.stats
+        if stats.packets == 0 or self._seq_offset is None or source.sr_ntp is None:
+            return None
+        elapsed = time.time() - source.sr_arrival
+        ntp = source.sr_ntp_full + int(elapsed * (1 << 32))
+        rtp_ts = (source.sr_rtp + self._ts_offset + int(elapsed * self._clock_rate)) & 0xFFFFFFFF
+        return RtcpSrPacket(
+            ssrc=self.ssrc,
+            sender_info=RtcpSenderInfo(
+                ntp_timestamp=ntp & 0xFFFFFFFFFFFFFFFF,
+                rtp_timestamp=rtp_ts,
+                packet_count=stats.packets & 0xFFFFFFFF,
+                octet_count=stats.octets & 0xFFFFFFFF,
+            ),
+        )

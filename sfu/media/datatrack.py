@@ -1,0 +1,135 @@
+"""Data tracks: messages on a publisher's data channel relayed to each subscriber's channel.
+
+A DataProducer wraps the channel the publisher opened; a DataConsumer wraps the channel
+the SFU opened towards one subscriber with the publisher's ordered / reliable settings.
+Backpressure: each consumer writes to SCTP only while its ``bufferedAmount`` is under a
+high-water mark, and otherwise holds messages in a bounded queue drained on
+``bufferedamountlow``. When that queue is full, an unreliable track drops its oldest
+message (its contract allows loss); a reliable track cannot drop without breaking its
+guarantee, so that subscriber's channel is closed and the subscriber is told.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from aiortc import RTCDataChannel
+
+logger = logging.getLogger(__name__)
+
+MAX_MESSAGE_SIZE = 256 * 1024
+
+
+@dataclass(frozen=True, slots=True)
+class DataTrackOptions:
+    ordered: bool = True
+    max_packet_life_time: int | None = None
+    max_retransmits: int | None = None
+
+    @property
+    def reliable(self) -> bool:
+        return self.max_packet_life_time is None and self.max_retransmits is None
+
+
+class DataConsumer:
+    """One subscriber's copy of a data track."""
+
+    def __init__(
+        self,
+        channel: RTCDataChannel,
+        options: DataTrackOptions,
+        high_water_mark: int = 1 << 20,
+        max_queued: int = 1024,
+        on_overflow: Callable[["DataConsumer"], None] | None = None,
+    ) -> None:
+        self.channel = channel
+        self.options = options
+        self.sent = 0
+        self.dropped = 0
+        self._queue: deque[str | bytes] = deque()
+        self._high_water_mark = high_water_mark
+        self._max_queued = max_queued
+        self._on_overflow = on_overflow
+        self.closed = False
+        channel.bufferedAmountLowThreshold = high_water_mark // 2
+        channel.on("bufferedamountlow", self._drain)
+        channel.on("open", self._drain)
+
+    def send(self, message: str | bytes) -> None:
+        if self.closed:
+            return
+        if not self._queue and self._writable():
+            self._write(message)
+            return
+        if len(self._queue) >= self._max_queued:
+            if self.options.reliable:
+                logger.warning("data subscriber too slow for reliable track %s: closing its channel", self.channel.label)
+                self.close()
+                if self._on_overflow is not None:
+                    self._on_overflow(self)
+                return
+            self._queue.popleft()
+            self.dropped += 1
+        self._queue.append(message)
+
+    def _writable(self) -> bool:
+        return self.channel.readyState == "open" and self.channel.bufferedAmount < self._high_water_mark
+
+    def _write(self, message: str | bytes) -> None:
+        self.channel.send(message)
+        self.sent += 1
+
+    def _drain(self) -> None:
+        while self._queue and self._writable():
+            self._write(self._queue.popleft())
+
+    @property
+    def queued(self) -> int:
+        return len(self._queue)
+
+    def close(self) -> None:
+        if self.closed:
+            return
+        self.closed = True
+        self._queue.clear()
+        if self.channel.readyState in ("connecting", "open"):
+            self.channel.close()
+
+
+class DataProducer:
+    """The publisher's channel for one data track."""
+
+    def __init__(self, track_sid: str, channel: RTCDataChannel) -> None:
+        self.track_sid = track_sid
+        self.channel = channel
+        self.options = DataTrackOptions(
+            ordered=channel.ordered,
+            max_packet_life_time=channel.maxPacketLifeTime,
+            max_retransmits=channel.maxRetransmits,
+        )
+        self.consumers: list[DataConsumer] = []
+        self.received = 0
+        channel.on("message", self._on_message)
+
+    def _on_message(self, message: str | bytes) -> None:
+        if len(message) > MAX_MESSAGE_SIZE:
+            logger.warning("dropping a %d-byte message on data track %s", len(message), self.track_sid)
+            return
+        self.received += 1
+        for consumer in self.consumers:
+            consumer.send(message)
+
+    def add_consumer(self, consumer: DataConsumer) -> None:
+        self.consumers = [*self.consumers, consumer]
+
+    def remove_consumer(self, consumer: DataConsumer) -> None:
+        self.consumers = [c for c in self.consumers if c is not consumer]
+        consumer.close()
+
+    def close(self) -> None:
+        for consumer in self.consumers:
+            consumer.close()
+        self.consumers = []

@@ -1,0 +1,471 @@
+"""A Peer is the SFU's end of one participant's peer connection.
+
+One aiortc ``RTCPeerConnection`` per participant (max-bundle, rtcp-mux). The SFU is always
+the offerer: publishing adds a ``recvonly`` m-section, subscribing a ``sendonly`` one, and
+one offer at a time is outstanding (requests made meanwhile are coalesced into the next
+offer), so there is never glare and aiortc's missing rollback does not matter. The first
+offer always carries an SCTP m-section, so data channels open without renegotiation.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import re
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Literal
+
+from aiortc import (
+    RTCConfiguration,
+    RTCDataChannel,
+    RTCIceServer,
+    RTCPeerConnection,
+    RTCRtpSender,
+    RTCRtpTransceiver,
+    RTCSessionDescription,
+)
+from aiortc.rtcconfiguration import RTCBundlePolicy
+from aiortc.rtcdtlstransport import RTCDtlsTransport
+from aiortc.rtcrtpparameters import RTCRtpReceiveParameters, RTCRtpSendParameters
+from aiortc.rtp import (
+    RTCP_PSFB_APP,
+    RTCP_PSFB_PLI,
+    RTCP_RTPFB_NACK,
+    AnyRtcpPacket,
+    RtcpPsfbPacket,
+    RtcpReceiverInfo,
+    RtcpRrPacket,
+    RtcpRtpfbPacket,
+    RtcpSrPacket,
+    pack_remb_fci,
+)
+from aiortc.sdp import candidate_from_sdp
+from pyee.asyncio import AsyncIOEventEmitter
+
+from . import aiortc_hooks as hooks
+from .codecs import codec_key
+from .consumer import AUDIO_LEVEL_URI, MID_URI, Consumer
+from .datatrack import DataTrackOptions
+from .producer import Producer, codec_infos
+
+logger = logging.getLogger(__name__)
+
+Role = Literal["publish", "subscribe"]
+
+
+class NegotiationError(Exception):
+    """The remote description could not be applied."""
+
+    def __init__(self, code: int, message: str) -> None:
+        super().__init__(message)
+        self.code = code
+        self.message = message
+
+
+@dataclass
+class MediaConfig:
+    """Media-plane settings of a server."""
+
+    ice_servers: list[RTCIceServer] = field(default_factory=list)
+    announced_address: str | None = None
+    retransmission_cache: int = 512
+    keyframe_interval: float = 0.5
+    negotiation_timeout: float = 30.0
+    max_video_bitrate: int = 2_500_000
+    data_high_water_mark: int = 1 << 20
+    data_max_queued: int = 1024
+    rtcp_interval: float = 1.0
+
+
+@dataclass(frozen=True)
+class MediaSection:
+    mid: str
+    kind: str
+    role: Role
+    track_sid: str
+
+
+@dataclass(frozen=True)
+class Offer:
+    sdp: str
+    revision: int
+    sections: list[MediaSection]
+
+
+class Peer(AsyncIOEventEmitter):
+    """Events: ``offer`` (Offer), ``publication_ready`` (Producer), ``subscription_ready``
+    (Consumer), ``datachannel`` (RTCDataChannel), ``failed`` (reason str)."""
+
+    def __init__(self, name: str, config: MediaConfig) -> None:
+        super().__init__()
+        self.name = name
+        self.config = config
+        self.pc = RTCPeerConnection(
+            RTCConfiguration(
+                iceServers=list(config.ice_servers),
+                bundlePolicy=RTCBundlePolicy.MAX_BUNDLE,
+            )
+        )
+        hooks.create_sctp_transport_first(self.pc)
+        self.revision = 0
+        self.closed = False
+        self._publications: dict[RTCRtpTransceiver, Producer] = {}
+        self._subscriptions: dict[RTCRtpTransceiver, Consumer] = {}
+        self._sections: dict[RTCRtpTransceiver, tuple[Role, str]] = {}
+        self._by_ssrc: dict[int, Producer] = {}
+        self._writers: dict[int, Callable[[bytes], bool]] = {}
+        self._sinks: set[int] = set()
+        self._negotiation_needed = False
+        self._negotiation_task: asyncio.Task[None] | None = None
+        self._pending_answer: tuple[int, asyncio.Future[None]] | None = None
+        self._rtcp_task: asyncio.Task[None] | None = None
+        self.pc.on("connectionstatechange", self._on_connection_state)
+        self.pc.on("datachannel", lambda channel: self.emit("datachannel", channel))
+
+    # --- publishing --------------------------------------------------------------------
+
+    def add_publication(self, track_sid: str, kind: str) -> Producer:
+        transceiver = self.pc.addTransceiver(kind, direction="recvonly")
+        rtcp_ssrc = hooks.sender_ssrcs(transceiver.sender)[0]
+        producer = Producer(
+            track_sid,
+            kind,
+            send_pli=lambda ssrc: self._send_rtcp(
+                transceiver, bytes(RtcpPsfbPacket(fmt=RTCP_PSFB_PLI, ssrc=rtcp_ssrc, media_ssrc=ssrc))
+            ),
+            send_nack=lambda ssrc, lost: self._send_nack(transceiver, rtcp_ssrc, ssrc, lost),
+            cache_size=self.config.retransmission_cache,
+            keyframe_interval=self.config.keyframe_interval,
+        )
+        hooks.hook_receiver(
+            transceiver.receiver,
+            on_started=lambda params: self._publication_started(transceiver, producer, params),
+            on_rtcp=lambda packet: self._publisher_rtcp(producer, packet),
+        )
+        self._publications[transceiver] = producer
+        self._sections[transceiver] = ("publish", track_sid)
+        self.request_negotiation()
+        return producer
+
+    def remove_publication(self, producer: Producer) -> None:
+        for transceiver, p in list(self._publications.items()):
+            if p is producer:
+                del self._publications[transceiver]
+                self._sections.pop(transceiver, None)
+                transceiver.direction = "inactive"
+                hooks.unhook_receiver(transceiver.receiver)
+                self.request_negotiation()
+        for ssrc in [s for s, p in self._by_ssrc.items() if p is producer]:
+            del self._by_ssrc[ssrc]
+        producer.close()
+
+    def _publication_started(self, transceiver: RTCRtpTransceiver, producer: Producer, params: RTCRtpReceiveParameters) -> None:
+        self._configure_producer(transceiver, producer, params)
+        for encoding in params.encodings:
+            producer.set_ssrcs(encoding.ssrc, encoding.rtx.ssrc if encoding.rtx else None)
+        for ssrc in (producer.ssrc, producer.rtx_ssrc):
+            if ssrc is not None:
+                self._by_ssrc[ssrc] = producer
+        transport = transceiver.receiver.transport
+        if id(transport) not in self._sinks:
+            self._sinks.add(id(transport))
+            hooks.attach_rtp_sink(transport, lambda data: self._on_rtp(transport, data))
+        self._ensure_rtcp_loop()
+        self.emit("publication_ready", producer)
+
+    def _configure_producer(self, transceiver: RTCRtpTransceiver, producer: Producer, params: RTCRtpReceiveParameters | None = None) -> None:
+        codecs = params.codecs if params is not None else hooks.negotiated_codecs(transceiver)
+        extensions = params.headerExtensions if params is not None else hooks.negotiated_header_extensions(transceiver)
+        media, rtx = codec_infos(codecs)
+        ids = {e.uri: e.id for e in extensions}
+        nack = any(fb.type == "nack" and not fb.parameter for c in codecs for fb in (c.rtcpFeedback or []))
+        producer.remb = any(fb.type == "goog-remb" for c in codecs for fb in (c.rtcpFeedback or []))  # type: ignore[attr-defined]
+        producer.configure(media, rtx, ids.get(AUDIO_LEVEL_URI, 0), ids.get(MID_URI, 0), nack)
+
+    def _on_rtp(self, transport: RTCDtlsTransport, data: bytes) -> None:
+        if len(data) < 12:
+            return
+        producer = self._by_ssrc.get(int.from_bytes(data[8:12], "big"))
+        if producer is None:
+            producer = self._learn_ssrc(transport, data)
+            if producer is None:
+                return
+        producer.on_rtp(data)
+
+    def _learn_ssrc(self, transport: RTCDtlsTransport, data: bytes) -> Producer | None:
+        """Map an SSRC the SDP did not announce to its producer, by MID or payload type."""
+        from . import rtp
+
+        ssrc = int.from_bytes(data[8:12], "big")
+        producer: Producer | None = None
+        mid_id = next((p.mid_id for p in self._publications.values() if p.mid_id), 0)
+        try:
+            packet, mid = rtp.parse(data, 0, mid_id)
+        except rtp.MalformedRtp:
+            return None
+        if mid is not None:
+            for transceiver, p in self._publications.items():
+                if transceiver.mid == mid.decode(errors="replace"):
+                    producer = p
+        if producer is None:
+            receiver = hooks.route_unknown_rtp(transport, data)
+            producer = next((p for t, p in self._publications.items() if t.receiver is receiver), None)
+        if producer is None:
+            return None
+        if packet.payload_type in producer.rtx_apt:
+            old = producer.rtx_ssrc
+            producer.rtx_ssrc = ssrc
+        else:
+            old = producer.ssrc
+            producer.ssrc = ssrc
+        if old is not None and self._by_ssrc.get(old) is producer:
+            del self._by_ssrc[old]
+        self._by_ssrc[ssrc] = producer
+        return producer
+
+    def _publisher_rtcp(self, producer: Producer, packet: AnyRtcpPacket) -> None:
+        if isinstance(packet, RtcpSrPacket) and packet.ssrc == producer.ssrc:
+            producer.on_sender_report(packet.sender_info.ntp_timestamp, packet.sender_info.rtp_timestamp)
+
+    def _send_nack(self, transceiver: RTCRtpTransceiver, rtcp_ssrc: int, media_ssrc: int, lost: list[int]) -> None:
+        packet = RtcpRtpfbPacket(fmt=RTCP_RTPFB_NACK, ssrc=rtcp_ssrc, media_ssrc=media_ssrc)
+        packet.lost = lost
+        self._send_rtcp(transceiver, bytes(packet))
+
+    # --- subscribing -------------------------------------------------------------------
+
+    def add_subscription(self, producer: Producer, stream_id: str) -> Consumer:
+        transceiver = self.pc.addTransceiver(producer.kind, direction="sendonly")
+        transceiver.setCodecPreferences(self._codec_preferences(producer))
+        hooks.set_sender_msid(transceiver.sender, stream_id, producer.track_sid)
+        ssrc, rtx_ssrc = hooks.sender_ssrcs(transceiver.sender)
+        consumer = Consumer(producer, lambda data: False, ssrc, rtx_ssrc)
+        hooks.hook_sender(
+            transceiver.sender,
+            on_started=lambda params: self._subscription_started(transceiver, consumer, params),
+            on_rtcp=consumer.on_rtcp,
+        )
+        self._subscriptions[transceiver] = consumer
+        self._sections[transceiver] = ("subscribe", producer.track_sid)
+        self.request_negotiation()
+        return consumer
+
+    def remove_subscription(self, consumer: Consumer) -> None:
+        consumer.detach()
+        for transceiver, c in list(self._subscriptions.items()):
+            if c is consumer:
+                del self._subscriptions[transceiver]
+                self._sections.pop(transceiver, None)
+                transceiver.direction = "inactive"
+                hooks.unhook_sender(transceiver.sender)
+                self.request_negotiation()
+
+    @staticmethod
+    def _codec_preferences(producer: Producer) -> list[object]:
+        keys = {c.key for c in producer.codecs.values()}
+        capabilities = RTCRtpSender.getCapabilities(producer.kind).codecs
+        preferred = [c for c in capabilities if codec_key(c.mimeType, dict(c.parameters)) in keys]
+        preferred += [c for c in capabilities if c.mimeType.lower().endswith("/rtx")]
+        return preferred
+
+    def _subscription_started(self, transceiver: RTCRtpTransceiver, consumer: Consumer, params: RTCRtpSendParameters) -> None:
+        consumer._write = self._writer(transceiver.sender.transport)
+        media, rtx = codec_infos(params.codecs)
+        if not consumer.configure(media, rtx, params.headerExtensions, params.muxId):
+            logger.warning("%s: no common codec to forward track %s", self.name, consumer.producer.track_sid)
+            return
+        consumer.attach()
+        self._ensure_rtcp_loop()
+        self.emit("subscription_ready", consumer)
+
+    # --- data channels -----------------------------------------------------------------
+
+    def create_data_channel(self, label: str, options: DataTrackOptions) -> RTCDataChannel:
+        return self.pc.createDataChannel(
+            label,
+            ordered=options.ordered,
+            maxPacketLifeTime=options.max_packet_life_time,
+            maxRetransmits=options.max_retransmits,
+        )
+
+    # --- negotiation -------------------------------------------------------------------
+
+    def request_negotiation(self) -> None:
+        if self.closed:
+            return
+        self._negotiation_needed = True
+        if self._negotiation_task is None or self._negotiation_task.done():
+            self._negotiation_task = asyncio.create_task(self._negotiate())
+
+    @property
+    def negotiating(self) -> bool:
+        return self._pending_answer is not None
+
+    async def _negotiate(self) -> None:
+        while self._negotiation_needed and not self.closed:
+            self._negotiation_needed = False
+            offer = await self.pc.createOffer()
+            await self.pc.setLocalDescription(offer)
+            if self.closed:
+                return
+            self.revision += 1
+            waiter: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+            self._pending_answer = (self.revision, waiter)
+            self.emit("offer", Offer(self._announce(self.pc.localDescription.sdp), self.revision, self.sections()))
+            try:
+                await asyncio.wait_for(waiter, self.config.negotiation_timeout)
+            except asyncio.TimeoutError:
+                logger.warning("%s: no answer to offer %d", self.name, self.revision)
+                self.emit("failed", "negotiation timed out")
+                return
+            finally:
+                self._pending_answer = None
+
+    def sections(self) -> list[MediaSection]:
+        return [
+            MediaSection(t.mid, t.kind, role, sid)
+            for t, (role, sid) in self._sections.items()
+            if t.mid is not None
+        ]
+
+    async def apply_answer(self, sdp: str, revision: int) -> None:
+        pending = self._pending_answer
+        if pending is None or pending[0] != revision:
+            raise NegotiationError(53000, f"no offer with revision {revision} is waiting for an answer")
+        try:
+            await self.pc.setRemoteDescription(RTCSessionDescription(sdp=sdp, type="answer"))
+        except Exception as exc:  # aiortc raises ValueError, OperationError, InvalidStateError...
+            raise NegotiationError(53403, f"unable to apply the answer: {exc}") from None
+        for transceiver, consumer in self._subscriptions.items():
+            if consumer._attached:
+                media, rtx = codec_infos(hooks.negotiated_codecs(transceiver))
+                consumer.configure(media, rtx, hooks.negotiated_header_extensions(transceiver), transceiver.mid)
+        for transceiver, producer in self._publications.items():
+            if producer.codecs:
+                self._configure_producer(transceiver, producer)
+        if not pending[1].done():
+            pending[1].set_result(None)
+
+    async def add_ice_candidate(self, candidate: str | None, sdp_mid: str | None, sdp_mline_index: int | None) -> None:
+        if not candidate:
+            return  # end of candidates: aiortc needs no signal
+        text = candidate.split(":", 1)[1] if candidate.startswith("candidate:") else candidate
+        try:
+            parsed = candidate_from_sdp(text)
+        except (ValueError, IndexError) as exc:
+            raise NegotiationError(53000, f"malformed ICE candidate: {exc}") from None
+        parsed.sdpMid = sdp_mid
+        parsed.sdpMLineIndex = sdp_mline_index
+        if sdp_mid is None and sdp_mline_index is None:
+            parsed.sdpMLineIndex = 0
+        try:
+            await self.pc.addIceCandidate(parsed)
+        except Exception as exc:
+            raise NegotiationError(53000, f"unable to add ICE candidate: {exc}") from None
+
+    def _announce(self, sdp: str) -> str:
+        """Replace host candidate addresses with the operator's announced address."""
+        address = self.config.announced_address
+        if not address:
+            return sdp
+        return re.sub(
+            r"^(a=candidate:\S+ \d+ \S+ \d+ )(\S+)( \d+ typ host)",
+            lambda m: m.group(1) + address + m.group(3),
+            sdp,
+            flags=re.MULTILINE,
+        )
+
+    # --- RTCP --------------------------------------------------------------------------
+
+    def _writer(self, transport: RTCDtlsTransport) -> Callable[[bytes], bool]:
+        writer = self._writers.get(id(transport))
+        if writer is None:
+            writer = self._writers[id(transport)] = hooks.rtp_writer(transport)
+        return writer
+
+    def _send_rtcp(self, transceiver: RTCRtpTransceiver, data: bytes) -> None:
+        self._writer(transceiver.receiver.transport)(data)
+
+    def _ensure_rtcp_loop(self) -> None:
+        if self._rtcp_task is None and not self.closed:
+            self._rtcp_task = asyncio.create_task(self._rtcp_loop())
+
+    async def _rtcp_loop(self) -> None:
+        """Sender reports to the subscriber, receiver reports and REMB to the publisher."""
+        while not self.closed:
+            await asyncio.sleep(self.config.rtcp_interval)
+            try:
+                self._send_reports()
+            except Exception:
+                logger.exception("%s: RTCP report failed", self.name)
+
+    def _send_reports(self) -> None:
+        for transceiver, consumer in list(self._subscriptions.items()):
+            report = consumer.sender_report()
+            if report is not None:
+                self._writer(transceiver.sender.transport)(bytes(report))
+        for transceiver, producer in list(self._publications.items()):
+            if producer.ssrc is None or producer.stats.base_seq is None:
+                continue
+            rtcp_ssrc = hooks.sender_ssrcs(transceiver.sender)[0]
+            stats = producer.stats
+            expected = stats.expected()
+            interval_expected = expected - stats.expected_prior
+            interval_lost = interval_expected - (stats.packets - stats.received_prior)
+            stats.expected_prior, stats.received_prior = expected, stats.packets
+            fraction = (interval_lost << 8) // interval_expected if interval_expected > 0 and interval_lost > 0 else 0
+            lost = max(-0x800000, min(0x7FFFFF, expected - stats.packets))
+            data = bytes(
+                RtcpRrPacket(
+                    ssrc=rtcp_ssrc,
+                    reports=[
+                        RtcpReceiverInfo(
+                            ssrc=producer.ssrc,
+                            fraction_lost=min(fraction, 255),
+                            packets_lost=lost,
+                            highest_sequence=(stats.cycles + stats.max_seq) & 0xFFFFFFFF,
+                            jitter=0,
+                            lsr=stats.sr_ntp or 0,
+                            dlsr=0,
+                        )
+                    ],
+                )
+            )
+            if producer.kind == "video" and getattr(producer, "remb", False):
+                data += bytes(
+                    RtcpPsfbPacket(
+                        fmt=RTCP_PSFB_APP, ssrc=rtcp_ssrc, media_ssrc=0, fci=pack_remb_fci(self._upstream_bitrate(producer), [producer.ssrc])
+                    )
+                )
+            self._send_rtcp(transceiver, data)
+
+    def _upstream_bitrate(self, producer: Producer) -> int:
+        cap = self.config.max_video_bitrate
+        estimates = [c.stats.remb_bitrate for c in producer.consumers if c.stats.remb_bitrate]
+        return max(100_000, min([cap, *estimates]))
+
+    # --- lifecycle ---------------------------------------------------------------------
+
+    def _on_connection_state(self) -> None:
+        state = self.pc.connectionState
+        logger.info("%s: peer connection %s", self.name, state)
+        if state == "failed":
+            self.emit("failed", "peer connection failed")
+
+    async def close(self) -> None:
+        if self.closed:
+            return
+        self.closed = True
+        for task in (self._negotiation_task, self._rtcp_task):
+            if task is not None and not task.done():
+                task.cancel()
+        if self._pending_answer is not None and not self._pending_answer[1].done():
+            self._pending_answer[1].cancel()
+        for consumer in self._subscriptions.values():
+            consumer.detach()
+        for producer in self._publications.values():
+            producer.close()
+        self._subscriptions.clear()
+        self._publications.clear()
+        await self.pc.close()

@@ -1,0 +1,257 @@
+"""A Producer is one audio or video track as it arrives from its publisher.
+
+It parses each decrypted packet once, unwraps RTX, keeps a retransmission cache shared
+by all its consumers, asks the publisher for lost packets (NACK) and keyframes (PLI),
+and hands the packet to every consumer. It never decodes.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
+
+from . import rtp
+from .codecs import KeyframeProbe, codec_key, keyframe_probe
+from .keyframes import KeyframeRequester
+from .rtp import InboundPacket
+
+if TYPE_CHECKING:
+    from .consumer import Consumer
+
+logger = logging.getLogger(__name__)
+
+MAX_NACK_BATCH = 64
+
+
+@dataclass(frozen=True, slots=True)
+class CodecInfo:
+    """A payload type as negotiated with one peer."""
+
+    payload_type: int
+    mime_type: str
+    clock_rate: int
+    key: tuple[str, ...]
+    parameters: dict[str, object] = field(default_factory=dict, compare=False, hash=False)
+
+
+@dataclass(slots=True)
+class ReceiveStats:
+    """What an RTCP receiver report to the publisher needs (RFC 3550 A.3)."""
+
+    packets: int = 0
+    octets: int = 0
+    base_seq: int | None = None
+    max_seq: int = 0
+    cycles: int = 0
+    expected_prior: int = 0
+    received_prior: int = 0
+    lost_detected: int = 0
+    sr_ntp: int | None = None  # middle 32 bits of the last SR's NTP time
+    sr_ntp_full: int = 0
+    sr_rtp: int = 0
+    sr_arrival: float = 0.0
+
+    def expected(self) -> int:
+        if self.base_seq is None:
+            return 0
+        return self.cycles + self.max_seq - self.base_seq + 1
+
+
+class Producer:
+    """Receives one publisher track and fans its packets out to consumers."""
+
+    def __init__(
+        self,
+        track_sid: str,
+        kind: str,
+        send_pli: Callable[[int], None],
+        send_nack: Callable[[int, list[int]], None],
+        cache_size: int = 512,
+        keyframe_interval: float = 0.5,
+    ) -> None:
+        self.track_sid = track_sid
+        self.kind = kind
+        self.ssrc: int | None = None
+        self.rtx_ssrc: int | None = None
+        self.codecs: dict[int, CodecInfo] = {}
+        self.rtx_apt: dict[int, int] = {}
+        self.audio_level_id = 0
+        self.mid_id = 0
+        self.nack_enabled = False
+        self.consumers: list["Consumer"] = []
+        self.stats = ReceiveStats()
+        self.enabled = True
+        self._send_nack = send_nack
+        self._send_pli = send_pli
+        self._probes: dict[int, KeyframeProbe] = {}
+        self._cache_size = cache_size if kind == "video" else 0
+        self._cache: list[InboundPacket | None] = [None] * self._cache_size
+        self._keyframes = KeyframeRequester(self._pli_now, keyframe_interval)
+        self.closed = False
+
+    # --- negotiation -------------------------------------------------------------------
+
+    def configure(
+        self,
+        codecs: list[CodecInfo],
+        rtx_apt: dict[int, int],
+        audio_level_id: int,
+        mid_id: int,
+        nack_enabled: bool,
+    ) -> None:
+        self.codecs = {c.payload_type: c for c in codecs}
+        self.rtx_apt = dict(rtx_apt)
+        self.audio_level_id = audio_level_id
+        self.mid_id = mid_id
+        self.nack_enabled = nack_enabled and self.kind == "video"
+        self._probes = {}
+        for c in codecs:
+            probe = keyframe_probe(c.mime_type)
+            if probe is not None:
+                self._probes[c.payload_type] = probe
+
+    def set_ssrcs(self, ssrc: int | None, rtx_ssrc: int | None) -> None:
+        if ssrc is not None:
+            self.ssrc = ssrc
+        if rtx_ssrc is not None:
+            self.rtx_ssrc = rtx_ssrc
+
+    @property
+    def primary_codec(self) -> CodecInfo | None:
+        return next(iter(self.codecs.values()), None)
+
+    # --- the per-packet path -----------------------------------------------------------
+
+    def on_rtp(self, data: bytes) -> None:
+        """Handle one decrypted packet from the publisher."""
+        try:
+            packet, _ = rtp.parse(data, self.audio_level_id)
+        except rtp.MalformedRtp:
+            return
+        if packet.ssrc != self.ssrc:
+            if packet.ssrc == self.rtx_ssrc or packet.payload_type in self.rtx_apt:
+                unwrapped = self._unwrap_rtx(packet)
+                if unwrapped is None:
+                    return
+                packet = unwrapped
+            elif self.ssrc is None:
+                self.ssrc = packet.ssrc
+            else:
+                return  # a stray SSRC (e.g. a stale stream after renegotiation)
+        elif packet.payload_type in self.rtx_apt:
+            return
+        if packet.payload_type not in self.codecs:
+            return
+        cache = self._cache
+        if cache:
+            slot = packet.sequence_number % self._cache_size
+            cached = cache[slot]
+            if cached is not None and cached.sequence_number == packet.sequence_number:
+                return  # duplicate (a retransmission we already had)
+            cache[slot] = packet
+            probe = self._probes.get(packet.payload_type)
+            if probe is not None and packet.payload:
+                packet.keyframe = probe(packet.payload)
+        self._count(packet, len(data))
+        abs_send_time = int(time.time() * 262144) & 0xFFFFFF
+        for consumer in self.consumers:
+            consumer.forward(packet, abs_send_time)
+
+    def _unwrap_rtx(self, packet: InboundPacket) -> InboundPacket | None:
+        apt = self.rtx_apt.get(packet.payload_type)
+        payload = packet.payload
+        if packet.padding:
+            payload = payload[: len(payload) - payload[-1]]
+        if apt is None or len(payload) <= 2:
+            return None  # padding-only RTX is bandwidth probing: nothing to forward
+        if self.rtx_ssrc is None:
+            self.rtx_ssrc = packet.ssrc
+        osn = (payload[0] << 8) | payload[1]
+        return InboundPacket(apt, osn, packet.timestamp, packet.marker, self.ssrc or 0, payload[2:], False, packet.audio_level)
+
+    def _count(self, packet: InboundPacket, size: int) -> None:
+        stats = self.stats
+        seq = packet.sequence_number
+        stats.packets += 1
+        stats.octets += size
+        if stats.base_seq is None:
+            stats.base_seq = seq
+            stats.max_seq = seq
+            return
+        delta = (seq - stats.max_seq) & 0xFFFF
+        if delta == 0 or delta >= 0x8000:
+            return  # late or duplicate
+        if seq < stats.max_seq:
+            stats.cycles += 0x10000
+        if delta > 1 and self.nack_enabled and self.ssrc is not None:
+            missing = [(stats.max_seq + i) & 0xFFFF for i in range(1, min(delta, MAX_NACK_BATCH + 1))]
+            stats.lost_detected += len(missing)
+            self._send_nack(self.ssrc, missing)
+        stats.max_seq = seq
+
+    # --- retransmission and keyframes --------------------------------------------------
+
+    def cached(self, sequence_number: int) -> InboundPacket | None:
+        if not self._cache:
+            return None
+        packet = self._cache[sequence_number % self._cache_size]
+        if packet is not None and packet.sequence_number == sequence_number:
+            return packet
+        return None
+
+    def request_keyframe(self) -> None:
+        if self.kind == "video" and not self.closed:
+            self._keyframes.request()
+
+    @property
+    def keyframe_requests_sent(self) -> int:
+        return self._keyframes.sent
+
+    def _pli_now(self) -> None:
+        if self.ssrc is not None:
+            self._send_pli(self.ssrc)
+
+    def on_sender_report(self, ntp_timestamp: int, rtp_timestamp: int) -> None:
+        stats = self.stats
+        stats.sr_ntp = (ntp_timestamp >> 16) & 0xFFFFFFFF
+        stats.sr_ntp_full = ntp_timestamp
+        stats.sr_rtp = rtp_timestamp
+        stats.sr_arrival = time.time()
+
+    # --- lifecycle ---------------------------------------------------------------------
+
+    def add_consumer(self, consumer: "Consumer") -> None:
+        if consumer not in self.consumers:
+            self.consumers = [*self.consumers, consumer]
+        self.request_keyframe()
+
+    def remove_consumer(self, consumer: "Consumer") -> None:
+        self.consumers = [c for c in self.consumers if c is not consumer]
+
+    def close(self) -> None:
+        self.closed = True
+        self._keyframes.close()
+        for consumer in self.consumers:
+            consumer.detach()
+        self.consumers = []
+        self._cache = []
+
+
+def codec_infos(codecs: list[object]) -> tuple[list[CodecInfo], dict[int, int]]:
+    """Split aiortc codec parameters into media codecs and an RTX pt -> apt map."""
+    media: list[CodecInfo] = []
+    rtx: dict[int, int] = {}
+    for c in codecs:
+        mime = getattr(c, "mimeType")
+        params = dict(getattr(c, "parameters") or {})
+        if mime.lower().endswith("/rtx"):
+            apt = params.get("apt")
+            if isinstance(apt, int):
+                rtx[getattr(c, "payloadType")] = apt
+            continue
+        media.append(CodecInfo(getattr(c, "payloadType"), mime, getattr(c, "clockRate"), codec_key(mime, params), params))
+    return media, rtx
+

@@ -1,0 +1,135 @@
+"""Raw RTP header access for the forwarding path (RFC 3550, RFC 8285).
+
+Packets stay ``bytes`` from decryption to re-encryption: the SFU reads the few header
+fields it needs with ``struct`` and writes a new header per subscriber. Parsing a full
+``aiortc.rtp.RtpPacket`` costs several times more and is never done per packet.
+"""
+
+from __future__ import annotations
+
+import struct
+from dataclasses import dataclass
+
+_HEADER = struct.Struct("!BBHII")
+_EXT_HEADER = struct.Struct("!HH")
+ONE_BYTE_PROFILE = 0xBEDE
+TWO_BYTE_PROFILE_MASK = 0xFFF0
+TWO_BYTE_PROFILE = 0x1000
+
+RTCP_PT_MIN = 192
+RTCP_PT_MAX = 223
+
+
+class MalformedRtp(ValueError):
+    """The bytes are not a well-formed RTP packet."""
+
+
+@dataclass(slots=True)
+class InboundPacket:
+    """One publisher packet, parsed once and shared by every consumer of the track."""
+
+    payload_type: int
+    sequence_number: int
+    timestamp: int
+    marker: int
+    ssrc: int
+    payload: bytes  # payload plus any padding, copied verbatim
+    padding: bool
+    audio_level: int | None = None  # the one-byte ssrc-audio-level value, if present
+    keyframe: bool = False
+
+
+def is_rtcp(data: bytes) -> bool:
+    return len(data) >= 2 and RTCP_PT_MIN <= data[1] <= RTCP_PT_MAX
+
+
+def parse(data: bytes, audio_level_id: int = 0, mid_id: int = 0) -> tuple[InboundPacket, bytes | None]:
+    """Parse the header fields the SFU needs; also return the MID extension value if asked."""
+    length = len(data)
+    if length < 12:
+        raise MalformedRtp("shorter than an RTP header")
+    b0, b1, seq, ts, ssrc = _HEADER.unpack_from(data, 0)
+    if b0 >> 6 != 2:
+        raise MalformedRtp("not RTP version 2")
+    offset = 12 + 4 * (b0 & 0x0F)
+    audio_level: int | None = None
+    mid: bytes | None = None
+    if b0 & 0x10:
+        if length < offset + 4:
+            raise MalformedRtp("truncated extension header")
+        profile, words = _EXT_HEADER.unpack_from(data, offset)
+        start = offset + 4
+        offset = start + 4 * words
+        if offset > length:
+            raise MalformedRtp("truncated extension block")
+        if audio_level_id or mid_id:
+            audio_level, mid = _read_extensions(data, start, offset, profile, audio_level_id, mid_id)
+    padding = bool(b0 & 0x20)
+    if padding:
+        if length <= offset or data[-1] == 0 or data[-1] > length - offset:
+            raise MalformedRtp("bad padding")
+    elif offset > length:
+        raise MalformedRtp("truncated packet")
+    packet = InboundPacket(b1 & 0x7F, seq, ts, b1 >> 7, ssrc, data[offset:], padding, audio_level)
+    return packet, mid
+
+
+def _read_extensions(
+    data: bytes, start: int, end: int, profile: int, audio_level_id: int, mid_id: int
+) -> tuple[int | None, bytes | None]:
+    audio_level: int | None = None
+    mid: bytes | None = None
+    i = start
+    if profile == ONE_BYTE_PROFILE:
+        while i < end:
+            byte = data[i]
+            if byte == 0:
+                i += 1
+                continue
+            ext_id = byte >> 4
+            size = (byte & 0x0F) + 1
+            if ext_id == 15:
+                break
+            value_at = i + 1
+            if ext_id == audio_level_id and size >= 1:
+                audio_level = data[value_at]
+            elif ext_id == mid_id:
+                mid = data[value_at : value_at + size]
+            i = value_at + size
+    elif profile & TWO_BYTE_PROFILE_MASK == TWO_BYTE_PROFILE:
+        while i + 1 < end:
+            ext_id = data[i]
+            if ext_id == 0:
+                i += 1
+                continue
+            size = data[i + 1]
+            value_at = i + 2
+            if ext_id == audio_level_id and size >= 1:
+                audio_level = data[value_at]
+            elif ext_id == mid_id:
+                mid = data[value_at : value_at + size]
+            i = value_at + size
+    return audio_level, mid
+
+
+def header(marker: int, payload_type: int, seq: int, timestamp: int, ssrc: int, padding: bool, extension: bool) -> bytes:
+    b0 = 0x80 | (0x20 if padding else 0) | (0x10 if extension else 0)
+    return _HEADER.pack(b0, (marker << 7) | payload_type, seq, timestamp, ssrc)
+
+
+def one_byte_element(ext_id: int, value: bytes) -> bytes:
+    """An RFC 8285 one-byte-header element (1-16 bytes of value)."""
+    if not 1 <= ext_id <= 14 or not 1 <= len(value) <= 16:
+        raise ValueError("extension does not fit the one-byte form")
+    return bytes([(ext_id << 4) | (len(value) - 1)]) + value
+
+
+def extension_block(elements: bytes) -> bytes:
+    """Wrap one-byte elements in an extension block, padded to 32-bit words."""
+    pad = -len(elements) % 4
+    return _EXT_HEADER.pack(ONE_BYTE_PROFILE, (len(elements) + pad) // 4) + elements + b"\x00" * pad
+
+
+def seq_newer(a: int, b: int) -> bool:
+    """True when sequence number ``a`` comes after ``b`` (mod 2^16)."""
+    return a != b and ((a - b) & 0xFFFF) < 0x8000

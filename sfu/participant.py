@@ -1,0 +1,148 @@
+"""A participant in a room: its peer connection, what it publishes, what it receives."""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import TYPE_CHECKING, Any
+
+from aiortc import RTCDataChannel
+from pyee.asyncio import AsyncIOEventEmitter
+
+from . import rules as subscribe_rules
+from .media.consumer import Consumer
+from .media.datatrack import DataConsumer, DataProducer, DataTrackOptions
+from .media.peer import Offer, Peer
+from .media.producer import Producer
+
+if TYPE_CHECKING:
+    from .room import Room
+
+logger = logging.getLogger(__name__)
+
+KINDS = ("audio", "video", "data")
+
+
+class ParticipantError(Exception):
+    """A request from the participant that the room refuses (Twilio error code)."""
+
+    def __init__(self, code: int, message: str) -> None:
+        super().__init__(message)
+        self.code = code
+        self.message = message
+
+
+@dataclass(eq=False)
+class PublishedTrack:
+    """A track a participant publishes; ``client_id`` is the id its client knows it by."""
+
+    sid: str
+    name: str
+    kind: str
+    client_id: str
+    publisher: "Participant"
+    created_at: datetime
+    enabled: bool = True
+    data_options: DataTrackOptions | None = None
+    producer: Producer | DataProducer | None = None
+    ready: bool = False
+    unpublished: bool = False
+
+    def ref(self) -> subscribe_rules.TrackRef:
+        return subscribe_rules.TrackRef(self.sid, self.name, self.kind, self.publisher.sid, self.publisher.identity)
+
+    def describe(self) -> dict[str, Any]:
+        return {"sid": self.sid, "name": self.name, "kind": self.kind, "enabled": self.enabled}
+
+
+@dataclass(eq=False)
+class Subscription:
+    track: PublishedTrack
+    consumer: Consumer | DataConsumer
+    label: str | None = None  # the data channel label, for data tracks
+
+    @property
+    def media(self) -> Consumer | None:
+        return self.consumer if isinstance(self.consumer, Consumer) else None
+
+
+class Participant(AsyncIOEventEmitter):
+    """Events: ``offer`` (Offer), ``subscriptions_changed``, ``published_changed``,
+    ``removed`` (code: int | None, message: str | None)."""
+
+    def __init__(self, sid: str, identity: str, room: "Room", peer: Peer, now: datetime) -> None:
+        super().__init__()
+        self.sid = sid
+        self.identity = identity
+        self.room = room
+        self.peer = peer
+        self.status = "connected"
+        self.revision = 1
+        self.connected_at = now
+        self.disconnected_at: datetime | None = None
+        self.published: dict[str, PublishedTrack] = {}
+        self.subscriptions: dict[str, Subscription] = {}
+        self.rules: list[dict[str, Any]] = [dict(r) for r in subscribe_rules.DEFAULT_RULES]
+        self.rules_updated_at = now
+        self.subscribed_revision = 1
+        self.published_revision = 1
+        self._pending_channels: dict[str, RTCDataChannel] = {}
+        peer.on("offer", lambda offer: self.emit("offer", offer))
+        peer.on("publication_ready", self._on_publication_ready)
+        peer.on("datachannel", self._on_datachannel)
+
+    # --- state as the others see it -----------------------------------------------------
+
+    def describe(self) -> dict[str, Any]:
+        return {
+            "sid": self.sid,
+            "identity": self.identity,
+            "state": self.status,
+            "revision": self.revision,
+            "tracks": [t.describe() for t in self.published.values() if t.ready and not t.unpublished],
+        }
+
+    def published_state(self) -> dict[str, Any]:
+        return {
+            "revision": self.published_revision,
+            "tracks": [
+                {"id": t.client_id, "sid": t.sid, "kind": t.kind, "name": t.name, "state": "ready" if t.ready else "pending"}
+                for t in self.published.values()
+            ],
+        }
+
+    def subscribed_state(self) -> dict[str, Any]:
+        tracks = []
+        for sub in self.subscriptions.values():
+            entry: dict[str, Any] = {"sid": sub.track.sid, "kind": sub.track.kind, "publisher": sub.track.publisher.sid}
+            if sub.label is not None:
+                entry["label"] = sub.label
+            tracks.append(entry)
+        return {"revision": self.subscribed_revision, "tracks": tracks}
+
+    def track_by_client_id(self, client_id: str) -> PublishedTrack | None:
+        return next((t for t in self.published.values() if t.client_id == client_id), None)
+
+    # --- media events from the peer -----------------------------------------------------
+
+    def _on_publication_ready(self, producer: Producer) -> None:
+        track = self.published.get(producer.track_sid)
+        if track is not None and not track.ready and not track.unpublished:
+            self.room.track_ready(self, track)
+
+    def _on_datachannel(self, channel: RTCDataChannel) -> None:
+        track = self.track_by_client_id(channel.label)
+        if track is None or track.kind != "data" or track.producer is not None:
+            self._pending_channels[channel.label] = channel
+            return
+        self.attach_data_channel(track, channel)
+
+    def attach_data_channel(self, track: PublishedTrack, channel: RTCDataChannel) -> None:
+        track.producer = DataProducer(track.sid, channel)
+        track.data_options = track.producer.options
+        channel.on("close", lambda: self.room.unpublish(self, track) if not track.unpublished else None)
+        self.room.track_ready(self, track)
+
+    def take_pending_channel(self, client_id: str) -> RTCDataChannel | None:
+        return self._pending_channels.pop(client_id, None)

@@ -1,0 +1,60 @@
+"""The composition root: the one place that knows sfu, signaling and rest together."""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from aiohttp import web
+from aiortc import RTCIceServer
+
+from sfu.credentials import Credentials
+from sfu.media.peer import MediaConfig
+from sfu.registry import RoomRegistry
+from sfu.store import SqliteStore
+from signaling.server import SignalingService
+
+logger = logging.getLogger(__name__)
+
+REGISTRY = web.AppKey("registry", RoomRegistry)
+SIGNALING = web.AppKey("signaling", SignalingService)
+
+
+@dataclass
+class ServerConfig:
+    host: str = "127.0.0.1"
+    port: int = 8080
+    data_dir: Path = Path("data")
+    ice_servers: list[RTCIceServer] = field(default_factory=list)
+    announced_address: str | None = None
+    reconnect_grace: float = 5.0
+    database: Path | None = None  # default: data_dir / "sfu.sqlite3"
+
+
+def build_app(config: ServerConfig, credentials: Credentials) -> web.Application:
+    media = MediaConfig(ice_servers=list(config.ice_servers), announced_address=config.announced_address)
+    store = SqliteStore(config.database or config.data_dir / "sfu.sqlite3")
+    registry = RoomRegistry(media, credentials.account_sid, store=store)
+    signaling = SignalingService(registry, credentials, reconnect_grace=config.reconnect_grace)
+
+    app = web.Application(client_max_size=1 << 20)
+    app[REGISTRY] = registry
+    app[SIGNALING] = signaling
+    signaling.add_routes(app)
+    app.router.add_get("/healthz", _health)
+
+    async def start(app: web.Application) -> None:
+        await registry.start()
+
+    async def stop(app: web.Application) -> None:
+        await registry.close()
+
+    app.on_startup.append(start)
+    app.on_shutdown.append(stop)
+    return app
+
+
+async def _health(request: web.Request) -> web.Response:
+    registry = request.app[REGISTRY]
+    return web.json_response({"status": "ok", "rooms": len(registry.rooms)})

@@ -1,0 +1,102 @@
+"""The ``sfu`` command: ``sfu serve`` runs the server, ``sfu token`` prints an access token."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import os
+import signal
+import sys
+from pathlib import Path
+
+from aiohttp import web
+from aiortc import RTCIceServer
+
+from sfu.credentials import load_or_create
+from signaling.tokens import mint_token
+
+from .app import ServerConfig, build_app
+
+logger = logging.getLogger("sfu")
+
+
+def _ice_server(value: str) -> RTCIceServer:
+    """``stun:host:port`` or ``turn:user:password@host:port[?transport=tcp]``."""
+    scheme, _, rest = value.partition(":")
+    if scheme not in ("stun", "turn", "turns") or not rest:
+        raise argparse.ArgumentTypeError(f"not a STUN/TURN URL: {value}")
+    if "@" in rest:
+        auth, _, where = rest.rpartition("@")
+        user, _, password = auth.partition(":")
+        return RTCIceServer(urls=f"{scheme}:{where}", username=user, credential=password)
+    return RTCIceServer(urls=value)
+
+
+def parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="sfu", description="Self-hosted Twilio-Video-compatible SFU")
+    sub = p.add_subparsers(dest="command", required=True)
+
+    serve = sub.add_parser("serve", help="run the server (signaling, REST, media)")
+    serve.add_argument("--host", default="127.0.0.1", help="address to bind (default: loopback only)")
+    serve.add_argument("--port", type=int, default=8080)
+    serve.add_argument("--data-dir", type=Path, default=Path("./data"), help="credentials and database")
+    serve.add_argument("--ice-server", type=_ice_server, action="append", default=[], metavar="URL",
+                       help="STUN/TURN server for the server's peer connections (repeatable; none by default)")
+    serve.add_argument("--announced-address", help="public address to put in host ICE candidates (1:1 NAT)")
+    serve.add_argument("--reconnect-grace", type=float, default=5.0,
+                       help="seconds a participant whose websocket dropped may resume before removal")
+    serve.add_argument("--log-level", default=os.environ.get("SFU_LOG_LEVEL", "INFO"))
+
+    token = sub.add_parser("token", help="print an access token")
+    token.add_argument("--identity", required=True)
+    token.add_argument("--room", default=None, help="restrict the token to this room")
+    token.add_argument("--ttl", type=int, default=3600, help="seconds (max 86400)")
+    token.add_argument("--data-dir", type=Path, default=Path("./data"))
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parser().parse_args(argv)
+    if args.command == "token":
+        credentials, _ = load_or_create(args.data_dir)
+        print(mint_token(credentials, args.identity, room=args.room, ttl=args.ttl))
+        return 0
+    logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    config = ServerConfig(
+        host=args.host,
+        port=args.port,
+        data_dir=args.data_dir,
+        ice_servers=args.ice_server,
+        announced_address=args.announced_address,
+        reconnect_grace=args.reconnect_grace,
+    )
+    import uvloop
+
+    uvloop.run(serve(config))
+    return 0
+
+
+async def serve(config: ServerConfig) -> None:
+    credentials, path = load_or_create(config.data_dir)
+    if path is not None:
+        logger.info("credentials (account %s, API key %s) are in %s", credentials.account_sid, credentials.api_key_sid, path)
+    else:
+        logger.info("credentials from SFU_* environment variables (account %s)", credentials.account_sid)
+    app = build_app(config, credentials)
+    runner = web.AppRunner(app, handle_signals=False, access_log=None)
+    await runner.setup()
+    site = web.TCPSite(runner, config.host, config.port)
+    await site.start()
+    logger.info("listening on http://%s:%d (signaling at /signaling)", config.host, config.port)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    await stop.wait()
+    logger.info("shutting down")
+    await runner.cleanup()
+
+
+if __name__ == "__main__":
+    sys.exit(main())
