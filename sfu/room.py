@@ -227,7 +227,8 @@ class Room(AsyncIOEventEmitter):
             if channel is not None:
                 participant.attach_data_channel(track, channel)
         else:
-            track.producer = participant.peer.add_publication(track.sid, kind)
+            codecs = self.settings.video_codecs if kind == "video" else None
+            track.producer = participant.peer.add_publication(track.sid, kind, codecs)
         participant.emit("published_changed")
         return track
 

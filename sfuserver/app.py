@@ -10,6 +10,7 @@ from aiohttp import web
 from aiortc import RTCIceServer
 
 from sfu.credentials import Credentials
+from sfu.media import aiortc_hooks as hooks
 from sfu.media.peer import MediaConfig
 from sfu.registry import RoomRegistry
 from sfu.store import SqliteStore
@@ -33,6 +34,7 @@ class ServerConfig:
 
 
 def build_app(config: ServerConfig, credentials: Credentials) -> web.Application:
+    hooks.check_compatibility()  # refuse to start on an aiortc whose internals moved
     media = MediaConfig(ice_servers=list(config.ice_servers), announced_address=config.announced_address)
     store = SqliteStore(config.database or config.data_dir / "sfu.sqlite3")
     registry = RoomRegistry(media, credentials.account_sid, store=store)

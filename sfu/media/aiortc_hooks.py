@@ -234,3 +234,29 @@ def packet_receiver(receiver: RTCRtpReceiver, on_packet: Callable[[RtpPacket], N
 async def request_keyframe(receiver: RTCRtpReceiver, media_ssrc: int) -> None:
     """Send a PLI for ``media_ssrc`` from ``receiver`` (aiortc sends PLI only on decode errors)."""
     await receiver._send_rtcp_pli(media_ssrc)
+
+
+def drop_rtp(receiver: RTCRtpReceiver, should_drop: Callable[[RtpPacket], bool]) -> None:
+    """Simulate loss: packets for which ``should_drop`` is true never reach ``receiver``.
+
+    The drop happens before aiortc's NACK generator sees the packet, so the receiver asks
+    for a retransmission exactly as it would after real network loss.
+    """
+    original = receiver._handle_rtp_packet
+
+    async def handle_rtp_packet(packet: RtpPacket, arrival_time_ms: int) -> None:
+        if not should_drop(packet):
+            await original(packet, arrival_time_ms)
+
+    receiver._handle_rtp_packet = handle_rtp_packet  # type: ignore[method-assign]
+
+
+def drop_rtcp(sender: RTCRtpSender, should_drop: Callable[[AnyRtcpPacket], bool]) -> None:
+    """Simulate lost feedback: RTCP for which ``should_drop`` is true never reaches ``sender``."""
+    original = sender._handle_rtcp_packet
+
+    async def handle_rtcp_packet(packet: AnyRtcpPacket) -> None:
+        if not should_drop(packet):
+            await original(packet)
+
+    sender._handle_rtcp_packet = handle_rtcp_packet  # type: ignore[method-assign]

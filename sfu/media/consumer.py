@@ -107,6 +107,10 @@ class Consumer:
             self.producer.add_consumer(self)
         self._restart()
 
+    @property
+    def waiting_for_keyframe(self) -> bool:
+        return not self.paused and self._seq_offset is None and self._needs_keyframe
+
     def pause(self) -> None:
         self.paused = True
 

@@ -125,8 +125,16 @@ class Peer(AsyncIOEventEmitter):
 
     # --- publishing --------------------------------------------------------------------
 
-    def add_publication(self, track_sid: str, kind: str) -> Producer:
+    def add_publication(self, track_sid: str, kind: str, codecs: list[str] | None = None) -> Producer:
+        """Offer a ``recvonly`` m-section for a track; ``codecs`` (e.g. ["H264"]) limits what
+        the publisher may send (a room's VideoCodecs)."""
         transceiver = self.pc.addTransceiver(kind, direction="recvonly")
+        if codecs:
+            wanted = {f"{kind}/{name.lower()}" for name in codecs}
+            capabilities = RTCRtpSender.getCapabilities(kind).codecs
+            transceiver.setCodecPreferences(
+                [c for c in capabilities if c.mimeType.lower() in wanted or c.mimeType.lower().endswith("/rtx")]
+            )
         rtcp_ssrc = hooks.sender_ssrcs(transceiver.sender)[0]
         producer = Producer(
             track_sid,
@@ -402,6 +410,8 @@ class Peer(AsyncIOEventEmitter):
 
     def _send_reports(self) -> None:
         for transceiver, consumer in list(self._subscriptions.items()):
+            if consumer.waiting_for_keyframe:
+                consumer.producer.request_keyframe()  # the last PLI (or its keyframe) was lost
             report = consumer.sender_report()
             if report is not None:
                 self._writer(transceiver.sender.transport)(bytes(report))

@@ -1,0 +1,29 @@
+"""The aiortc internals the SFU relies on are where the hooks expect them."""
+
+from __future__ import annotations
+
+import pytest
+from aiortc.rtcdtlstransport import RTCDtlsTransport
+
+from sfu.media import aiortc_hooks as hooks
+
+
+def test_hooks_match_the_installed_aiortc() -> None:
+    hooks.check_compatibility()
+
+
+def test_a_moved_hook_fails_loudly(monkeypatch: pytest.MonkeyPatch) -> None:
+    async def _recv_next(self) -> None:  # an "upgrade" that no longer hands RTP to _handle_rtp_data
+        return None
+
+    monkeypatch.setattr(RTCDtlsTransport, "_recv_next", _recv_next)
+    with pytest.raises(hooks.HookError, match="_handle_rtp_data"):
+        hooks.check_compatibility()
+
+
+def test_a_different_aiortc_version_fails_loudly(monkeypatch: pytest.MonkeyPatch) -> None:
+    import aiortc
+
+    monkeypatch.setattr(aiortc, "__version__", "1.17.0")
+    with pytest.raises(hooks.HookError, match="1.17.0"):
+        hooks.check_compatibility()
