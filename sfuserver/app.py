@@ -16,6 +16,8 @@ from sfu.registry import RoomRegistry
 from sfu.store import SqliteStore
 from signaling.server import SignalingService
 
+from .web import WebClient, dev_tokens_enabled
+
 logger = logging.getLogger(__name__)
 
 REGISTRY = web.AppKey("registry", RoomRegistry)
@@ -30,12 +32,18 @@ class ServerConfig:
     ice_servers: list[RTCIceServer] = field(default_factory=list)
     announced_address: str | None = None
     reconnect_grace: float = 5.0
+    retransmission_cache: int = 512  # packets kept per video track to answer NACKs
     database: Path | None = None  # default: data_dir / "sfu.sqlite3"
+    dev_tokens: bool | None = None  # POST /dev/token: None = on only for loopback binds (web.py)
 
 
 def build_app(config: ServerConfig, credentials: Credentials) -> web.Application:
     hooks.check_compatibility()  # refuse to start on an aiortc whose internals moved
-    media = MediaConfig(ice_servers=list(config.ice_servers), announced_address=config.announced_address)
+    media = MediaConfig(
+        ice_servers=list(config.ice_servers),
+        announced_address=config.announced_address,
+        retransmission_cache=config.retransmission_cache,
+    )
     store = SqliteStore(config.database or config.data_dir / "sfu.sqlite3")
     registry = RoomRegistry(media, credentials.account_sid, store=store)
     signaling = SignalingService(registry, credentials, reconnect_grace=config.reconnect_grace)
@@ -45,6 +53,7 @@ def build_app(config: ServerConfig, credentials: Credentials) -> web.Application
     app[SIGNALING] = signaling
     signaling.add_routes(app)
     app.router.add_get("/healthz", _health)
+    WebClient(credentials, dev_tokens_enabled(config.host, config.dev_tokens)).add_routes(app)
 
     async def start(app: web.Application) -> None:
         await registry.start()

@@ -46,6 +46,11 @@ def parser() -> argparse.ArgumentParser:
     serve.add_argument("--announced-address", help="public address to put in host ICE candidates (1:1 NAT)")
     serve.add_argument("--reconnect-grace", type=float, default=5.0,
                        help="seconds a participant whose websocket dropped may resume before removal")
+    serve.add_argument("--retransmission-cache", type=int, default=512, metavar="PACKETS",
+                       help="packets kept per video track to answer subscribers' NACKs")
+    serve.add_argument("--dev-tokens", action=argparse.BooleanOptionalAction, default=None,
+                       help="POST /dev/token hands out access tokens to anyone (for the bundled page; not for "
+                            "production). Default: on only when --host is a loopback address")
     serve.add_argument("--log-level", default=os.environ.get("SFU_LOG_LEVEL", "INFO"))
 
     token = sub.add_parser("token", help="print an access token")
@@ -70,6 +75,8 @@ def main(argv: list[str] | None = None) -> int:
         ice_servers=args.ice_server,
         announced_address=args.announced_address,
         reconnect_grace=args.reconnect_grace,
+        dev_tokens=args.dev_tokens,
+        retransmission_cache=args.retransmission_cache,
     )
     import uvloop
 
@@ -89,6 +96,11 @@ async def serve(config: ServerConfig) -> None:
     site = web.TCPSite(runner, config.host, config.port)
     await site.start()
     logger.info("listening on http://%s:%d (signaling at /signaling)", config.host, config.port)
+    from .web import DEV_TOKEN_PATH, dev_tokens_enabled
+
+    if dev_tokens_enabled(config.host, config.dev_tokens):
+        logger.warning("development token endpoint POST %s is on: anyone who reaches it can join any room "
+                       "(not for production; --no-dev-tokens turns it off)", DEV_TOKEN_PATH)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):

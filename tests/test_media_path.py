@@ -17,7 +17,7 @@ from av import VideoFrame
 from sfu.credentials import generate
 from aiortc.rtp import RtcpPsfbPacket
 
-from sfu.media.aiortc_hooks import drop_rtcp, drop_rtp
+from sfu.media.aiortc_hooks import drop_rtcp, drop_rtp, negotiated_codecs
 from sfu.media.codecs import vp8
 from sfu.media.consumer import Consumer
 from sfu.media.producer import Producer
@@ -201,7 +201,7 @@ async def test_h264_room_forwards_h264(server) -> None:
         assert all(b > a for a, b in zip(values, values[1:])), values
         producer = server_producer(server, "alice", "video")
         assert producer.primary_codec is not None and producer.primary_codec.mime_type.lower() == "video/h264"
-        codecs = [c.mimeType.lower() for c in track.transceiver._codecs]
+        codecs = [c.mimeType.lower() for c in negotiated_codecs(track.transceiver)]
         assert "video/h264" in codecs and "video/vp8" not in codecs
     finally:
         await bob.disconnect()

@@ -24,6 +24,7 @@ from collections.abc import Callable
 from typing import Any
 
 import aioice.ice
+import pylibsrtp
 from aiortc import RTCPeerConnection, RTCRtpReceiver, RTCRtpSender, RTCRtpTransceiver
 from aiortc.rtcdtlstransport import RTCDtlsTransport, State
 from aiortc.rtcrtpparameters import RTCRtpReceiveParameters, RTCRtpSendParameters
@@ -60,6 +61,9 @@ def check_compatibility() -> None:
         (RTCRtpSender, "send"),
         (RTCRtpTransceiver, "_codecs"),
         (aioice.ice.Connection, "_nominated"),
+        (aioice.ice.Connection, "_protocols"),
+        (aioice.ice.StunProtocol, "datagram_received"),
+        (RTCDtlsTransport, "_rx_srtp"),
     ]
     for owner, name in expectations:
         present = hasattr(owner, name) or name in getattr(owner, "__annotations__", {})
@@ -93,15 +97,44 @@ def create_sctp_transport_first(pc: RTCPeerConnection) -> None:
 
 
 def attach_rtp_sink(dtls: RTCDtlsTransport, sink: Callable[[bytes], None]) -> None:
-    """Hand every decrypted RTP packet on ``dtls`` to ``sink`` as raw bytes."""
+    """Hand every decrypted RTP packet on ``dtls`` to ``sink`` as raw bytes.
 
-    async def handle_rtp_data(data: bytes, arrival_time_ms: int) -> None:
+    Fast path: the socket protocols of the ICE connection demultiplex by first byte
+    (RFC 7983) before aioice tries to parse STUN, and SRTP packets are unprotected and
+    handed over synchronously in ``datagram_received``: no asyncio.Queue, no task wake-up,
+    no coroutine per packet. RTCP, DTLS and STUN keep aiortc's own path; so does anything
+    arriving another way (TURN), through the ``_handle_rtp_data`` replacement.
+    """
+
+    def deliver(data: bytes) -> None:
         try:
             sink(data)
-        except Exception:  # a bad packet must never stop the transport's receive loop
+        except Exception:  # a bad packet must never stop the transport's receive path
             logger.exception("RTP sink failed on a %d-byte packet", len(data))
 
+    async def handle_rtp_data(data: bytes, arrival_time_ms: int) -> None:
+        deliver(data)
+
     dtls._handle_rtp_data = handle_rtp_data  # type: ignore[method-assign]
+
+    def fast(original: Callable[[bytes, Any], None]) -> Callable[[bytes, Any], None]:
+        def datagram_received(data: bytes, addr: Any) -> None:
+            if len(data) > 12 and 127 < data[0] < 192 and not 191 < data[1] < 224:
+                srtp = dtls._rx_srtp
+                if srtp is not None and dtls._state is State.CONNECTED:
+                    try:
+                        plain = srtp.unprotect(data)
+                    except pylibsrtp.Error:
+                        return
+                    deliver(plain)
+                    return
+            original(data, addr)
+
+        return datagram_received
+
+    for protocol in dtls.transport._connection._protocols:
+        if type(protocol) is aioice.ice.StunProtocol:
+            protocol.datagram_received = fast(protocol.datagram_received)  # type: ignore[method-assign]
 
 
 def route_unknown_rtp(dtls: RTCDtlsTransport, data: bytes) -> RTCRtpReceiver | None:

@@ -187,9 +187,10 @@ class Peer(AsyncIOEventEmitter):
         extensions = params.headerExtensions if params is not None else hooks.negotiated_header_extensions(transceiver)
         media, rtx = codec_infos(codecs)
         ids = {e.uri: e.id for e in extensions}
-        nack = any(fb.type == "nack" and not fb.parameter for c in codecs for fb in (c.rtcpFeedback or []))
-        producer.remb = any(fb.type == "goog-remb" for c in codecs for fb in (c.rtcpFeedback or []))  # type: ignore[attr-defined]
-        producer.configure(media, rtx, ids.get(AUDIO_LEVEL_URI, 0), ids.get(MID_URI, 0), nack)
+        feedback = [(fb.type, fb.parameter) for c in codecs for fb in (c.rtcpFeedback or [])]
+        nack = ("nack", None) in feedback
+        remb = any(kind == "goog-remb" for kind, _ in feedback)
+        producer.configure(media, rtx, ids.get(AUDIO_LEVEL_URI, 0), ids.get(MID_URI, 0), nack, remb)
 
     def _on_rtp(self, transport: RTCDtlsTransport, data: bytes) -> None:
         if len(data) < 12:
@@ -442,7 +443,7 @@ class Peer(AsyncIOEventEmitter):
                     ],
                 )
             )
-            if producer.kind == "video" and getattr(producer, "remb", False):
+            if producer.remb_enabled:
                 data += bytes(
                     RtcpPsfbPacket(
                         fmt=RTCP_PSFB_APP, ssrc=rtcp_ssrc, media_ssrc=0, fci=pack_remb_fci(self._upstream_bitrate(producer), [producer.ssrc])

@@ -81,6 +81,7 @@ class Producer:
         self.audio_level_id = 0
         self.mid_id = 0
         self.nack_enabled = False
+        self.remb_enabled = False
         self.consumers: list["Consumer"] = []
         self.stats = ReceiveStats()
         self.enabled = True
@@ -101,8 +102,10 @@ class Producer:
         audio_level_id: int,
         mid_id: int,
         nack_enabled: bool,
+        remb_enabled: bool = False,
     ) -> None:
         self.codecs = {c.payload_type: c for c in codecs}
+        self.remb_enabled = remb_enabled and self.kind == "video"
         self.rtx_apt = dict(rtx_apt)
         self.audio_level_id = audio_level_id
         self.mid_id = mid_id
