@@ -206,3 +206,45 @@ async def test_h264_room_forwards_h264(server) -> None:
     finally:
         await bob.disconnect()
         await alice.disconnect()
+
+
+async def test_bogus_rtp_and_rtcp_from_a_participant_do_not_disturb_others(server) -> None:
+    import random
+
+    import pylibsrtp
+
+    from sfu.media.aiortc_hooks import send_raw_rtp
+
+    alice = await connect(server.url, server.token("alice"), name="bogus", tracks=[LocalVideoTrack(CounterVideoTrack(), "cam")])
+    bob = await connect(server.url, server.token("bob"), name="bogus")
+    mallory = await connect(server.url, server.token("mallory"), name="bogus", tracks=[LocalVideoTrack(CounterVideoTrack(), "evil")])
+    try:
+        track = await subscribed_track(bob, "cam")
+        before = await counters(track, 5)
+        await subscribed_track(bob, "evil")
+        sender = next(t.sender for t in mallory.pc.getTransceivers() if t.sender.track is not None)
+        rng = random.Random(7)
+        ssrc = rng.getrandbits(32).to_bytes(4, "big")
+        garbage = [
+            bytes([0x80, 96]) + bytes(10),  # header only, unknown SSRC
+            bytes([0x90, 97, 0, 1, 0, 0, 0, 1]) + ssrc + b"\xbe\xde\xff\xff",  # extension claims 256 KiB
+            bytes([0xB0, 97, 0, 2, 0, 0, 0, 2]) + ssrc + bytes(8) + b"\xff",  # padding longer than packet
+            bytes([0x8F, 97]) + bytes(10),  # 15 CSRCs that are not there
+            bytes([0x81, 205, 0, 100]) + bytes(8),  # RTCP NACK whose length runs past the end
+            bytes([0x81, 206, 0, 2]) + bytes(8),  # PLI for an SSRC nobody has
+            bytes([0x80, 200, 0xFF, 0xFF]) + bytes(4),  # SR that lies about its length
+        ] + [bytes([0x80 | rng.getrandbits(4), rng.getrandbits(8)]) + rng.randbytes(rng.randint(0, 1100)) for _ in range(300)]
+        sent = 0
+        for data in garbage:
+            try:
+                await send_raw_rtp(sender, data)
+                sent += 1
+            except (pylibsrtp.Error, ValueError):
+                pass  # too malformed for the sender's own SRTP library to protect
+        assert sent >= 250
+        after = await counters(track, 30)
+        assert after[0] > before[-1] and all(b > a for a, b in zip(after, after[1:]))
+        assert "mallory" in {p.identity for p in bob.participants.values()}
+    finally:
+        for room in (mallory, bob, alice):
+            await room.disconnect()

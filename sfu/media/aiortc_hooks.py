@@ -293,3 +293,8 @@ def drop_rtcp(sender: RTCRtpSender, should_drop: Callable[[AnyRtcpPacket], bool]
             await original(packet)
 
     sender._handle_rtcp_packet = handle_rtcp_packet  # type: ignore[method-assign]
+
+
+async def send_raw_rtp(sender: RTCRtpSender, data: bytes) -> None:
+    """Send arbitrary bytes as (S)RTP/RTCP on ``sender``'s transport (tests: bogus input)."""
+    await send_rtcp(sender.transport, data)

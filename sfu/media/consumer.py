@@ -37,6 +37,11 @@ MID_URI = "urn:ietf:params:rtp-hdrext:sdes:mid"
 AUDIO_LEVEL_URI = "urn:ietf:params:rtp-hdrext:ssrc-audio-level"
 ABS_SEND_TIME_URI = "http://www.webrtc.org/experiments/rtp-hdrext/abs-send-time"
 
+# Retransmissions per subscriber: a token bucket, so a NACK storm (or a hostile subscriber)
+# cannot turn the SFU into an amplifier.
+RTX_RATE = 1000.0  # packets per second
+RTX_BURST = 256.0
+
 
 @dataclass(slots=True)
 class SendStats:
@@ -77,6 +82,8 @@ class Consumer:
         self._next_seq = random.randint(0, 0x7FFF)
         self._next_ts = random.randint(0, 0xFFFFFFFF)
         self._attached = False
+        self._rtx_tokens = RTX_BURST
+        self._rtx_refilled = time.monotonic()
 
     # --- negotiation -------------------------------------------------------------------
 
@@ -209,8 +216,13 @@ class Consumer:
         offset = self._seq_offset
         if offset is None or self.paused:
             return
+        now = time.monotonic()
+        self._rtx_tokens = min(RTX_BURST, self._rtx_tokens + (now - self._rtx_refilled) * RTX_RATE)
+        self._rtx_refilled = now
         abs_send_time = int(time.time() * 262144) & 0xFFFFFF
-        for seq in lost[:256]:
+        for seq in lost:
+            if self._rtx_tokens < 1:
+                return
             packet = self.producer.cached((seq - offset) & 0xFFFF)
             if packet is None:
                 continue
@@ -225,6 +237,7 @@ class Consumer:
                 data = self._build(packet, pt, seq, ts, self.ssrc, abs_send_time, b"")
             if self._write(data):
                 self.stats.retransmitted += 1
+                self._rtx_tokens -= 1
 
     # --- RTCP to the subscriber --------------------------------------------------------
 

@@ -222,14 +222,16 @@ class Peer(AsyncIOEventEmitter):
             producer = next((p for t, p in self._publications.items() if t.receiver is receiver), None)
         if producer is None:
             return None
+        # Learn only an SSRC the SDP left open: a stray or hostile SSRC must not take over
+        # a stream that is already known.
         if packet.payload_type in producer.rtx_apt:
-            old = producer.rtx_ssrc
+            if producer.rtx_ssrc is not None:
+                return None
             producer.rtx_ssrc = ssrc
         else:
-            old = producer.ssrc
+            if producer.ssrc is not None:
+                return None
             producer.ssrc = ssrc
-        if old is not None and self._by_ssrc.get(old) is producer:
-            del self._by_ssrc[old]
         self._by_ssrc[ssrc] = producer
         return producer
 
