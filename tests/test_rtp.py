@@ -38,7 +38,7 @@ def test_parse_reads_header_fields_and_extensions() -> None:
     assert (parsed.payload_type, parsed.sequence_number, parsed.timestamp, parsed.ssrc, parsed.marker) == (96, 65535, 4_000_000_000, 0x12345678, 1)
     assert parsed.payload == b"\x10\x00payload"
     assert mid == b"7"
-    assert parsed.audio_level == 0x80 | 42
+    assert parsed.audio_level == bytes([0x80 | 42])
 
 
 def test_rewritten_packet_parses_back_with_aiortc() -> None:

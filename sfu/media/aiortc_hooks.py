@@ -18,6 +18,7 @@ aiortc terminates ICE, DTLS and SRTP for us; everything after decryption is ours
 
 from __future__ import annotations
 
+import asyncio
 import inspect
 import logging
 from collections.abc import Callable
@@ -219,6 +220,39 @@ def negotiated_header_extensions(transceiver: RTCRtpTransceiver) -> list[Any]:
     return list(transceiver._headerExtensions)
 
 
+def _protector(session: pylibsrtp.Session) -> Callable[[bytes], bytes]:
+    """``session.protect`` without pylibsrtp's per-call allocation and buffer copies.
+
+    Uses the session's own C buffer and one reusable length cell; falls back to the
+    public method if pylibsrtp's layout changes.
+    """
+    try:
+        from pylibsrtp._binding import ffi, lib
+
+        srtp = session._srtp[0]  # type: ignore[attr-defined]
+        cdata = session._cdata  # type: ignore[attr-defined]
+    except (ImportError, AttributeError):  # pragma: no cover - another pylibsrtp
+        return session.protect
+    length = ffi.new("int *")
+    capacity = len(cdata) - 144  # SRTP_MAX_TRAILER_LEN
+    srtp_protect = lib.srtp_protect
+    memmove = ffi.memmove
+    unpack = ffi.unpack
+
+    def protect(data: bytes) -> bytes:
+        size = len(data)
+        if size > capacity:
+            raise ValueError("packet is too long")
+        memmove(cdata, data, size)
+        length[0] = size
+        rc = srtp_protect(srtp, cdata, length)
+        if rc:
+            raise pylibsrtp.Error(f"srtp_protect failed ({rc})")
+        return unpack(cdata, length[0])
+
+    return protect
+
+
 def rtp_writer(dtls: RTCDtlsTransport) -> Callable[[bytes], bool]:
     """A synchronous writer: SRTP-protect ``data`` with the peer's keys and send it.
 
@@ -227,6 +261,7 @@ def rtp_writer(dtls: RTCDtlsTransport) -> Callable[[bytes], bool]:
     """
     connection = dtls.transport._connection
     nominated = connection._nominated
+    protectors: dict[int, Callable[[bytes], bytes]] = {}
 
     def write(data: bytes) -> bool:
         if dtls._state is not State.CONNECTED:
@@ -235,7 +270,17 @@ def rtp_writer(dtls: RTCDtlsTransport) -> Callable[[bytes], bool]:
         if pair is None:
             return False
         srtp = dtls._tx_srtp
-        protected = srtp.protect_rtcp(data) if 192 <= data[1] <= 223 else srtp.protect(data)
+        try:
+            if 192 <= data[1] <= 223:
+                protected = srtp.protect_rtcp(data)
+            else:
+                protect = protectors.get(id(srtp))
+                if protect is None:
+                    protectors.clear()
+                    protect = protectors[id(srtp)] = _protector(srtp)
+                protected = protect(data)
+        except (pylibsrtp.Error, ValueError):  # e.g. a replay beyond libsrtp's window
+            return False
         transport = pair.protocol.transport
         if transport is None or transport.is_closing():
             return False
@@ -298,3 +343,23 @@ def drop_rtcp(sender: RTCRtpSender, should_drop: Callable[[AnyRtcpPacket], bool]
 async def send_raw_rtp(sender: RTCRtpSender, data: bytes) -> None:
     """Send arbitrary bytes as (S)RTP/RTCP on ``sender``'s transport (tests: bogus input)."""
     await send_rtcp(sender.transport, data)
+
+
+def start_transceivers_once_connected(pc: RTCPeerConnection) -> None:
+    """Work around an aiortc race: transceivers negotiated while DTLS is handshaking never start.
+
+    aiortc starts senders and receivers in ``__connect``, run after each description is
+    applied, and only for transports whose DTLS state is already ``connected``. When a
+    second negotiation completes during the first handshake, its ``__connect`` skips the
+    new transceivers and the first one, still awaiting the handshake, does not revisit
+    them: their media is silently dropped. Running ``__connect`` again once the connection
+    is up starts them (``send``, ``receive`` and SCTP ``start`` are idempotent).
+    """
+    if not hasattr(pc, "_RTCPeerConnection__connect"):
+        raise HookError("RTCPeerConnection.__connect is gone")
+
+    def on_state_change() -> None:
+        if pc.connectionState == "connected":
+            asyncio.ensure_future(pc._RTCPeerConnection__connect())  # type: ignore[attr-defined]
+
+    pc.on("connectionstatechange", on_state_change)

@@ -71,9 +71,7 @@ class Consumer:
         self._pt_map: dict[int, int] = {}
         self._rtx_pt: int | None = None
         self._rtx_seq = random.randint(0, 0x7FFF)
-        self._mid_element = b""
-        self._audio_level_id = 0
-        self._abs_send_time_id = 0
+        self._layout = rtp.ExtensionLayout(b"")
         self._clock_rate = 90000 if self.kind == "video" else 48000
         self._needs_keyframe = self.kind == "video"
         self._seq_offset: int | None = None
@@ -101,9 +99,11 @@ class Consumer:
         self._rtx_pt = next((rtx for rtx, apt in rtx_apt.items() if apt == primary), None)
         ids = {getattr(e, "uri"): getattr(e, "id") for e in header_extensions}
         mid_id = ids.get(MID_URI, 0)
-        self._mid_element = rtp.one_byte_element(mid_id, mid.encode()) if mid_id and mid else b""
-        self._audio_level_id = ids.get(AUDIO_LEVEL_URI, 0) if self.kind == "audio" else 0
-        self._abs_send_time_id = ids.get(ABS_SEND_TIME_URI, 0) if self.kind == "video" else 0
+        fixed = rtp.one_byte_element(mid_id, mid.encode()) if mid_id and mid else b""
+        if self.kind == "video":
+            self._layout = rtp.ExtensionLayout(fixed, ids.get(ABS_SEND_TIME_URI, 0), 3)
+        else:
+            self._layout = rtp.ExtensionLayout(fixed, ids.get(AUDIO_LEVEL_URI, 0), 1)
         return bool(pt_map)
 
     def attach(self) -> None:
@@ -141,7 +141,7 @@ class Consumer:
 
     # --- the per-packet path -----------------------------------------------------------
 
-    def forward(self, packet: InboundPacket, abs_send_time: int) -> None:
+    def forward(self, packet: InboundPacket, abs_send_time: bytes) -> None:
         if self.paused:
             return
         offset = self._seq_offset
@@ -179,16 +179,17 @@ class Consumer:
         self._start_seq = packet.sequence_number
         self._needs_keyframe = False
 
-    def _build(self, packet: InboundPacket, pt: int, seq: int, ts: int, ssrc: int, abs_send_time: int, prefix: bytes) -> bytes:
-        elements = self._mid_element
-        if self._audio_level_id and packet.audio_level is not None:
-            elements += bytes(((self._audio_level_id << 4), packet.audio_level))
-        if self._abs_send_time_id:
-            elements += bytes(((self._abs_send_time_id << 4) | 2,)) + abs_send_time.to_bytes(3, "big")
-        head = rtp.header(packet.marker, pt, seq, ts, ssrc, packet.padding, bool(elements))
-        if elements:
-            return head + rtp.extension_block(elements) + prefix + packet.payload
-        return head + prefix + packet.payload
+    def _build(self, packet: InboundPacket, pt: int, seq: int, ts: int, ssrc: int, abs_send_time: bytes, prefix: bytes) -> bytes:
+        layout = self._layout
+        value = abs_send_time if self.kind == "video" else packet.audio_level
+        b0 = 0xA0 if packet.padding else 0x80
+        if layout.variable and value is not None:
+            head = rtp.pack_header(b0 | 0x10, (packet.marker << 7) | pt, seq, ts, ssrc)
+            return b"".join((head, layout.prefix, value, layout.suffix, prefix, packet.payload))
+        if layout.plain:
+            head = rtp.pack_header(b0 | 0x10, (packet.marker << 7) | pt, seq, ts, ssrc)
+            return b"".join((head, layout.plain, prefix, packet.payload))
+        return b"".join((rtp.pack_header(b0, (packet.marker << 7) | pt, seq, ts, ssrc), prefix, packet.payload))
 
     # --- RTCP from the subscriber ------------------------------------------------------
 
@@ -219,7 +220,7 @@ class Consumer:
         now = time.monotonic()
         self._rtx_tokens = min(RTX_BURST, self._rtx_tokens + (now - self._rtx_refilled) * RTX_RATE)
         self._rtx_refilled = now
-        abs_send_time = int(time.time() * 262144) & 0xFFFFFF
+        abs_send_time = rtp.abs_send_time()
         for seq in lost:
             if self._rtx_tokens < 1:
                 return

@@ -108,6 +108,7 @@ class Peer(AsyncIOEventEmitter):
             )
         )
         hooks.create_sctp_transport_first(self.pc)
+        hooks.start_transceivers_once_connected(self.pc)  # see there: an aiortc race
         self.revision = 0
         self.closed = False
         self._publications: dict[RTCRtpTransceiver, Producer] = {}
@@ -364,8 +365,8 @@ class Peer(AsyncIOEventEmitter):
         text = candidate.split(":", 1)[1] if candidate.startswith("candidate:") else candidate
         try:
             parsed = candidate_from_sdp(text)
-        except (ValueError, IndexError) as exc:
-            raise NegotiationError(53000, f"malformed ICE candidate: {exc}") from None
+        except (ValueError, IndexError, AssertionError) as exc:  # aiortc asserts on too few fields
+            raise NegotiationError(53000, f"malformed ICE candidate: {exc!r}") from None
         parsed.sdpMid = sdp_mid
         parsed.sdpMLineIndex = sdp_mline_index
         if sdp_mid is None and sdp_mline_index is None:

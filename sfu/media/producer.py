@@ -159,7 +159,7 @@ class Producer:
             if probe is not None and packet.payload:
                 packet.keyframe = probe(packet.payload)
         self._count(packet, len(data))
-        abs_send_time = int(time.time() * 262144) & 0xFFFFFF
+        abs_send_time = rtp.abs_send_time()
         for consumer in self.consumers:
             consumer.forward(packet, abs_send_time)
 

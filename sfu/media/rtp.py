@@ -8,6 +8,7 @@ fields it needs with ``struct`` and writes a new header per subscriber. Parsing 
 from __future__ import annotations
 
 import struct
+import time
 from dataclasses import dataclass
 
 _HEADER = struct.Struct("!BBHII")
@@ -35,7 +36,7 @@ class InboundPacket:
     ssrc: int
     payload: bytes  # payload plus any padding, copied verbatim
     padding: bool
-    audio_level: int | None = None  # the one-byte ssrc-audio-level value, if present
+    audio_level: bytes | None = None  # the one-byte ssrc-audio-level element value, if present
     keyframe: bool = False
 
 
@@ -52,7 +53,7 @@ def parse(data: bytes, audio_level_id: int = 0, mid_id: int = 0) -> tuple[Inboun
     if b0 >> 6 != 2:
         raise MalformedRtp("not RTP version 2")
     offset = 12 + 4 * (b0 & 0x0F)
-    audio_level: int | None = None
+    audio_level: bytes | None = None
     mid: bytes | None = None
     if b0 & 0x10:
         if length < offset + 4:
@@ -76,8 +77,8 @@ def parse(data: bytes, audio_level_id: int = 0, mid_id: int = 0) -> tuple[Inboun
 
 def _read_extensions(
     data: bytes, start: int, end: int, profile: int, audio_level_id: int, mid_id: int
-) -> tuple[int | None, bytes | None]:
-    audio_level: int | None = None
+) -> tuple[bytes | None, bytes | None]:
+    audio_level: bytes | None = None
     mid: bytes | None = None
     i = start
     if profile == ONE_BYTE_PROFILE:
@@ -92,7 +93,7 @@ def _read_extensions(
                 break
             value_at = i + 1
             if ext_id == audio_level_id and size >= 1:
-                audio_level = data[value_at]
+                audio_level = data[value_at : value_at + 1]
             elif ext_id == mid_id:
                 mid = data[value_at : value_at + size]
             i = value_at + size
@@ -105,7 +106,7 @@ def _read_extensions(
             size = data[i + 1]
             value_at = i + 2
             if ext_id == audio_level_id and size >= 1:
-                audio_level = data[value_at]
+                audio_level = data[value_at : value_at + 1]
             elif ext_id == mid_id:
                 mid = data[value_at : value_at + size]
             i = value_at + size
@@ -115,6 +116,9 @@ def _read_extensions(
 def header(marker: int, payload_type: int, seq: int, timestamp: int, ssrc: int, padding: bool, extension: bool) -> bytes:
     b0 = 0x80 | (0x20 if padding else 0) | (0x10 if extension else 0)
     return _HEADER.pack(b0, (marker << 7) | payload_type, seq, timestamp, ssrc)
+
+
+pack_header = _HEADER.pack
 
 
 def one_byte_element(ext_id: int, value: bytes) -> bytes:
@@ -128,6 +132,33 @@ def extension_block(elements: bytes) -> bytes:
     """Wrap one-byte elements in an extension block, padded to 32-bit words."""
     pad = -len(elements) % 4
     return _EXT_HEADER.pack(ONE_BYTE_PROFILE, (len(elements) + pad) // 4) + elements + b"\x00" * pad
+
+
+class ExtensionLayout:
+    """One subscriber's extension block: fixed one-byte elements (its MID) plus at most
+    one element whose value changes per packet (abs-send-time or audio level).
+
+    Built once per negotiation, so the per-packet cost is a join of ready-made pieces.
+    """
+
+    def __init__(self, fixed: bytes, variable_id: int = 0, variable_size: int = 0) -> None:
+        self.variable = bool(variable_id)
+        body = len(fixed) + (1 + variable_size if variable_id else 0)
+        pad = -body % 4
+        self.prefix = _EXT_HEADER.pack(ONE_BYTE_PROFILE, (body + pad) // 4) + fixed
+        if variable_id:
+            self.prefix += bytes(((variable_id << 4) | (variable_size - 1),))
+        self.suffix = b"\x00" * pad
+        self.plain = extension_block(fixed) if fixed else b""  # when the variable value is absent
+
+    @property
+    def empty(self) -> bool:
+        return not self.variable and not self.plain
+
+
+def abs_send_time() -> bytes:
+    """Now, as the 24-bit 6.18 fixed-point abs-send-time extension value."""
+    return (int(time.time() * 262144) & 0xFFFFFF).to_bytes(3, "big")
 
 
 def seq_newer(a: int, b: int) -> bool:
