@@ -53,6 +53,14 @@ def parser() -> argparse.ArgumentParser:
                             "production). Default: on only when --host is a loopback address")
     serve.add_argument("--log-level", default=os.environ.get("SFU_LOG_LEVEL", "INFO"))
 
+    joiner = sub.add_parser("join", help="join a room as a headless participant (synthetic camera, tone, chat from stdin)")
+    joiner.add_argument("--url", default="ws://127.0.0.1:8080/signaling")
+    joiner.add_argument("--token", help="access token (default: minted from the data dir's credentials)")
+    joiner.add_argument("--identity", help="identity for a minted token")
+    joiner.add_argument("--room", help="room name")
+    joiner.add_argument("--duration", type=float, default=None, help="leave after this many seconds")
+    joiner.add_argument("--data-dir", type=Path, default=Path("./data"))
+
     token = sub.add_parser("token", help="print an access token")
     token.add_argument("--identity", required=True)
     token.add_argument("--room", default=None, help="restrict the token to this room")
@@ -67,6 +75,19 @@ def main(argv: list[str] | None = None) -> int:
         credentials, _ = load_or_create(args.data_dir)
         print(mint_token(credentials, args.identity, room=args.room, ttl=args.ttl))
         return 0
+    if args.command == "join":
+        from .join import join
+
+        token = args.token
+        if token is None:
+            if not args.identity:
+                raise SystemExit("sfu join: give --token, or --identity to mint one from the data dir")
+            credentials, _ = load_or_create(args.data_dir)
+            token = mint_token(credentials, args.identity, room=args.room)
+        logging.basicConfig(level=logging.WARNING)
+        import uvloop
+
+        return uvloop.run(join(args.url, token, args.room, args.duration))
     logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     config = ServerConfig(
         host=args.host,
