@@ -19,6 +19,7 @@ aiortc terminates ICE, DTLS and SRTP for us; everything after decryption is ours
 from __future__ import annotations
 
 import asyncio
+import asyncio
 import inspect
 import logging
 from collections.abc import Callable
@@ -79,6 +80,8 @@ def check_compatibility() -> None:
         RTCDtlsTransport._register_rtp_sender
     ):
         raise HookError("RTCDtlsTransport._register_rtp_sender changed")
+    if not hasattr(RTCPeerConnection, "_RTCPeerConnection__connect"):
+        raise HookError("RTCPeerConnection.__connect is gone")
     if not hasattr(RTCPeerConnection, "_RTCPeerConnection__createSctpTransport"):
         raise HookError("RTCPeerConnection.__createSctpTransport is gone")
     if "await transceiver.sender.send(" not in inspect.getsource(RTCPeerConnection):
@@ -95,6 +98,20 @@ def create_sctp_transport_first(pc: RTCPeerConnection) -> None:
     if pc.sctp is None:
         pc._RTCPeerConnection__createSctpTransport()  # type: ignore[attr-defined]
         pc.sctp._bundled = True  # type: ignore[union-attr]
+
+
+def start_when_connected(pc: RTCPeerConnection) -> None:
+    """Work around an aiortc race: transceivers negotiated while DTLS is still connecting
+    are never started (``__connect`` skips them, and nothing calls it again once DTLS is
+    up). Run ``__connect`` once more whenever the connection becomes connected; every step
+    in it is idempotent.
+    """
+
+    def on_state() -> None:
+        if pc.connectionState == "connected":
+            asyncio.ensure_future(pc._RTCPeerConnection__connect())  # type: ignore[attr-defined]
+
+    pc.on("connectionstatechange", on_state)
 
 
 def attach_rtp_sink(dtls: RTCDtlsTransport, sink: Callable[[bytes], None]) -> None:

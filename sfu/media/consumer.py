@@ -108,6 +108,7 @@ class Consumer:
 
     def attach(self) -> None:
         """Start forwarding (the subscriber's sender is up)."""
+        logger.debug("track %s -> ssrc %d: attached", self.producer.track_sid, self.ssrc)
         self.paused = False
         if not self._attached:
             self._attached = True
@@ -178,6 +179,7 @@ class Consumer:
         self._ts_offset = (self._next_ts - packet.timestamp) & 0xFFFFFFFF
         self._start_seq = packet.sequence_number
         self._needs_keyframe = False
+        logger.debug("track %s -> ssrc %d: starting at seq %d", self.producer.track_sid, self.ssrc, packet.sequence_number)
 
     def _build(self, packet: InboundPacket, pt: int, seq: int, ts: int, ssrc: int, abs_send_time: bytes, prefix: bytes) -> bytes:
         layout = self._layout

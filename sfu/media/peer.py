@@ -108,6 +108,7 @@ class Peer(AsyncIOEventEmitter):
             )
         )
         hooks.create_sctp_transport_first(self.pc)
+        hooks.start_when_connected(self.pc)
         hooks.start_transceivers_once_connected(self.pc)  # see there: an aiortc race
         self.revision = 0
         self.closed = False

@@ -214,6 +214,7 @@ class Producer:
         return self._keyframes.sent
 
     def _pli_now(self) -> None:
+        logger.debug("track %s: PLI to ssrc %s", self.track_sid, self.ssrc)
         if self.ssrc is not None:
             self._send_pli(self.ssrc)
 
