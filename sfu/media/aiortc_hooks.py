@@ -43,8 +43,24 @@ class HookError(RuntimeError):
     """aiortc no longer looks the way this module expects."""
 
 
+_compatible_with: str | None = None
+
+
 def check_compatibility() -> None:
-    """Raise HookError when aiortc's internals are not where the hooks expect them."""
+    """Raise HookError when aiortc's internals are not where the hooks expect them.
+
+    The source inspection runs once per process and aiortc version (it parses source).
+    """
+    global _compatible_with
+    import aiortc
+
+    if _compatible_with == aiortc.__version__ and _compatible_with == AIORTC_VERSION:
+        return
+    _inspect_aiortc()
+    _compatible_with = aiortc.__version__
+
+
+def _inspect_aiortc() -> None:
     import aiortc
 
     if aiortc.__version__ != AIORTC_VERSION:
@@ -165,26 +181,38 @@ def route_unknown_rtp(dtls: RTCDtlsTransport, data: bytes) -> RTCRtpReceiver | N
     return receiver if isinstance(receiver, RTCRtpReceiver) else None
 
 
+def _hook_endpoint(
+    endpoint: RTCRtpReceiver | RTCRtpSender,
+    start: str,
+    register: Callable[[Any], None],
+    on_started: Callable[[Any], None],
+    on_rtcp: RtcpHandler,
+) -> None:
+    """Replace ``endpoint``'s start method (``receive`` / ``send``) and its RTCP handler."""
+    started = False
+
+    async def start_once(parameters: Any) -> None:
+        nonlocal started
+        if not started:
+            started = True
+            register(parameters)
+            on_started(parameters)
+
+    async def handle_rtcp_packet(packet: AnyRtcpPacket) -> None:
+        on_rtcp(packet)
+
+    setattr(endpoint, start, start_once)
+    endpoint._handle_rtcp_packet = handle_rtcp_packet  # type: ignore[method-assign]
+
+
 def hook_receiver(
     receiver: RTCRtpReceiver,
     on_started: Callable[[RTCRtpReceiveParameters], None],
     on_rtcp: RtcpHandler,
 ) -> None:
     """Make ``receiver`` a pure packet source: no decoder thread, RTCP to ``on_rtcp``."""
-    state = {"started": False}
-
-    async def receive(parameters: RTCRtpReceiveParameters) -> None:
-        if state["started"]:
-            return
-        state["started"] = True
-        receiver.transport._register_rtp_receiver(receiver, parameters)
-        on_started(parameters)
-
-    async def handle_rtcp_packet(packet: AnyRtcpPacket) -> None:
-        on_rtcp(packet)
-
-    receiver.receive = receive  # type: ignore[method-assign]
-    receiver._handle_rtcp_packet = handle_rtcp_packet  # type: ignore[method-assign]
+    register = lambda parameters: receiver.transport._register_rtp_receiver(receiver, parameters)  # noqa: E731
+    _hook_endpoint(receiver, "receive", register, on_started, on_rtcp)
 
 
 def unhook_receiver(receiver: RTCRtpReceiver) -> None:
@@ -197,20 +225,8 @@ def hook_sender(
     on_rtcp: RtcpHandler,
 ) -> None:
     """Make ``sender`` a forwarding sender: no encoder loop, RTCP to ``on_rtcp``."""
-    state = {"started": False}
-
-    async def send(parameters: RTCRtpSendParameters) -> None:
-        if state["started"]:
-            return
-        state["started"] = True
-        sender.transport._register_rtp_sender(sender, parameters)
-        on_started(parameters)
-
-    async def handle_rtcp_packet(packet: AnyRtcpPacket) -> None:
-        on_rtcp(packet)
-
-    sender.send = send  # type: ignore[method-assign]
-    sender._handle_rtcp_packet = handle_rtcp_packet  # type: ignore[method-assign]
+    register = lambda parameters: sender.transport._register_rtp_sender(sender, parameters)  # noqa: E731
+    _hook_endpoint(sender, "send", register, on_started, on_rtcp)
 
 
 def unhook_sender(sender: RTCRtpSender) -> None:

@@ -44,6 +44,7 @@ from aiortc.sdp import candidate_from_sdp
 from pyee.asyncio import AsyncIOEventEmitter
 
 from . import aiortc_hooks as hooks
+from . import rtp
 from .codecs import codec_key
 from .consumer import AUDIO_LEVEL_URI, MID_URI, Consumer
 from .datatrack import DataTrackOptions
@@ -159,13 +160,9 @@ class Peer(AsyncIOEventEmitter):
         return producer
 
     def remove_publication(self, producer: Producer) -> None:
-        for transceiver, p in list(self._publications.items()):
-            if p is producer:
-                del self._publications[transceiver]
-                self._sections.pop(transceiver, None)
-                transceiver.direction = "inactive"
-                hooks.unhook_receiver(transceiver.receiver)
-                self.request_negotiation()
+        transceiver = self._retire(self._publications, producer)
+        if transceiver is not None:
+            hooks.unhook_receiver(transceiver.receiver)
         for ssrc in [s for s, p in self._by_ssrc.items() if p is producer]:
             del self._by_ssrc[ssrc]
         producer.close()
@@ -206,8 +203,6 @@ class Peer(AsyncIOEventEmitter):
 
     def _learn_ssrc(self, transport: RTCDtlsTransport, data: bytes) -> Producer | None:
         """Map an SSRC the SDP did not announce to its producer, by MID or payload type."""
-        from . import rtp
-
         ssrc = int.from_bytes(data[8:12], "big")
         producer: Producer | None = None
         mid_id = next((p.mid_id for p in self._publications.values() if p.mid_id), 0)
@@ -266,13 +261,19 @@ class Peer(AsyncIOEventEmitter):
 
     def remove_subscription(self, consumer: Consumer) -> None:
         consumer.detach()
-        for transceiver, c in list(self._subscriptions.items()):
-            if c is consumer:
-                del self._subscriptions[transceiver]
-                self._sections.pop(transceiver, None)
-                transceiver.direction = "inactive"
-                hooks.unhook_sender(transceiver.sender)
-                self.request_negotiation()
+        transceiver = self._retire(self._subscriptions, consumer)
+        if transceiver is not None:
+            hooks.unhook_sender(transceiver.sender)
+
+    def _retire(self, table: dict[RTCRtpTransceiver, Producer] | dict[RTCRtpTransceiver, Consumer], endpoint: object) -> RTCRtpTransceiver | None:
+        """Make the m-section of ``endpoint`` inactive in the next offer."""
+        transceiver = next((t for t, e in table.items() if e is endpoint), None)
+        if transceiver is not None:
+            del table[transceiver]  # type: ignore[arg-type]
+            self._sections.pop(transceiver, None)
+            transceiver.direction = "inactive"
+            self.request_negotiation()
+        return transceiver
 
     @staticmethod
     def _codec_preferences(producer: Producer) -> list[object]:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import struct
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 
 _HEADER = struct.Struct("!BBHII")
@@ -75,41 +76,39 @@ def parse(data: bytes, audio_level_id: int = 0, mid_id: int = 0) -> tuple[Inboun
     return packet, mid
 
 
+def _elements(data: bytes, start: int, end: int, profile: int) -> Iterator[tuple[int, int, int]]:
+    """Yield (id, value offset, value size) for each RFC 8285 element in a block."""
+    one_byte = profile == ONE_BYTE_PROFILE
+    if not one_byte and profile & TWO_BYTE_PROFILE_MASK != TWO_BYTE_PROFILE:
+        return
+    i = start
+    while i < end:
+        byte = data[i]
+        if byte == 0:  # padding
+            i += 1
+            continue
+        if one_byte:
+            if byte >> 4 == 15:
+                return
+            ext_id, size, value_at = byte >> 4, (byte & 0x0F) + 1, i + 1
+        else:
+            if i + 1 >= end:
+                return
+            ext_id, size, value_at = byte, data[i + 1], i + 2
+        yield ext_id, value_at, size
+        i = value_at + size
+
+
 def _read_extensions(
     data: bytes, start: int, end: int, profile: int, audio_level_id: int, mid_id: int
 ) -> tuple[bytes | None, bytes | None]:
     audio_level: bytes | None = None
     mid: bytes | None = None
-    i = start
-    if profile == ONE_BYTE_PROFILE:
-        while i < end:
-            byte = data[i]
-            if byte == 0:
-                i += 1
-                continue
-            ext_id = byte >> 4
-            size = (byte & 0x0F) + 1
-            if ext_id == 15:
-                break
-            value_at = i + 1
-            if ext_id == audio_level_id and size >= 1:
-                audio_level = data[value_at : value_at + 1]
-            elif ext_id == mid_id:
-                mid = data[value_at : value_at + size]
-            i = value_at + size
-    elif profile & TWO_BYTE_PROFILE_MASK == TWO_BYTE_PROFILE:
-        while i + 1 < end:
-            ext_id = data[i]
-            if ext_id == 0:
-                i += 1
-                continue
-            size = data[i + 1]
-            value_at = i + 2
-            if ext_id == audio_level_id and size >= 1:
-                audio_level = data[value_at : value_at + 1]
-            elif ext_id == mid_id:
-                mid = data[value_at : value_at + size]
-            i = value_at + size
+    for ext_id, value_at, size in _elements(data, start, end, profile):
+        if ext_id == audio_level_id and size >= 1:
+            audio_level = data[value_at : value_at + 1]
+        elif ext_id == mid_id:
+            mid = data[value_at : value_at + size]
     return audio_level, mid
 
 
