@@ -61,6 +61,7 @@ class Subscription:
     track: PublishedTrack
     consumer: Consumer | DataConsumer
     label: str | None = None  # the data channel label, for data tracks
+    created_at: datetime | None = None
 
     @property
     def media(self) -> Consumer | None:

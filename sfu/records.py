@@ -10,9 +10,9 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Awaitable, Callable
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
-from .store import ParticipantRecord, PublishedTrackRecord, RoomRecord, Store, SubscribeRulesRecord
+from .store import ParticipantRecord, PublishedTrackRecord, RecordingRulesRecord, RoomRecord, Store, SubscribeRulesRecord
 
 if TYPE_CHECKING:
     from .participant import Participant, PublishedTrack
@@ -117,6 +117,15 @@ class RecordKeeper:
             rules=[dict(r) for r in p.rules],
         )
         self._put(lambda: self.store.put_subscribe_rules(record))  # type: ignore[union-attr]
+
+    def recording_rules(self, room: "Room", rules: list[dict[str, Any]]) -> None:
+        record = RecordingRulesRecord(
+            room_sid=room.sid,
+            date_created=room.created_at,
+            date_updated=self._now(),  # type: ignore[arg-type]
+            rules=[dict(r) for r in rules],
+        )
+        self._put(lambda: self.store.put_recording_rules(record))  # type: ignore[union-attr]
 
     async def flush(self) -> None:
         """Wait until every queued record is in the store."""

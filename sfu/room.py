@@ -24,6 +24,7 @@ logger = logging.getLogger(__name__)
 
 ROOM_TYPES = {"go": 2, "peer-to-peer": 10, "group-small": 4, "group": 50}
 MAX_TRACK_NAME = 128
+MAX_ROOM_DURATION = 24 * 3600  # seconds: Twilio ends every room after 24 hours
 
 # Twilio error codes used by the room model.
 ROOM_FULL = 53105
@@ -33,6 +34,7 @@ TRACK_KIND_NOT_SUPPORTED = 53125
 MAX_TRACKS_EXCEEDED = 53203
 TRACK_INVALID = 53300
 PARTICIPANT_NOT_FOUND = 53204
+SESSION_LENGTH_EXCEEDED = 53216
 
 
 @dataclass
@@ -75,6 +77,10 @@ class Room(AsyncIOEventEmitter):
         self.participants: dict[str, Participant] = {}
         self._membership = asyncio.Lock()
         self._empty_timer: asyncio.TimerHandle | None = None
+        self._session_timers: dict[str, asyncio.TimerHandle] = {}
+        self._lifetime_timer = registry.call_later(MAX_ROOM_DURATION, lambda: asyncio.ensure_future(self.end()))
+        self.recording_rules: list[dict[str, Any]] | None = None
+        self.on("participant_updated", registry.records.participant)  # e.g. reconnecting
 
     @property
     def in_progress(self) -> bool:
@@ -114,6 +120,12 @@ class Room(AsyncIOEventEmitter):
             if rules is not None:
                 participant.rules = rules
             self.participants[participant.sid] = participant
+            self._session_timers[participant.sid] = self.registry.call_later(
+                self.settings.max_participant_duration,
+                lambda: asyncio.ensure_future(
+                    self.remove(participant, SESSION_LENGTH_EXCEEDED, "Participant session length exceeded")
+                ),
+            )
             self.registry.records.participant(participant)
             self.registry.records.rules(participant)
             self.emit("participant_connected", participant)
@@ -129,6 +141,9 @@ class Room(AsyncIOEventEmitter):
         if self.participants.get(participant.sid) is not participant:
             return
         del self.participants[participant.sid]
+        timer = self._session_timers.pop(participant.sid, None)
+        if timer is not None:
+            timer.cancel()
         participant.status = "disconnected"
         participant.disconnected_at = self.registry.now()
         participant.revision += 1
@@ -175,6 +190,7 @@ class Room(AsyncIOEventEmitter):
             if not self.in_progress:
                 return
             self._cancel_empty_timer()
+            self._lifetime_timer.cancel()
             for participant in list(self.participants.values()):
                 await self._remove(participant, ROOM_COMPLETED, "Room completed")
             self.status = status
@@ -296,6 +312,11 @@ class Room(AsyncIOEventEmitter):
         self._reconcile(participant)
         return normalised
 
+    def set_recording_rules(self, rules: list[dict[str, Any]]) -> None:
+        """Replace the room's (already validated) recording rules."""
+        self.recording_rules = rules
+        self.registry.records.recording_rules(self, rules)
+
     def _reconcile(self, subscriber: Participant) -> None:
         """Make the subscriber's subscriptions match its rules and the published tracks."""
         if subscriber.status != "connected":
@@ -325,7 +346,7 @@ class Room(AsyncIOEventEmitter):
         producer = track.producer
         if isinstance(producer, Producer):
             consumer = subscriber.peer.add_subscription(producer, stream_id=track.publisher.sid)
-            return Subscription(track, consumer)
+            return Subscription(track, consumer, created_at=self.registry.now())
         if isinstance(producer, DataProducer):
             options: DataTrackOptions = producer.options
             channel = subscriber.peer.create_data_channel(track.sid, options)
@@ -337,7 +358,7 @@ class Room(AsyncIOEventEmitter):
                 on_overflow=lambda c: self._data_overflow(subscriber, track),
             )
             producer.add_consumer(data_consumer)
-            return Subscription(track, data_consumer, label=track.sid)
+            return Subscription(track, data_consumer, label=track.sid, created_at=self.registry.now())
         return None
 
     def _drop_subscription(self, subscriber: Participant, sub: Subscription) -> None:

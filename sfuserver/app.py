@@ -3,16 +3,20 @@
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass, field
+from datetime import datetime
 from pathlib import Path
+from typing import Any
 
 from aiohttp import web
 from aiortc import RTCIceServer
 
+from rest.app import add_routes as add_rest_routes
 from sfu.credentials import Credentials
 from sfu.media import aiortc_hooks as hooks
 from sfu.media.peer import MediaConfig
-from sfu.registry import RoomRegistry
+from sfu.registry import RoomRegistry, utcnow
 from sfu.store import SqliteStore
 from signaling.server import SignalingService
 
@@ -37,7 +41,13 @@ class ServerConfig:
     dev_tokens: bool | None = None  # POST /dev/token: None = on only for loopback binds (web.py)
 
 
-def build_app(config: ServerConfig, credentials: Credentials) -> web.Application:
+def build_app(
+    config: ServerConfig,
+    credentials: Credentials,
+    clock: Callable[[], datetime] | None = None,
+    call_later: Callable[[float, Callable[[], Any]], Any] | None = None,
+) -> web.Application:
+    """``clock`` and ``call_later`` replace wall time for the room model (tests)."""
     hooks.check_compatibility()  # refuse to start on an aiortc whose internals moved
     media = MediaConfig(
         ice_servers=list(config.ice_servers),
@@ -45,13 +55,14 @@ def build_app(config: ServerConfig, credentials: Credentials) -> web.Application
         retransmission_cache=config.retransmission_cache,
     )
     store = SqliteStore(config.database or config.data_dir / "sfu.sqlite3")
-    registry = RoomRegistry(media, credentials.account_sid, store=store)
+    registry = RoomRegistry(media, credentials.account_sid, store=store, clock=clock or utcnow, call_later=call_later)
     signaling = SignalingService(registry, credentials, reconnect_grace=config.reconnect_grace)
 
     app = web.Application(client_max_size=1 << 20)
     app[REGISTRY] = registry
     app[SIGNALING] = signaling
     signaling.add_routes(app)
+    add_rest_routes(app, registry, credentials)
     app.router.add_get("/healthz", _health)
     WebClient(credentials, dev_tokens_enabled(config.host, config.dev_tokens)).add_routes(app)
 
