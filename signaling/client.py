@@ -30,7 +30,6 @@ from aiortc import (
     RTCRtpTransceiver,
     RTCSessionDescription,
 )
-from aiortc.mediastreams import MediaStreamError
 from aiortc.rtcconfiguration import RTCBundlePolicy
 from aiortc.rtp import RtpPacket
 from av import AudioFrame, VideoFrame
@@ -176,6 +175,7 @@ class RemoteTrack(AsyncIOEventEmitter):
         self.kind = kind
         self.name = name
         self.enabled = True
+        self.subscribed_at: float | None = None  # event-loop time of its track_subscribed
 
 
 class RemoteMediaTrack(RemoteTrack):
@@ -321,6 +321,7 @@ class Room(AsyncIOEventEmitter):
         self.token = token
         self.sid = ""
         self.name = ""
+        self.type = ""
         self.state = "connecting"
         self.session = ""
         self.participants: dict[str, RemoteParticipant] = {}
@@ -341,6 +342,7 @@ class Room(AsyncIOEventEmitter):
         self._closing = False
         self.offers_answered = 0
         self.pc.on("datachannel", self._on_datachannel)
+        hooks.start_when_connected(self.pc)
 
     # --- wire ---------------------------------------------------------------------------
 
@@ -420,6 +422,7 @@ class Room(AsyncIOEventEmitter):
         self.session = message["session"]
         self.sid = message["room"]["sid"]
         self.name = message["room"]["name"]
+        self.type = message["room"].get("type", "")
         if first:
             me = message["participant"]
             self.local_participant = LocalParticipant(self, me["sid"], me["identity"])
@@ -428,6 +431,11 @@ class Room(AsyncIOEventEmitter):
                 if isinstance(track, LocalDataTrack):
                     self._data_queue.append(track)
         self.subscribe_rules = message.get("subscribe", {}).get("rules", [])
+        listed = {p["sid"] for p in message.get("participants", [])}
+        for sid in [s for s in self.participants if s not in listed]:
+            # Left while our websocket was down: `synced` lists only who is still here.
+            gone = self.participants[sid]
+            self._apply_participant({"sid": sid, "identity": gone.identity, "state": "disconnected", "revision": gone.revision + 1, "tracks": []})
         for p in message.get("participants", []):
             self._apply_participant(p)
         self._apply_published(message["published"])
@@ -546,6 +554,7 @@ class Room(AsyncIOEventEmitter):
         track.enabled = pub.enabled
         pub.track = track
         self._announced.add(sid)
+        track.subscribed_at = asyncio.get_running_loop().time()
         p.emit("track_subscribed", track, pub)
         self.emit("track_subscribed", track, pub, p)
 

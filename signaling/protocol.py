@@ -31,6 +31,20 @@ Participants carry revisions: a client applies a participant's state only if its
 is newer than the one it holds, and derives the events (connected, disconnected, track
 published / unpublished / enabled / disabled, subscribed / unsubscribed) from the change.
 The server is always the offerer; the client answers each offer with the same revision.
+
+Errors. A refused message is answered with ``error`` (``request`` names its type when known)
+and changes nothing: an ``update`` is checked whole before any part applies. The socket stays
+open except where noted. 53000: not JSON, not an object, unknown type, version other than 1,
+a field of the wrong type, over MAX_MESSAGE_SIZE bytes, out of order (``update`` before
+``connect``, a second ``connect`` or ``sync``), an answer to no waiting offer, an offer or
+other description from the client, a malformed ICE candidate. 53403: an answer the server
+cannot apply (garbage SDP; the offer stays open for a proper answer). Tracks: 53125 unknown
+kind, 53300 empty / overlong / repeated id or overlong name, 53304 repeated name, 53203 too
+many. 53215: invalid subscribe rules. Fatal (error, then the socket closes): token refusals
+20101-20107 and 53200 on ``connect`` / ``sync``, a room grant for another room (20106),
+53100-53102 bad room name, 53105 room full, 53215 invalid rules on ``connect``, 53002 no
+session to resume. A frame over 4 x MAX_MESSAGE_SIZE closes the websocket (1009); the session
+can be resumed with ``sync``.
 """
 
 from __future__ import annotations
@@ -48,7 +62,15 @@ SIGNALING_MESSAGE_TOO_LARGE = 53000
 CLIENT_LOCAL_DESCRIPTION_FAILED = 53400
 CLIENT_REMOTE_DESCRIPTION_FAILED = 53402
 
+MAX_TRACKS_EXCEEDED = 53203
+TRACK_INVALID = 53300
+TRACK_NAME_DUPLICATED = 53304
+TRACK_KIND_NOT_SUPPORTED = 53125
+
 CLIENT_TYPES = {"connect", "update", "sync", "disconnect", "heartbeat"}
+TRACK_KINDS = ("audio", "video", "data")
+MAX_TRACK_ID = 256  # the limits sfu.room.Room.publish enforces, checked here for the whole list
+MAX_TRACK_NAME = 128
 
 
 class ProtocolError(Exception):
@@ -61,21 +83,29 @@ class ProtocolError(Exception):
         self.fatal = fatal
 
 
+def too_large(text: str | bytes) -> bool:
+    """True when the message is over MAX_MESSAGE_SIZE bytes as sent (UTF-8: up to 4 bytes a
+    character, so short text is never encoded just to measure it)."""
+    if isinstance(text, bytes) or len(text) * 4 <= MAX_MESSAGE_SIZE:
+        return len(text) > MAX_MESSAGE_SIZE
+    return len(text.encode("utf-8", "surrogatepass")) > MAX_MESSAGE_SIZE
+
+
 def decode(text: str | bytes) -> dict[str, Any]:
     """Parse and check the envelope of one client message."""
-    if len(text) > MAX_MESSAGE_SIZE:
-        raise ProtocolError(SIGNALING_ERROR, f"Message too large (limit {MAX_MESSAGE_SIZE} bytes)")
+    if too_large(text):
+        raise ProtocolError(SIGNALING_MESSAGE_TOO_LARGE, f"Message too large (limit {MAX_MESSAGE_SIZE} bytes)")
     try:
         message = json.loads(text)
-    except (ValueError, UnicodeDecodeError):
+    except (ValueError, RecursionError):  # UnicodeDecodeError is a ValueError; RecursionError: deep nesting
         raise ProtocolError(SIGNALING_ERROR, "Malformed message: not JSON") from None
     if not isinstance(message, dict):
         raise ProtocolError(SIGNALING_ERROR, "Malformed message: not a JSON object")
     kind = message.get("type")
-    if kind not in CLIENT_TYPES:
+    if not isinstance(kind, str) or kind not in CLIENT_TYPES:  # (a list or object is unhashable)
         raise ProtocolError(SIGNALING_ERROR, f"Unknown message type: {str(kind)[:64]!r}")
     version = message.get("version", VERSION)
-    if version != VERSION:
+    if type(version) is not int or version != VERSION:
         raise ProtocolError(SIGNALING_ERROR, f"Unsupported protocol version: {str(version)[:16]}")
     return message
 
@@ -104,12 +134,15 @@ def field(message: dict[str, Any], name: str, kind: type | tuple[type, ...], req
 
 
 def tracks(value: object) -> list[dict[str, Any]]:
-    """Validate a list of Track entries."""
+    """Validate a list of Track entries as a whole: one bad entry refuses the list, so a
+    refused update never half-applies (unpublishing the tracks it leaves out)."""
     if not isinstance(value, list):
         raise ProtocolError(SIGNALING_ERROR, "participant.tracks must be a list")
     if len(value) > 64:
-        raise ProtocolError(53203, "Maximum number of published tracks exceeded")
+        raise ProtocolError(MAX_TRACKS_EXCEEDED, "Maximum number of published tracks exceeded")
     out = []
+    ids: set[str] = set()
+    names: set[str] = set()
     for entry in value:
         if not isinstance(entry, dict):
             raise ProtocolError(SIGNALING_ERROR, "Each track must be an object")
@@ -117,6 +150,18 @@ def tracks(value: object) -> list[dict[str, Any]]:
         kind = field(entry, "kind", str)
         name = field(entry, "name", str, required=False)
         enabled = field(entry, "enabled", bool, required=False)
+        if kind not in TRACK_KINDS:
+            raise ProtocolError(TRACK_KIND_NOT_SUPPORTED, f"Track kind {kind[:16]!r} is not supported")
+        if not track_id or len(track_id) > MAX_TRACK_ID:
+            raise ProtocolError(TRACK_INVALID, "Track id is invalid")
+        if name is not None and len(name) > MAX_TRACK_NAME:
+            raise ProtocolError(TRACK_INVALID, "Track name is too long")
+        if track_id in ids:
+            raise ProtocolError(TRACK_INVALID, f"Track id {track_id[:64]!r} is listed twice")
+        if (name or track_id) in names:
+            raise ProtocolError(TRACK_NAME_DUPLICATED, f"Track name {(name or track_id)[:64]!r} is duplicated")
+        ids.add(track_id)
+        names.add(name or track_id)
         out.append({"id": track_id, "kind": kind, "name": name, "enabled": True if enabled is None else enabled})
     return out
 

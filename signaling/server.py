@@ -163,19 +163,26 @@ class Session:
             raise ProtocolError(protocol.SIGNALING_ERROR, f"Already connected: unexpected {kind}")
 
     async def _update(self, message: dict[str, Any]) -> None:
+        # Check every part before applying any: a refused update changes nothing.
         participant_part = protocol.field(message, "participant", dict, required=False)
-        if participant_part is not None and "tracks" in participant_part:
-            self.apply_tracks(protocol.tracks(participant_part["tracks"]))
         pc = protocol.field(message, "peer_connection", dict, required=False)
-        if pc is not None:
-            await self._peer_connection(pc)
         subscribe = protocol.field(message, "subscribe", dict, required=False)
+        tracks = None
+        if participant_part is not None and "tracks" in participant_part:
+            tracks = protocol.tracks(participant_part["tracks"])
+        rules = None
         if subscribe is not None:
             try:
-                rules = self.room.set_subscribe_rules(self.participant, subscribe.get("rules"))
+                rules = validate_rules(subscribe.get("rules"))
             except InvalidRules as exc:
                 raise ProtocolError(exc.code, str(exc)) from None
-            self.send({"type": "update", "subscribe": {"rules": rules}})
+        if tracks is not None:
+            self.apply_tracks(tracks)
+        if pc is not None:
+            await self._peer_connection(pc)
+        if rules is not None:
+            stored = self.room.set_subscribe_rules(self.participant, rules)
+            self.send({"type": "update", "subscribe": {"rules": stored}})
 
     def apply_tracks(self, tracks: list[dict[str, Any]]) -> None:
         """Make the published tracks match the client's list (publish, unpublish, mute)."""
@@ -373,5 +380,9 @@ class SignalingService:
         session = self.sessions.get(str(message.get("session")))
         if session is None or session.ended or session.participant.identity != grant.identity:
             raise ProtocolError(53002, "Unable to resume the session", fatal=True)
+        try:
+            check_room_grant(grant, session.room.unique_name, session.room.sid)
+        except TokenError as exc:
+            raise ProtocolError(exc.code, exc.message, fatal=True) from None
         session.resume(ws)
         return session

@@ -8,15 +8,19 @@ import socket
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pytest
 from aiohttp import web
 
 from sfu.credentials import Credentials, generate
 from sfu.registry import RoomRegistry
-from sfuserver.app import REGISTRY, ServerConfig, build_app
+from sfuserver.app import REGISTRY, SIGNALING, ServerConfig, build_app
+from signaling.server import SignalingService
 from signaling.tokens import mint_token
+
+if TYPE_CHECKING:
+    from .helpers.clients import Clients
 
 DEADLINE = 30.0  # generous: the suite must hold on a loaded 2-core machine
 
@@ -69,6 +73,7 @@ class Server:
     credentials: Credentials
     registry: RoomRegistry
     data_dir: Path
+    signaling: SignalingService
 
     def token(self, identity: str, room: str | None = None, ttl: int = 3600) -> str:
         return mint_token(self.credentials, identity, room=room, ttl=ttl)
@@ -84,5 +89,15 @@ async def server(tmp_path: Path, netns: None) -> AsyncIterator[Server]:
     site = web.TCPSite(runner, "127.0.0.1", 0)
     await site.start()
     port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
-    yield Server(f"ws://127.0.0.1:{port}/signaling", f"http://127.0.0.1:{port}", credentials, app[REGISTRY], tmp_path)
+    yield Server(f"ws://127.0.0.1:{port}/signaling", f"http://127.0.0.1:{port}", credentials, app[REGISTRY], tmp_path, app[SIGNALING])
     await runner.cleanup()
+
+
+@pytest.fixture
+async def clients(server: Server) -> AsyncIterator["Clients"]:
+    """Joins participants with test media to ``server``; disconnects them all afterwards."""
+    from .helpers.clients import Clients
+
+    joined = Clients(server)
+    yield joined
+    await joined.close()

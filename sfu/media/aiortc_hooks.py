@@ -117,17 +117,21 @@ def create_sctp_transport_first(pc: RTCPeerConnection) -> None:
 
 
 def start_when_connected(pc: RTCPeerConnection) -> None:
-    """Work around an aiortc race: transceivers negotiated while DTLS is still connecting
-    are never started (``__connect`` skips them, and nothing calls it again once DTLS is
-    up). Run ``__connect`` once more whenever the connection becomes connected; every step
-    in it is idempotent.
+    """Work around an aiortc race: transceivers negotiated while DTLS is handshaking never start.
+
+    aiortc starts senders and receivers in ``__connect``, run after each description is
+    applied, and only for transports whose DTLS state is already ``connected``. When a
+    second negotiation completes during the first handshake, its ``__connect`` skips the
+    new transceivers and the first one, still awaiting the handshake, does not revisit
+    them: their media is silently dropped. Running ``__connect`` again once the connection
+    is up starts them (``send``, ``receive`` and SCTP ``start`` are idempotent).
     """
 
-    def on_state() -> None:
+    def on_state_change() -> None:
         if pc.connectionState == "connected":
             asyncio.ensure_future(pc._RTCPeerConnection__connect())  # type: ignore[attr-defined]
 
-    pc.on("connectionstatechange", on_state)
+    pc.on("connectionstatechange", on_state_change)
 
 
 def attach_rtp_sink(dtls: RTCDtlsTransport, sink: Callable[[bytes], None]) -> None:
@@ -377,22 +381,3 @@ async def send_raw_rtp(sender: RTCRtpSender, data: bytes) -> None:
     """Send arbitrary bytes as (S)RTP/RTCP on ``sender``'s transport (tests: bogus input)."""
     await send_rtcp(sender.transport, data)
 
-
-def start_transceivers_once_connected(pc: RTCPeerConnection) -> None:
-    """Work around an aiortc race: transceivers negotiated while DTLS is handshaking never start.
-
-    aiortc starts senders and receivers in ``__connect``, run after each description is
-    applied, and only for transports whose DTLS state is already ``connected``. When a
-    second negotiation completes during the first handshake, its ``__connect`` skips the
-    new transceivers and the first one, still awaiting the handshake, does not revisit
-    them: their media is silently dropped. Running ``__connect`` again once the connection
-    is up starts them (``send``, ``receive`` and SCTP ``start`` are idempotent).
-    """
-    if not hasattr(pc, "_RTCPeerConnection__connect"):
-        raise HookError("RTCPeerConnection.__connect is gone")
-
-    def on_state_change() -> None:
-        if pc.connectionState == "connected":
-            asyncio.ensure_future(pc._RTCPeerConnection__connect())  # type: ignore[attr-defined]
-
-    pc.on("connectionstatechange", on_state_change)

@@ -110,7 +110,6 @@ class Peer(AsyncIOEventEmitter):
         )
         hooks.create_sctp_transport_first(self.pc)
         hooks.start_when_connected(self.pc)
-        hooks.start_transceivers_once_connected(self.pc)  # see there: an aiortc race
         self.revision = 0
         self.closed = False
         self._publications: dict[RTCRtpTransceiver, Producer] = {}

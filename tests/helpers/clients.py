@@ -92,11 +92,16 @@ class EventLog:
     ) -> tuple[Any, ...]:
         """The first ``name`` event at or after index ``since`` (already recorded or not)."""
         who = getattr(getattr(self.room, "local_participant", None), "identity", "?")
-        found = await wait_for(
-            lambda: self.find(name, predicate, since) or None, timeout, message=f"{who} to see {name} (saw {self.names(since)})"
-        )
-        assert found is not None
-        return found
+
+        def seen() -> list[tuple[Any, ...]]:  # a list, so that an event without arguments is truthy
+            found = self.find(name, predicate, since)
+            return [] if found is None else [found]
+
+        try:
+            (args,) = await wait_for(seen, timeout, message=f"{who} to see {name}")
+        except AssertionError as exc:
+            raise AssertionError(f"{exc}; saw {self.names(since)}") from None
+        return args
 
     def errors(self, since: int = 0) -> list[int]:
         return [args[0].code for name, args in self.events[since:] if name == "error"]
