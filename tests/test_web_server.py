@@ -1,0 +1,153 @@
+"""sfuserver/web.py over real HTTP on loopback: the page's files and the development token
+endpoint, which is on for loopback binds or with --dev-tokens, and refused (403) otherwise."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from pathlib import Path
+
+import aiohttp
+import pytest
+from aiohttp import web
+
+from sfu.credentials import Credentials, generate
+from sfuserver.app import ServerConfig, build_app
+from sfuserver.cli import parser
+from sfuserver.web import dev_tokens_enabled, is_loopback
+from signaling.tokens import verify_token
+
+
+@asynccontextmanager
+async def running(tmp_path: Path, host: str, dev_tokens: bool | None = None) -> AsyncIterator[tuple[str, Credentials]]:
+    """The app as configured for ``host``, but always bound to 127.0.0.1 for the test."""
+    credentials = generate()
+    app = build_app(ServerConfig(host=host, port=0, data_dir=tmp_path, dev_tokens=dev_tokens), credentials)
+    runner = web.AppRunner(app, handle_signals=False, access_log=None)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+    try:
+        yield f"http://127.0.0.1:{port}", credentials
+    finally:
+        await runner.cleanup()
+
+
+async def post_token(base: str, body: object, content_type: str = "application/json") -> tuple[int, dict]:
+    import json
+
+    data = body if isinstance(body, str) else json.dumps(body)
+    async with aiohttp.ClientSession() as http:
+        async with http.post(base + "/dev/token", data=data, headers={"Content-Type": content_type}) as response:
+            return response.status, await response.json(content_type=None)
+
+
+@pytest.mark.parametrize(
+    ("host", "expected"),
+    [("127.0.0.1", True), ("127.4.5.6", True), ("::1", True), ("[::1]", True), ("localhost", True),
+     ("0.0.0.0", False), ("::", False), ("", False), ("10.1.2.3", False), ("sfu.example.com", False)],
+)
+def test_loopback_hosts(host: str, expected: bool) -> None:
+    assert is_loopback(host) is expected
+    assert dev_tokens_enabled(host, None) is expected
+    assert dev_tokens_enabled(host, True) is True
+    assert dev_tokens_enabled(host, False) is False
+
+
+def test_cli_flag() -> None:
+    assert parser().parse_args(["serve"]).dev_tokens is None
+    assert parser().parse_args(["serve", "--dev-tokens"]).dev_tokens is True
+    assert parser().parse_args(["serve", "--no-dev-tokens"]).dev_tokens is False
+
+
+async def test_dev_tokens_on_loopback(tmp_path: Path) -> None:
+    async with running(tmp_path, "127.0.0.1") as (base, credentials):
+        status, body = await post_token(base, {"identity": "ada", "room": "standup"})
+        assert status == 200, body
+        grant = verify_token(body["token"], credentials)
+        assert (grant.identity, grant.room) == ("ada", "standup")
+        status, body = await post_token(base, {"identity": "bob"})  # any room
+        assert status == 200 and verify_token(body["token"], credentials).room is None
+        # Bad requests say what is wrong; a non-JSON body (a cross-site form could send one) is refused.
+        assert (await post_token(base, {"room": "x"}))[0] == 400
+        assert (await post_token(base, {"identity": ""}))[0] == 400
+        assert (await post_token(base, {"identity": "x" * 300}))[0] == 400
+        assert (await post_token(base, {"identity": "a", "room": 5}))[0] == 400
+        assert (await post_token(base, "[1, 2]"))[0] == 400
+        assert (await post_token(base, "{not json"))[0] == 400
+        assert (await post_token(base, "identity=ada", "application/x-www-form-urlencoded"))[0] == 415
+        assert (await post_token(base, '{"identity": "ada"}', "text/plain"))[0] == 415
+
+
+@pytest.mark.parametrize(("host", "flag", "status"), [("0.0.0.0", None, 403), ("10.1.2.3", None, 403), ("127.0.0.1", False, 403), ("0.0.0.0", True, 200)])
+async def test_dev_tokens_need_loopback_or_the_flag(tmp_path: Path, host: str, flag: bool | None, status: int) -> None:
+    async with running(tmp_path, host, flag) as (base, credentials):
+        got, body = await post_token(base, {"identity": "ada", "room": "standup"})
+        assert got == status, body
+        if status == 403:
+            assert "token" not in body and "--dev-tokens" in body["message"]
+        else:
+            assert verify_token(body["token"], credentials).identity == "ada"
+
+
+async def test_serves_the_page_and_the_module(tmp_path: Path) -> None:
+    async with running(tmp_path, "127.0.0.1") as (base, _), aiohttp.ClientSession() as http:
+        async with http.get(base + "/") as response:
+            assert response.status == 200
+            assert response.headers["Content-Type"].startswith("text/html")
+            csp = response.headers["Content-Security-Policy"]
+            assert "script-src 'self'" in csp and "frame-ancestors 'none'" in csp
+            html = await response.text()
+            assert '<script type="module" src="app.js">' in html and 'for="room-input"' in html
+        for name, kind in (("sdk.js", "text/javascript"), ("app.js", "text/javascript"), ("style.css", "text/css"), ("index.html", "text/html")):
+            async with http.get(f"{base}/{name}") as response:
+                assert response.status == 200, name
+                assert response.headers["Content-Type"].startswith(kind), name
+                assert response.headers["X-Content-Type-Options"] == "nosniff"
+        async with http.get(base + "/sdk.js") as response:
+            assert response.headers["Access-Control-Allow-Origin"] == "*"  # other apps' pages import it
+            assert "export async function connect" in await response.text()
+        for path in ("/nope.js", "/%2e%2e/pyproject.toml", "/..%2fpyproject.toml", "/.gitignore", "/README.md", "/web-client/sdk.js"):
+            async with http.get(base + path) as response:
+                assert response.status == 404, path
+        async with http.get(base + "/healthz") as response:  # the other routes are untouched
+            assert response.status == 200 and (await response.json())["status"] == "ok"
+
+
+async def test_sfu_serve_serves_the_page_with_dev_tokens_on_loopback(tmp_path: Path) -> None:
+    """The real command, as README says to run it: the page and dev tokens on its default host."""
+    import asyncio
+    import socket
+    import sys
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    process = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "sfuserver.cli", "serve", "--port", str(port), "--data-dir", str(tmp_path),
+        stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.PIPE,
+    )
+    base = f"http://127.0.0.1:{port}"
+    try:
+        async with aiohttp.ClientSession() as http:
+            loop = asyncio.get_running_loop()
+            deadline = loop.time() + 30
+            while True:
+                try:
+                    async with http.get(base + "/healthz") as response:
+                        if response.status == 200:
+                            break
+                except aiohttp.ClientConnectionError:
+                    pass
+                assert process.returncode is None, "sfu serve exited"
+                assert loop.time() < deadline, "sfu serve did not come up"
+                await asyncio.sleep(0.1)
+            async with http.get(base + "/") as response:
+                assert response.status == 200 and "Join a room" in await response.text()
+        status, body = await post_token(base, {"identity": "ada", "room": "standup"})
+        assert status == 200 and body["token"].count(".") == 2
+    finally:
+        process.terminate()
+        _, stderr = await process.communicate()
+    assert b"/dev/token is on" in stderr and b"not for production" in stderr, stderr.decode()[-2000:]

@@ -1,0 +1,586 @@
+// The bundled page: join form with a camera preview, a grid of participants, controls and chat.
+// It uses only the public API of sdk.js, the same module applications import.
+import * as Video from './sdk.js';
+
+const $ = (id) => document.getElementById(id);
+const ui = {
+  message: $('message'),
+  notice: $('notice'),
+  join: $('join'),
+  joinForm: $('join-form'),
+  joinButton: $('join-button'),
+  roomInput: $('room-input'),
+  identityInput: $('identity-input'),
+  tokenInput: $('token-input'),
+  joinMic: $('join-mic'),
+  joinCam: $('join-cam'),
+  preview: $('preview'),
+  previewOff: $('preview-off'),
+  previewStatus: $('preview-status'),
+  call: $('call'),
+  callTitle: $('call-title'),
+  roomName: $('room-name'),
+  roomState: $('room-state'),
+  tiles: $('tiles'),
+  micButton: $('mic-button'),
+  camButton: $('cam-button'),
+  screenButton: $('screen-button'),
+  leaveButton: $('leave-button'),
+  chatLog: $('chat-log'),
+  chatForm: $('chat-form'),
+  chatInput: $('chat-input'),
+  tileTemplate: $('tile-template'),
+};
+
+const state = {
+  audio: null, // LocalAudioTrack named "microphone", kept across calls
+  video: null, // LocalVideoTrack named "camera"
+  mediaReady: null, // the promise of the first getUserMedia
+  room: null,
+  chat: null, // LocalDataTrack named "chat", one per call
+  screen: null, // LocalVideoTrack named "screen" while sharing
+  tiles: new Map(), // key -> tile element ("local", participant SID, or "<SID>/<track SID>")
+};
+
+const MAX_CHAT_ENTRIES = 500;
+
+class UiError extends Error {}
+
+// --- messages -------------------------------------------------------------------------
+
+function showError(text) {
+  ui.message.textContent = text;
+  ui.message.hidden = false;
+}
+
+function clearError() {
+  ui.message.textContent = '';
+  ui.message.hidden = true;
+}
+
+let noticeTimer = null;
+function notice(text) {
+  ui.notice.textContent = text;
+  ui.notice.hidden = false;
+  clearTimeout(noticeTimer);
+  noticeTimer = setTimeout(() => {
+    ui.notice.hidden = true;
+  }, 6000);
+}
+
+function unreachable() {
+  return `Can't reach the server at ${location.host}. Check that it is running (sfu serve) and that this device can reach it, then try again.`;
+}
+
+function describeMediaError(error, what) {
+  const name = error && error.name;
+  if (name === 'NotAllowedError' || name === 'SecurityError' || name === 'PermissionDeniedError') {
+    return `${what} access was denied.`;
+  }
+  if (name === 'NotFoundError' || name === 'OverconstrainedError') return `No ${what.toLowerCase()} was found.`;
+  if (name === 'NotReadableError' || name === 'AbortError') return `The ${what.toLowerCase()} is in use by another application.`;
+  if (name === 'NotSupportedError' || name === 'TypeError') return `${what} access needs https (or localhost).`;
+  return `The ${what.toLowerCase()} could not be started (${name || error}).`;
+}
+
+/** What a person should read when joining fails or the call ends with an error. */
+function describeError(error, roomName) {
+  if (error instanceof UiError) return error.message;
+  const code = error && error.code;
+  const detail = error && error.message ? `${error.message}` : 'unknown error';
+  if (typeof code !== 'number') return `Could not join: ${detail}.`;
+  if (code >= 20101 && code <= 20199) {
+    return `The access token was refused: ${detail} (error ${code}). Ask for a new token, or leave the token field empty to use a development token.`;
+  }
+  switch (code) {
+    case 53105:
+      return `The room "${roomName}" is full: it has reached its maximum number of participants (error 53105).`;
+    case 53000:
+    case 53001:
+      return /reach|lost|closed/i.test(detail) ? unreachable() : `Signaling failed: ${detail} (error ${code}).`;
+    case 53100:
+    case 53101:
+    case 53102:
+      return `That room name can't be used: ${detail} (error ${code}).`;
+    case 53118:
+      return `The room "${roomName}" has ended (error 53118).`;
+    case 53200:
+      return `That name can't be used: ${detail} (error 53200).`;
+    case 53205:
+      return 'You joined this room from somewhere else with the same name, so this page left the call (error 53205).';
+    case 53405:
+      return `The media connection to the server failed (error 53405). Try joining again.`;
+    default:
+      return `${detail} (error ${code}).`;
+  }
+}
+
+// --- camera and microphone ------------------------------------------------------------
+
+const VIDEO_CONSTRAINTS = { name: 'camera', width: { ideal: 640 }, height: { ideal: 480 }, frameRate: { ideal: 24 } };
+
+async function acquireMedia() {
+  let audioError = null;
+  let videoError = null;
+  try {
+    for (const track of await Video.createLocalTracks({ audio: { name: 'microphone' }, video: VIDEO_CONSTRAINTS })) {
+      if (track.kind === 'audio') state.audio = track;
+      else state.video = track;
+    }
+  } catch {
+    // Find out which of the two is refused: a person may allow one and not the other.
+    const [audio, video] = await Promise.allSettled([
+      Video.createLocalAudioTrack({ name: 'microphone' }),
+      Video.createLocalVideoTrack(VIDEO_CONSTRAINTS),
+    ]);
+    if (audio.status === 'fulfilled') state.audio = audio.value;
+    else audioError = audio.reason;
+    if (video.status === 'fulfilled') state.video = video.value;
+    else videoError = video.reason;
+  }
+  for (const track of [state.audio, state.video]) {
+    if (track) track.on('stopped', () => renderControls());
+  }
+  if (state.video) state.video.attach(ui.preview);
+  renderPreview();
+  if (audioError || videoError) {
+    const parts = [];
+    const denied = (e) => e && ['NotAllowedError', 'SecurityError', 'PermissionDeniedError'].includes(e.name);
+    if (denied(audioError) && denied(videoError)) parts.push('Camera and microphone access was denied.');
+    else {
+      if (videoError) parts.push(describeMediaError(videoError, 'Camera'));
+      if (audioError) parts.push(describeMediaError(audioError, 'Microphone'));
+    }
+    const missing = !state.audio && !state.video ? 'watch, listen and chat' : state.audio ? 'talk and chat, without video' : 'be seen and chat, without sound';
+    parts.push(`You can still join to ${missing}. To use them, allow access in your browser's site settings and reload the page.`);
+    showError(parts.join(' '));
+  }
+  renderControls();
+}
+
+function renderPreview() {
+  const video = state.video;
+  const on = Boolean(video && video.isEnabled && ui.joinCam.checked);
+  ui.preview.hidden = !on;
+  ui.previewOff.hidden = on;
+  ui.previewOff.textContent = video ? 'Camera off' : 'No camera';
+  const mic = state.audio ? (ui.joinMic.checked ? 'microphone on' : 'microphone off') : 'no microphone';
+  const cam = video ? (ui.joinCam.checked ? 'camera on' : 'camera off') : 'no camera';
+  ui.previewStatus.textContent = `Preview: ${cam}, ${mic}.`;
+  ui.joinMic.disabled = !state.audio;
+  ui.joinCam.disabled = !video;
+}
+
+// --- joining --------------------------------------------------------------------------
+
+async function devToken(identity, room) {
+  let response;
+  try {
+    response = await fetch('/dev/token', {
+      method: 'POST',
+      headers: { 'Content-Type': 'application/json' },
+      body: JSON.stringify({ identity, room }),
+    });
+  } catch {
+    throw new UiError(unreachable());
+  }
+  let body = {};
+  try {
+    body = await response.json();
+  } catch {
+    // not JSON: fall through with the status
+  }
+  if (response.status === 403) {
+    throw new UiError(
+      'This server does not hand out development tokens. Paste an access token from your application\'s server under "I have an access token".',
+    );
+  }
+  if (!response.ok || !body.token) {
+    if (response.status >= 502) throw new UiError(unreachable());
+    throw new UiError(`The server refused a development token: ${body.message || `HTTP ${response.status}`}.`);
+  }
+  return body.token;
+}
+
+async function join(event) {
+  event.preventDefault();
+  if (state.room) return;
+  clearError();
+  const roomName = ui.roomInput.value.trim();
+  const identity = ui.identityInput.value.trim();
+  const pasted = ui.tokenInput.value.trim();
+  for (const [input, value] of [[ui.roomInput, roomName], [ui.identityInput, identity]]) {
+    input.setAttribute('aria-invalid', value ? 'false' : 'true');
+  }
+  if (!roomName || !identity) {
+    showError(!roomName ? 'Enter the name of the room to join.' : 'Enter your name: the others see it on your tile.');
+    (!roomName ? ui.roomInput : ui.identityInput).focus();
+    return;
+  }
+  setJoining(true);
+  let chat = null;
+  try {
+    await state.mediaReady;
+    const token = pasted || (await devToken(identity, roomName));
+    if (state.audio) state.audio.enable(ui.joinMic.checked);
+    if (state.video) state.video.enable(ui.joinCam.checked);
+    chat = new Video.LocalDataTrack({ name: 'chat' });
+    const tracks = [state.audio, state.video].filter((t) => t && !t.isStopped);
+    const room = await Video.connect(token, { name: roomName, tracks: [...tracks, chat] });
+    state.chat = chat;
+    enterRoom(room);
+  } catch (error) {
+    showError(describeError(error, roomName));
+    ui.joinButton.focus();
+  } finally {
+    setJoining(false);
+  }
+}
+
+function setJoining(joining) {
+  ui.joinButton.disabled = joining;
+  ui.joinButton.textContent = joining ? 'Joining…' : 'Join';
+  ui.joinForm.setAttribute('aria-busy', String(joining));
+}
+
+function enterRoom(room) {
+  state.room = room;
+  window.room = room; // handy from the browser console
+  ui.join.hidden = true;
+  ui.call.hidden = false;
+  ui.callTitle.hidden = false;
+  ui.roomName.textContent = room.name;
+  document.title = `${room.name} · Video rooms`;
+  clearChat();
+
+  addLocalTile(room);
+  for (const participant of room.participants.values()) addParticipant(participant);
+
+  room.on('participantConnected', (p) => {
+    addParticipant(p);
+    notice(`${p.identity} joined.`);
+  });
+  room.on('participantDisconnected', (p) => {
+    removeParticipant(p);
+    notice(`${p.identity} left.`);
+  });
+  room.on('participantReconnecting', (p) => renderParticipant(p));
+  room.on('participantReconnected', (p) => renderParticipant(p));
+  room.on('trackSubscribed', (track, publication, p) => trackSubscribed(track, p));
+  room.on('trackUnsubscribed', (track, publication, p) => trackUnsubscribed(track, p));
+  for (const event of ['trackPublished', 'trackUnpublished']) room.on(event, (publication, p) => renderParticipant(p));
+  for (const event of ['trackEnabled', 'trackDisabled']) room.on(event, (track, p) => renderParticipant(p));
+  room.on('trackMessage', (data, track, p) => {
+    if (track.name === 'chat') addChat(p.identity, typeof data === 'string' ? data : new TextDecoder().decode(data), false);
+  });
+  room.on('reconnecting', () => renderRoomState());
+  room.on('reconnected', () => renderRoomState());
+  room.on('disconnected', (r, error) => leaveRoom(error));
+  room.localParticipant.on('trackPublicationFailed', (error, track) => {
+    showError(`Could not share your ${track.name}: ${error.message} (error ${error.code}).`);
+  });
+  renderRoomState();
+  renderControls();
+  ui.micButton.focus();
+}
+
+function leaveRoom(error) {
+  const room = state.room;
+  if (!room) return;
+  state.room = null;
+  window.room = null;
+  stopScreenShare(false);
+  for (const tile of state.tiles.values()) detachTile(tile);
+  state.tiles.clear();
+  ui.tiles.replaceChildren();
+  state.chat = null;
+  ui.call.hidden = true;
+  ui.callTitle.hidden = true;
+  ui.join.hidden = false;
+  document.title = 'Video rooms';
+  if (state.video) state.video.attach(ui.preview);
+  renderPreview();
+  if (error) showError(describeError(error, room.name));
+  else notice(`You left ${room.name}.`);
+  ui.joinButton.focus();
+}
+
+// --- tiles ----------------------------------------------------------------------------
+
+function makeTile(key, name, extra = {}) {
+  const tile = ui.tileTemplate.content.firstElementChild.cloneNode(true);
+  tile.dataset.key = key;
+  tile.querySelector('.name').textContent = name;
+  tile.querySelector('.avatar').textContent = initials(extra.identity || name);
+  tile.setAttribute('aria-label', name);
+  Object.assign(tile.dataset, extra);
+  state.tiles.set(key, tile);
+  ui.tiles.append(tile);
+  return tile;
+}
+
+function initials(name) {
+  const words = name.trim().split(/\s+/).filter(Boolean);
+  return words.slice(0, 2).map((w) => [...w][0].toUpperCase()).join('') || '?';
+}
+
+function detachTile(tile) {
+  for (const el of tile.querySelectorAll('video, audio')) {
+    if (el._track) el._track.detach(el);
+    el.remove();
+  }
+}
+
+function removeTile(key) {
+  const tile = state.tiles.get(key);
+  if (!tile) return;
+  detachTile(tile);
+  tile.remove();
+  state.tiles.delete(key);
+}
+
+function setBadge(tile, which, text, value) {
+  const badge = tile.querySelector(`.badge.${which}`);
+  badge.textContent = text;
+  badge.dataset.value = value;
+  tile.dataset[which === 'conn' ? 'state' : which === 'mic' ? 'mic' : 'camera'] = value;
+}
+
+function addLocalTile(room) {
+  const tile = makeTile('local', `You (${room.localParticipant.identity})`, { local: 'true', identity: room.localParticipant.identity });
+  tile.classList.add('local');
+  if (state.video) attachMedia(tile, state.video, true);
+  renderLocal();
+}
+
+function renderLocal() {
+  const tile = state.tiles.get('local');
+  if (!tile || !state.room) return;
+  const audio = state.audio && !state.audio.isStopped ? state.audio : null;
+  const video = state.video && !state.video.isStopped ? state.video : null;
+  setBadge(tile, 'mic', audio ? (audio.isEnabled ? 'Mic on' : 'Muted') : 'No mic', audio ? (audio.isEnabled ? 'on' : 'muted') : 'none');
+  setBadge(tile, 'cam', video ? (video.isEnabled ? 'Camera on' : 'Camera off') : 'No camera', video ? (video.isEnabled ? 'on' : 'off') : 'none');
+  tile.classList.toggle('camera-off', !(video && video.isEnabled));
+  const s = state.room.state;
+  setBadge(tile, 'conn', s === 'reconnecting' ? 'Reconnecting…' : 'Connected', s);
+}
+
+function addParticipant(p) {
+  if (state.tiles.has(p.sid)) return;
+  makeTile(p.sid, p.identity, { participantSid: p.sid, identity: p.identity });
+  for (const publication of p.tracks.values()) {
+    if (publication.track) trackSubscribed(publication.track, p);
+  }
+  renderParticipant(p);
+}
+
+function removeParticipant(p) {
+  for (const key of [...state.tiles.keys()]) {
+    if (key === p.sid || key.startsWith(`${p.sid}/`)) removeTile(key);
+  }
+}
+
+function isScreen(track) {
+  return /^screen/i.test(track.name);
+}
+
+function renderParticipant(p) {
+  const tile = state.tiles.get(p.sid);
+  if (!tile) return;
+  const audio = [...p.audioTracks.values()];
+  const cameras = [...p.videoTracks.values()].filter((pub) => !/^screen/i.test(pub.trackName));
+  const micOn = audio.some((pub) => pub.isTrackEnabled);
+  const camOn = cameras.some((pub) => pub.isTrackEnabled);
+  setBadge(tile, 'mic', !audio.length ? 'No mic' : micOn ? 'Mic on' : 'Muted', !audio.length ? 'none' : micOn ? 'on' : 'muted');
+  setBadge(tile, 'cam', !cameras.length ? 'No camera' : camOn ? 'Camera on' : 'Camera off', !cameras.length ? 'none' : camOn ? 'on' : 'off');
+  const hasVideo = Boolean(tile.querySelector('video'));
+  tile.classList.toggle('camera-off', !(camOn && hasVideo));
+  setBadge(tile, 'conn', p.state === 'reconnecting' ? 'Reconnecting…' : 'Connected', p.state);
+}
+
+function attachMedia(tile, track, local) {
+  const el = track.attach();
+  el._track = track;
+  el.dataset.trackSid = track.sid || '';
+  el.dataset.trackName = track.name;
+  if (track.kind === 'video') {
+    el.setAttribute('aria-label', `${tile.getAttribute('aria-label')}: video`);
+    if (local && !isScreen(track)) el.classList.add('mirror');
+    tile.querySelector('.media').prepend(el);
+  } else {
+    el.hidden = true;
+    tile.append(el);
+  }
+  return el;
+}
+
+function trackSubscribed(track, p) {
+  if (track.kind === 'data') return;
+  const tile = state.tiles.get(p.sid);
+  if (!tile) return;
+  if (track.kind === 'video' && (isScreen(track) || tile.querySelector('video'))) {
+    // Screen shares and any further video get a tile of their own.
+    const key = `${p.sid}/${track.sid}`;
+    if (!state.tiles.has(key)) {
+      const label = isScreen(track) ? `${p.identity}’s screen` : `${p.identity} (${track.name})`;
+      const extra = makeTile(key, label, { participantSid: p.sid, identity: p.identity, screen: String(isScreen(track)) });
+      extra.classList.add(isScreen(track) ? 'screen' : 'extra');
+      extra.querySelector('.badges').hidden = true;
+      attachMedia(extra, track, false);
+    }
+    return;
+  }
+  attachMedia(tile, track, false);
+  renderParticipant(p);
+}
+
+function trackUnsubscribed(track, p) {
+  removeTile(`${p.sid}/${track.sid}`);
+  const tile = state.tiles.get(p.sid);
+  if (tile) {
+    for (const el of tile.querySelectorAll('video, audio')) {
+      if (el._track === track) {
+        track.detach(el);
+        el.remove();
+      }
+    }
+    renderParticipant(p);
+  }
+}
+
+function renderRoomState() {
+  const room = state.room;
+  if (!room) return;
+  const reconnecting = room.state === 'reconnecting';
+  ui.roomState.textContent = reconnecting ? 'Reconnecting…' : 'Connected';
+  ui.roomState.dataset.state = room.state;
+  if (reconnecting) notice('Connection lost: reconnecting…');
+  renderLocal();
+}
+
+// --- controls -------------------------------------------------------------------------
+
+function setButton(button, label, active, disabled = false) {
+  button.querySelector('.label').textContent = label;
+  button.dataset.active = String(active); // styling only: the label itself says what a press does
+  button.disabled = disabled;
+}
+
+function renderControls() {
+  const audio = state.audio && !state.audio.isStopped ? state.audio : null;
+  const video = state.video && !state.video.isStopped ? state.video : null;
+  // Each label names what pressing does (Mute / Unmute...), so no aria-pressed on top.
+  setButton(ui.micButton, !audio ? 'No microphone' : audio.isEnabled ? 'Mute' : 'Unmute', Boolean(audio && !audio.isEnabled), !audio);
+  setButton(ui.camButton, !video ? 'No camera' : video.isEnabled ? 'Stop camera' : 'Start camera', Boolean(video && !video.isEnabled), !video);
+  const canShare = Boolean(navigator.mediaDevices && navigator.mediaDevices.getDisplayMedia);
+  setButton(ui.screenButton, !canShare ? 'Screen sharing unavailable' : state.screen ? 'Stop sharing' : 'Share screen', Boolean(state.screen), !canShare);
+  renderLocal();
+}
+
+function toggle(track) {
+  if (!track) return;
+  track.enable(!track.isEnabled);
+  const tile = state.tiles.get('local');
+  if (tile && track.kind === 'video') tile.classList.toggle('camera-off', !track.isEnabled);
+  renderControls();
+}
+
+async function toggleScreenShare() {
+  if (state.screen) {
+    stopScreenShare(true);
+    return;
+  }
+  const room = state.room;
+  let stream;
+  try {
+    stream = await navigator.mediaDevices.getDisplayMedia({ video: { frameRate: { ideal: 15 } }, audio: false });
+  } catch (error) {
+    notice(error.name === 'NotAllowedError' ? 'Screen sharing was cancelled.' : `Screen sharing failed: ${error.message}`);
+    return;
+  }
+  if (state.room !== room || !room) {
+    stream.getTracks().forEach((t) => t.stop());
+    return;
+  }
+  const track = new Video.LocalVideoTrack(stream.getVideoTracks()[0], { name: 'screen' });
+  state.screen = track;
+  track.on('stopped', () => stopScreenShare(true)); // the browser's own "Stop sharing"
+  const tile = makeTile('local/screen', 'Your screen', { local: 'true', screen: 'true' });
+  tile.classList.add('screen', 'local');
+  tile.querySelector('.badges').hidden = true;
+  attachMedia(tile, track, true);
+  renderControls();
+  try {
+    await room.localParticipant.publishTrack(track);
+  } catch (error) {
+    if (state.screen === track) {
+      stopScreenShare(false);
+      showError(`Could not share your screen: ${error.message} (error ${error.code}).`);
+    }
+  }
+}
+
+function stopScreenShare(unpublish) {
+  const track = state.screen;
+  if (!track) return;
+  state.screen = null;
+  if (unpublish && state.room) state.room.localParticipant.unpublishTrack(track);
+  removeTile('local/screen');
+  track.stop();
+  renderControls();
+}
+
+// --- chat -----------------------------------------------------------------------------
+
+function clearChat() {
+  ui.chatLog.replaceChildren();
+}
+
+function addChat(from, text, mine) {
+  const item = document.createElement('li');
+  item.className = mine ? 'mine' : '';
+  const who = document.createElement('span');
+  who.className = 'who';
+  who.textContent = mine ? 'You' : from;
+  const body = document.createElement('span');
+  body.className = 'text';
+  body.textContent = text;
+  const time = document.createElement('time');
+  const now = new Date();
+  time.dateTime = now.toISOString();
+  time.textContent = now.toLocaleTimeString([], { hour: '2-digit', minute: '2-digit' });
+  item.append(who, ' ', body, ' ', time);
+  ui.chatLog.append(item);
+  while (ui.chatLog.childElementCount > MAX_CHAT_ENTRIES) ui.chatLog.firstElementChild.remove();
+  ui.chatLog.scrollTop = ui.chatLog.scrollHeight;
+}
+
+function sendChat(event) {
+  event.preventDefault();
+  const text = ui.chatInput.value.trim();
+  if (!text || !state.chat) return;
+  state.chat.send(text);
+  addChat('', text, true);
+  ui.chatInput.value = '';
+  ui.chatInput.focus();
+}
+
+// --- wiring ---------------------------------------------------------------------------
+
+function start() {
+  const params = new URLSearchParams(location.search);
+  if (params.get('room')) ui.roomInput.value = params.get('room');
+  if (params.get('identity')) ui.identityInput.value = params.get('identity');
+  ui.joinForm.addEventListener('submit', join);
+  ui.joinMic.addEventListener('change', renderPreview);
+  ui.joinCam.addEventListener('change', renderPreview);
+  ui.micButton.addEventListener('click', () => toggle(state.audio));
+  ui.camButton.addEventListener('click', () => toggle(state.video));
+  ui.screenButton.addEventListener('click', toggleScreenShare);
+  ui.leaveButton.addEventListener('click', () => state.room && state.room.disconnect());
+  ui.chatForm.addEventListener('submit', sendChat);
+  if (!Video.isSupported()) showError('This browser does not support WebRTC: use a current Chrome, Edge, Firefox or Safari.');
+  state.mediaReady = acquireMedia();
+}
+
+start();
