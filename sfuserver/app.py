@@ -37,6 +37,7 @@ class ServerConfig:
     announced_address: str | None = None
     reconnect_grace: float = 5.0
     retransmission_cache: int = 512  # packets kept per video track to answer NACKs
+    status_callback: str | None = None  # default StatusCallback for rooms created without one (ad-hoc rooms)
     database: Path | None = None  # default: data_dir / "sfu.sqlite3"
     dev_tokens: bool | None = None  # POST /dev/token: None = on only for loopback binds (web.py)
 
@@ -62,7 +63,7 @@ def build_app(
     app[REGISTRY] = registry
     app[SIGNALING] = signaling
     signaling.add_routes(app)
-    add_rest_routes(app, registry, credentials)
+    add_rest_routes(app, registry, credentials, default_status_callback=config.status_callback)
     app.router.add_get("/healthz", _health)
     WebClient(credentials, dev_tokens_enabled(config.host, config.dev_tokens)).add_routes(app)
 

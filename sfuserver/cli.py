@@ -51,6 +51,8 @@ def parser() -> argparse.ArgumentParser:
     serve.add_argument("--dev-tokens", action=argparse.BooleanOptionalAction, default=None,
                        help="POST /dev/token hands out access tokens to anyone (for the bundled page; not for "
                             "production). Default: on only when --host is a loopback address")
+    serve.add_argument("--status-callback", metavar="URL",
+                       help="default status callback URL for rooms that set none (e.g. ad-hoc rooms), signed like Twilio's")
     serve.add_argument("--log-level", default=os.environ.get("SFU_LOG_LEVEL", "INFO"))
 
     joiner = sub.add_parser("join", help="join a room as a headless participant (synthetic camera, tone, chat from stdin)")
@@ -98,6 +100,7 @@ def main(argv: list[str] | None = None) -> int:
         reconnect_grace=args.reconnect_grace,
         dev_tokens=args.dev_tokens,
         retransmission_cache=args.retransmission_cache,
+        status_callback=args.status_callback,
     )
     import uvloop
 

@@ -177,3 +177,23 @@ async def test_a_hanging_receiver_blocks_neither_signaling_nor_rest(
     receiver.gate.set()
     await wait_events(receiver, 3)
     assert receiver.names() == ["room-created", "participant-connected", "participant-disconnected"]
+
+
+async def test_ad_hoc_rooms_report_to_the_servers_default_callback(
+    rest_server: RestServer, rest_clients: Clients, receiver: Receiver, tmp_path
+) -> None:
+    from sfu.credentials import generate
+    from sfuserver.app import ServerConfig, build_app
+
+    configured = build_app(ServerConfig(data_dir=tmp_path / "other", status_callback="http://127.0.0.1:9/hooks"), generate())
+    assert configured[CALLBACKS].default_url == "http://127.0.0.1:9/hooks"  # `sfu serve --status-callback`
+
+    rest_server.app[CALLBACKS].default_url = receiver.url
+    alice = await rest_clients.join("alice", "adhoc", publish="")
+    await wait_events(receiver, 2)
+    await alice.disconnect()
+    await wait_events(receiver, 4)
+    assert receiver.names() == ["room-created", "participant-connected", "participant-disconnected", "room-ended"]
+    validator = RequestValidator(rest_server.credentials.auth_token)
+    assert all(validator.validate(e.url, e.params, e.signature) for e in receiver.events())
+    assert {e.params["RoomName"] for e in receiver.events()} == {"adhoc"}
