@@ -229,6 +229,8 @@ class Session:
                     )
                 except NegotiationError as exc:
                     raise ProtocolError(exc.code, exc.message) from None
+            if protocol.field(ice, "complete", bool, required=False):
+                await self.participant.peer.add_ice_candidate(None, None, None)
 
     # --- websocket loss -----------------------------------------------------------------
 

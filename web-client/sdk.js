@@ -990,16 +990,23 @@ export class Room extends EventEmitter {
   }
 
   _onIceCandidate(candidate) {
-    if (!candidate || !candidate.candidate) return; // the server needs no end-of-candidates
-    this._candidates.push({ candidate: candidate.candidate, sdpMid: candidate.sdpMid, sdpMLineIndex: candidate.sdpMLineIndex });
+    if (!candidate || !candidate.candidate) {
+      this._iceComplete = true; // end of candidates: lets the server's ICE give up on failure
+    } else {
+      this._candidates.push({ candidate: candidate.candidate, sdpMid: candidate.sdpMid, sdpMLineIndex: candidate.sdpMLineIndex });
+    }
     if (this._answerSent) this._flushCandidates();
   }
 
   _flushCandidates() {
-    if (!this._candidates.length) return;
-    const candidates = this._candidates.splice(0, 64);
-    this._send({ type: 'update', peer_connection: { ice: { candidates } } });
-    if (this._candidates.length) this._flushCandidates();
+    while (this._candidates.length) {
+      const candidates = this._candidates.splice(0, 64);
+      this._send({ type: 'update', peer_connection: { ice: { candidates } } });
+    }
+    if (this._iceComplete && !this._iceCompleteSent) {
+      this._iceCompleteSent = true;
+      this._send({ type: 'update', peer_connection: { ice: { candidates: [], complete: true } } });
+    }
   }
 
   /** Twilio-shaped stats: one report with per-track summaries, plus `framesDecoded` for

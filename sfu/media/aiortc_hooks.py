@@ -104,6 +104,23 @@ def _inspect_aiortc() -> None:
         raise HookError("RTCPeerConnection no longer starts senders with send()")
 
 
+def guard_rtcp(dtls: RTCDtlsTransport) -> None:
+    """Keep a malformed RTCP packet from ending ``dtls``'s receive loop.
+
+    aiortc's RTCP routing lets some parse errors escape (a truncated REMB raises
+    ``struct.error`` inside ``route_rtcp``), and its receive loop ends on any exception.
+    """
+    original = dtls._handle_rtcp_data
+
+    async def handle_rtcp_data(data: bytes) -> None:
+        try:
+            await original(data)
+        except Exception as exc:
+            logger.debug("dropping an RTCP packet aiortc could not handle: %r", exc)
+
+    dtls._handle_rtcp_data = handle_rtcp_data  # type: ignore[method-assign]
+
+
 def create_sctp_transport_first(pc: RTCPeerConnection) -> None:
     """Give ``pc`` its SCTP transport before any transceiver exists, as the bundle's.
 
@@ -114,6 +131,7 @@ def create_sctp_transport_first(pc: RTCPeerConnection) -> None:
     if pc.sctp is None:
         pc._RTCPeerConnection__createSctpTransport()  # type: ignore[attr-defined]
         pc.sctp._bundled = True  # type: ignore[union-attr]
+        guard_rtcp(pc.sctp.transport)  # type: ignore[union-attr]
 
 
 def start_when_connected(pc: RTCPeerConnection) -> None:
@@ -175,16 +193,6 @@ def attach_rtp_sink(dtls: RTCDtlsTransport, sink: Callable[[bytes], None]) -> No
             protocol.datagram_received = fast(protocol.datagram_received)  # type: ignore[method-assign]
 
 
-def route_unknown_rtp(dtls: RTCDtlsTransport, data: bytes) -> RTCRtpReceiver | None:
-    """Ask aiortc's own router which receiver an unknown SSRC belongs to (by payload type)."""
-    try:
-        packet = RtpPacket.parse(data, dtls._rtp_header_extensions_map)
-    except ValueError:
-        return None
-    receiver = dtls._rtp_router.route_rtp(packet)
-    return receiver if isinstance(receiver, RTCRtpReceiver) else None
-
-
 def _hook_endpoint(
     endpoint: RTCRtpReceiver | RTCRtpSender,
     start: str,
@@ -203,7 +211,10 @@ def _hook_endpoint(
             on_started(parameters)
 
     async def handle_rtcp_packet(packet: AnyRtcpPacket) -> None:
-        on_rtcp(packet)
+        try:
+            on_rtcp(packet)
+        except Exception:  # an exception here would end the transport's receive loop
+            logger.exception("RTCP handler failed on %s", type(packet).__name__)
 
     setattr(endpoint, start, start_once)
     endpoint._handle_rtcp_packet = handle_rtcp_packet  # type: ignore[method-assign]
@@ -272,6 +283,7 @@ def _protector(session: pylibsrtp.Session) -> Callable[[bytes], bytes]:
         return session.protect
     length = ffi.new("int *")
     capacity = len(cdata) - 144  # SRTP_MAX_TRAILER_LEN
+    owner = session  # the raw pointers above live only as long as the session
     srtp_protect = lib.srtp_protect
     memmove = ffi.memmove
     unpack = ffi.unpack
@@ -283,7 +295,7 @@ def _protector(session: pylibsrtp.Session) -> Callable[[bytes], bytes]:
         memmove(cdata, data, size)
         length[0] = size
         rc = srtp_protect(srtp, cdata, length)
-        if rc:
+        if rc or owner is None:
             raise pylibsrtp.Error(f"srtp_protect failed ({rc})")
         return unpack(cdata, length[0])
 

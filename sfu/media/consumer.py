@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import random
+import struct
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -51,10 +52,8 @@ class SendStats:
     nacks_received: int = 0
     plis_received: int = 0
     remb_bitrate: int | None = None
+    remb_at: float = 0.0  # monotonic time of the last REMB
     fraction_lost: int = 0
-    last_seq: int | None = None
-    last_timestamp: int = 0
-    last_time: float = 0.0
 
 
 class Consumer:
@@ -69,7 +68,7 @@ class Consumer:
         self.paused = True  # until the subscriber's transport and answer are ready
         self._write = write
         self._pt_map: dict[int, int] = {}
-        self._rtx_pt: int | None = None
+        self._rtx_pts: dict[int, int] = {}  # subscriber media pt -> its RTX pt
         self._rtx_seq = random.randint(0, 0x7FFF)
         self._layout = rtp.ExtensionLayout(b"")
         self._clock_rate = 90000 if self.kind == "video" else 48000
@@ -79,6 +78,7 @@ class Consumer:
         self._start_seq = 0
         self._next_seq = random.randint(0, 0x7FFF)
         self._next_ts = random.randint(0, 0xFFFFFFFF)
+        self._resume_from: tuple[int, float] | None = None  # (last out timestamp, when) after a pause
         self._attached = False
         self._rtx_tokens = RTX_BURST
         self._rtx_refilled = time.monotonic()
@@ -95,8 +95,7 @@ class Consumer:
                 pt_map[pt] = mine.payload_type
                 self._clock_rate = mine.clock_rate
         self._pt_map = pt_map
-        primary = next(iter(pt_map.values()), None)
-        self._rtx_pt = next((rtx for rtx, apt in rtx_apt.items() if apt == primary), None)
+        self._rtx_pts = {apt: rtx for rtx, apt in rtx_apt.items()}
         ids = {getattr(e, "uri"): getattr(e, "id") for e in header_extensions}
         mid_id = ids.get(MID_URI, 0)
         fixed = rtp.one_byte_element(mid_id, mid.encode()) if mid_id and mid else b""
@@ -135,6 +134,11 @@ class Consumer:
 
     def _restart(self) -> None:
         """Continue the outgoing stream from the next keyframe, without a sequence jump."""
+        producer = self.producer
+        if self._seq_offset is not None and producer.stats.base_seq is not None:
+            # Everything sent so far came from input <= the producer's newest packet.
+            self._next_seq = (producer.stats.max_seq + self._seq_offset + 1) & 0xFFFF
+            self._resume_from = ((producer.last_timestamp + self._ts_offset) & 0xFFFFFFFF, producer.last_arrival)
         self._seq_offset = None
         self._needs_keyframe = self.kind == "video"
         if self._needs_keyframe:
@@ -152,29 +156,28 @@ class Consumer:
             self._begin(packet)
             offset = self._seq_offset
             assert offset is not None
-        elif ((packet.sequence_number - self._start_seq) & 0xFFFF) >= 0x8000:
-            return  # older than where this subscriber's stream began
+        else:
+            behind = (packet.sequence_number - self._start_seq) & 0xFFFF
+            if behind >= 0x8000:
+                return  # older than where this subscriber's stream began
+            if behind > 0x4000:  # slide the window so a long stream never looks "old"
+                self._start_seq = (packet.sequence_number - 0x1000) & 0xFFFF
         out_pt = self._pt_map.get(packet.payload_type)
         if out_pt is None:
             return
         seq = (packet.sequence_number + offset) & 0xFFFF
         ts = (packet.timestamp + self._ts_offset) & 0xFFFFFFFF
-        data = self._build(packet, out_pt, seq, ts, self.ssrc, abs_send_time, b"")
-        if self._write(data):
+        if self._write(self._build(packet, out_pt, seq, ts, self.ssrc, abs_send_time, b"")):
             stats = self.stats
             stats.packets += 1
             stats.octets += len(packet.payload)
-            if stats.last_seq is None or rtp.seq_newer(seq, stats.last_seq):
-                stats.last_seq = seq
-                stats.last_timestamp = ts
-                stats.last_time = time.time()
 
     def _begin(self, packet: InboundPacket) -> None:
-        stats = self.stats
-        if stats.last_seq is not None:
-            self._next_seq = (stats.last_seq + 1) & 0xFFFF
-            elapsed = max(0.0, time.time() - stats.last_time)
-            self._next_ts = (stats.last_timestamp + int(elapsed * self._clock_rate) + 1) & 0xFFFFFFFF
+        if self._resume_from is not None:
+            timestamp, at = self._resume_from
+            elapsed = max(0.0, time.monotonic() - at)
+            self._next_ts = (timestamp + int(elapsed * self._clock_rate) + 1) & 0xFFFFFFFF
+            self._resume_from = None
         self._seq_offset = (self._next_seq - packet.sequence_number) & 0xFFFF
         self._ts_offset = (self._next_ts - packet.timestamp) & 0xFFFFFFFF
         self._start_seq = packet.sequence_number
@@ -195,6 +198,12 @@ class Consumer:
 
     # --- RTCP from the subscriber ------------------------------------------------------
 
+    def remb(self, max_age: float = 5.0) -> int | None:
+        """The subscriber's latest bandwidth estimate, if it is recent."""
+        if self.stats.remb_bitrate is not None and time.monotonic() - self.stats.remb_at <= max_age:
+            return self.stats.remb_bitrate
+        return None
+
     def on_rtcp(self, packet: AnyRtcpPacket) -> None:
         if isinstance(packet, RtcpRtpfbPacket) and packet.fmt == RTCP_RTPFB_NACK:
             self.stats.nacks_received += 1
@@ -206,10 +215,11 @@ class Consumer:
             elif packet.fmt == RTCP_PSFB_APP:
                 try:
                     bitrate, ssrcs = unpack_remb_fci(packet.fci)
-                except ValueError:
+                except (ValueError, struct.error):
                     return
                 if self.ssrc in ssrcs:
                     self.stats.remb_bitrate = bitrate
+                    self.stats.remb_at = time.monotonic()
         elif isinstance(packet, (RtcpRrPacket, RtcpSrPacket)):
             for report in packet.reports:
                 if report.ssrc == self.ssrc:
@@ -226,15 +236,20 @@ class Consumer:
         for seq in lost:
             if self._rtx_tokens < 1:
                 return
-            packet = self.producer.cached((seq - offset) & 0xFFFF)
+            seq &= 0xFFFF  # aiortc's NACK parser does not wrap
+            source = (seq - offset) & 0xFFFF
+            if (source - self._start_seq) & 0xFFFF >= 0x8000:
+                continue  # sent before this stream (re)started: another packet had that number
+            packet = self.producer.cached(source)
             if packet is None:
                 continue
             pt = self._pt_map.get(packet.payload_type)
             if pt is None:
                 continue
             ts = (packet.timestamp + self._ts_offset) & 0xFFFFFFFF
-            if self._rtx_pt is not None:
-                data = self._build(packet, self._rtx_pt, self._rtx_seq, ts, self.rtx_ssrc, abs_send_time, seq.to_bytes(2, "big"))
+            rtx_pt = self._rtx_pts.get(pt)
+            if rtx_pt is not None:
+                data = self._build(packet, rtx_pt, self._rtx_seq, ts, self.rtx_ssrc, abs_send_time, seq.to_bytes(2, "big"))
                 self._rtx_seq = (self._rtx_seq + 1) & 0xFFFF
             else:
                 data = self._build(packet, pt, seq, ts, self.ssrc, abs_send_time, b"")

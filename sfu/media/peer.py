@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import re
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Literal
@@ -31,12 +32,10 @@ from aiortc.rtcrtpparameters import RTCRtpReceiveParameters, RTCRtpSendParameter
 from aiortc.rtp import (
     RTCP_PSFB_APP,
     RTCP_PSFB_PLI,
-    RTCP_RTPFB_NACK,
     AnyRtcpPacket,
     RtcpPsfbPacket,
     RtcpReceiverInfo,
     RtcpRrPacket,
-    RtcpRtpfbPacket,
     RtcpSrPacket,
     pack_remb_fci,
 )
@@ -53,6 +52,9 @@ from .producer import Producer, codec_infos
 logger = logging.getLogger(__name__)
 
 Role = Literal["publish", "subscribe"]
+
+MAX_UNKNOWN_SSRCS = 64
+MAX_REMOTE_CANDIDATES = 32  # per peer: each one makes the server send STUN checks somewhere
 
 
 class NegotiationError(Exception):
@@ -116,6 +118,8 @@ class Peer(AsyncIOEventEmitter):
         self._subscriptions: dict[RTCRtpTransceiver, Consumer] = {}
         self._sections: dict[RTCRtpTransceiver, tuple[Role, str]] = {}
         self._by_ssrc: dict[int, Producer] = {}
+        self._unknown_ssrcs: dict[int, None] = {}  # SSRCs that matched nothing (bounded, oldest out)
+        self._remote_candidates = 0
         self._writers: dict[int, Callable[[bytes], bool]] = {}
         self._sinks: set[int] = set()
         self._negotiation_needed = False
@@ -167,6 +171,8 @@ class Peer(AsyncIOEventEmitter):
         producer.close()
 
     def _publication_started(self, transceiver: RTCRtpTransceiver, producer: Producer, params: RTCRtpReceiveParameters) -> None:
+        if self.closed or self._publications.get(transceiver) is not producer:
+            return  # removed while its offer was outstanding
         self._configure_producer(transceiver, producer, params)
         for encoding in params.encodings:
             producer.set_ssrcs(encoding.ssrc, encoding.rtx.ssrc if encoding.rtx else None)
@@ -176,7 +182,7 @@ class Peer(AsyncIOEventEmitter):
         transport = transceiver.receiver.transport
         if id(transport) not in self._sinks:
             self._sinks.add(id(transport))
-            hooks.attach_rtp_sink(transport, lambda data: self._on_rtp(transport, data))
+            hooks.attach_rtp_sink(transport, self._on_rtp)
         self._ensure_rtcp_loop()
         self.emit("publication_ready", producer)
 
@@ -190,44 +196,47 @@ class Peer(AsyncIOEventEmitter):
         remb = any(kind == "goog-remb" for kind, _ in feedback)
         producer.configure(media, rtx, ids.get(AUDIO_LEVEL_URI, 0), ids.get(MID_URI, 0), nack, remb)
 
-    def _on_rtp(self, transport: RTCDtlsTransport, data: bytes) -> None:
+    def _on_rtp(self, data: bytes) -> None:
         if len(data) < 12:
             return
-        producer = self._by_ssrc.get(int.from_bytes(data[8:12], "big"))
+        ssrc = int.from_bytes(data[8:12], "big")
+        producer = self._by_ssrc.get(ssrc)
         if producer is None:
-            producer = self._learn_ssrc(transport, data)
+            if ssrc in self._unknown_ssrcs:
+                return
+            producer = self._learn_ssrc(ssrc, data)
             if producer is None:
+                if len(self._unknown_ssrcs) >= MAX_UNKNOWN_SSRCS:
+                    self._unknown_ssrcs.pop(next(iter(self._unknown_ssrcs)))
+                self._unknown_ssrcs[ssrc] = None
                 return
         producer.on_rtp(data)
 
-    def _learn_ssrc(self, transport: RTCDtlsTransport, data: bytes) -> Producer | None:
-        """Map an SSRC the SDP did not announce to its producer, by MID or payload type."""
-        ssrc = int.from_bytes(data[8:12], "big")
-        producer: Producer | None = None
+    def _learn_ssrc(self, ssrc: int, data: bytes) -> Producer | None:
+        """Map an SSRC the SDP did not announce to its producer: by MID, else by a payload
+        type only one publication negotiated. Only an SSRC the SDP left open is learned, so
+        a stray or hostile SSRC never takes over a stream that is already known."""
         mid_id = next((p.mid_id for p in self._publications.values() if p.mid_id), 0)
         try:
             packet, mid = rtp.parse(data, 0, mid_id)
         except rtp.MalformedRtp:
             return None
+        pt = packet.payload_type
         if mid is not None:
-            for transceiver, p in self._publications.items():
-                if transceiver.mid == mid.decode(errors="replace"):
-                    producer = p
-        if producer is None:
-            receiver = hooks.route_unknown_rtp(transport, data)
-            producer = next((p for t, p in self._publications.items() if t.receiver is receiver), None)
-        if producer is None:
+            candidates = [p for t, p in self._publications.items() if t.mid == mid.decode(errors="replace")]
+        else:
+            candidates = [p for p in self._publications.values() if pt in p.codecs or pt in p.rtx_apt]
+        if len(candidates) != 1:
             return None
-        # Learn only an SSRC the SDP left open: a stray or hostile SSRC must not take over
-        # a stream that is already known.
-        if packet.payload_type in producer.rtx_apt:
+        producer = candidates[0]
+        if pt in producer.rtx_apt:
             if producer.rtx_ssrc is not None:
                 return None
             producer.rtx_ssrc = ssrc
-        else:
-            if producer.ssrc is not None:
-                return None
+        elif pt in producer.codecs and producer.ssrc is None:
             producer.ssrc = ssrc
+        else:
+            return None
         self._by_ssrc[ssrc] = producer
         return producer
 
@@ -236,9 +245,7 @@ class Peer(AsyncIOEventEmitter):
             producer.on_sender_report(packet.sender_info.ntp_timestamp, packet.sender_info.rtp_timestamp)
 
     def _send_nack(self, transceiver: RTCRtpTransceiver, rtcp_ssrc: int, media_ssrc: int, lost: list[int]) -> None:
-        packet = RtcpRtpfbPacket(fmt=RTCP_RTPFB_NACK, ssrc=rtcp_ssrc, media_ssrc=media_ssrc)
-        packet.lost = lost
-        self._send_rtcp(transceiver, bytes(packet))
+        self._send_rtcp(transceiver, rtp.rtcp_nack(rtcp_ssrc, media_ssrc, lost))
 
     # --- subscribing -------------------------------------------------------------------
 
@@ -283,6 +290,8 @@ class Peer(AsyncIOEventEmitter):
         return preferred
 
     def _subscription_started(self, transceiver: RTCRtpTransceiver, consumer: Consumer, params: RTCRtpSendParameters) -> None:
+        if self.closed or self._subscriptions.get(transceiver) is not consumer:
+            return  # unsubscribed while its offer was outstanding: never resurrect it
         consumer._write = self._writer(transceiver.sender.transport)
         media, rtx = codec_infos(params.codecs)
         if not consumer.configure(media, rtx, params.headerExtensions, params.muxId):
@@ -361,19 +370,29 @@ class Peer(AsyncIOEventEmitter):
             pending[1].set_result(None)
 
     async def add_ice_candidate(self, candidate: str | None, sdp_mid: str | None, sdp_mline_index: int | None) -> None:
+        """A trickled remote candidate (``None`` or empty: end of candidates).
+
+        Every m-section is bundled on one ICE transport, for which aiortc's own
+        ``addIceCandidate`` does nothing (it skips bundled sections): add it there directly.
+        """
+        ice = self.pc.sctp.transport.transport  # type: ignore[union-attr]
         if not candidate:
-            return  # end of candidates: aiortc needs no signal
+            await ice.addRemoteCandidate(None)
+            return
         text = candidate.split(":", 1)[1] if candidate.startswith("candidate:") else candidate
         try:
             parsed = candidate_from_sdp(text)
         except (ValueError, IndexError, AssertionError) as exc:  # aiortc asserts on too few fields
             raise NegotiationError(53000, f"malformed ICE candidate: {exc!r}") from None
+        if parsed.component != 1 or parsed.protocol.lower() != "udp":
+            return  # rtcp-mux and UDP only: nothing to check against
+        if self._remote_candidates >= MAX_REMOTE_CANDIDATES:
+            raise NegotiationError(53000, "too many ICE candidates")
+        self._remote_candidates += 1
         parsed.sdpMid = sdp_mid
         parsed.sdpMLineIndex = sdp_mline_index
-        if sdp_mid is None and sdp_mline_index is None:
-            parsed.sdpMLineIndex = 0
         try:
-            await self.pc.addIceCandidate(parsed)
+            await ice.addRemoteCandidate(parsed)
         except Exception as exc:
             raise NegotiationError(53000, f"unable to add ICE candidate: {exc}") from None
 
@@ -442,7 +461,7 @@ class Peer(AsyncIOEventEmitter):
                             highest_sequence=(stats.cycles + stats.max_seq) & 0xFFFFFFFF,
                             jitter=0,
                             lsr=stats.sr_ntp or 0,
-                            dlsr=0,
+                            dlsr=int((time.time() - stats.sr_arrival) * 65536) & 0xFFFFFFFF if stats.sr_ntp is not None else 0,
                         )
                     ],
                 )
@@ -457,7 +476,7 @@ class Peer(AsyncIOEventEmitter):
 
     def _upstream_bitrate(self, producer: Producer) -> int:
         cap = self.config.max_video_bitrate
-        estimates = [c.stats.remb_bitrate for c in producer.consumers if c.stats.remb_bitrate]
+        estimates = [e for e in (c.remb() for c in producer.consumers) if e]
         return max(100_000, min([cap, *estimates]))
 
     # --- lifecycle ---------------------------------------------------------------------

@@ -84,6 +84,8 @@ class Producer:
         self.remb_enabled = False
         self.consumers: list["Consumer"] = []
         self.stats = ReceiveStats()
+        self.last_timestamp = 0  # RTP timestamp of the newest packet, and when it came
+        self.last_arrival = 0.0
         self.enabled = True
         self._send_nack = send_nack
         self._send_pli = send_pli
@@ -155,11 +157,11 @@ class Producer:
             if cached is not None and cached.sequence_number == packet.sequence_number:
                 return  # duplicate (a retransmission we already had)
             cache[slot] = packet
-            probe = self._probes.get(packet.payload_type)
-            if probe is not None and packet.payload:
-                packet.keyframe = probe(packet.payload)
+        probe = self._probes.get(packet.payload_type)
+        if probe is not None and packet.payload:
+            packet.keyframe = probe(packet.payload)
         self._count(packet, len(data))
-        abs_send_time = rtp.abs_send_time()
+        abs_send_time = rtp.abs_send_time() if self.kind == "video" else b""
         for consumer in self.consumers:
             consumer.forward(packet, abs_send_time)
 
@@ -183,6 +185,7 @@ class Producer:
         if stats.base_seq is None:
             stats.base_seq = seq
             stats.max_seq = seq
+            self.last_timestamp, self.last_arrival = packet.timestamp, time.monotonic()
             return
         delta = (seq - stats.max_seq) & 0xFFFF
         if delta == 0 or delta >= 0x8000:
@@ -194,6 +197,7 @@ class Producer:
             stats.lost_detected += len(missing)
             self._send_nack(self.ssrc, missing)
         stats.max_seq = seq
+        self.last_timestamp, self.last_arrival = packet.timestamp, time.monotonic()
 
     # --- retransmission and keyframes --------------------------------------------------
 

@@ -14,6 +14,7 @@ from dataclasses import dataclass
 
 _HEADER = struct.Struct("!BBHII")
 _EXT_HEADER = struct.Struct("!HH")
+_RTCP_HEADER = struct.Struct("!BBHII")
 ONE_BYTE_PROFILE = 0xBEDE
 TWO_BYTE_PROFILE_MASK = 0xFFF0
 TWO_BYTE_PROFILE = 0x1000
@@ -153,6 +154,29 @@ class ExtensionLayout:
     @property
     def empty(self) -> bool:
         return not self.variable and not self.plain
+
+
+def rtcp_nack(ssrc: int, media_ssrc: int, lost: list[int]) -> bytes:
+    """A generic NACK (RFC 4585 6.2.1) for ``lost``, given in sending order.
+
+    Built here rather than with aiortc's RtcpRtpfbPacket, whose bitmask arithmetic fails
+    when the lost range wraps from 65535 to 0.
+    """
+    fci = bytearray()
+    pid: int | None = None
+    blp = 0
+    for seq in lost:
+        seq &= 0xFFFF
+        if pid is not None:
+            distance = (seq - pid - 1) & 0xFFFF
+            if distance < 16:
+                blp |= 1 << distance
+                continue
+            fci += _EXT_HEADER.pack(pid, blp)
+        pid, blp = seq, 0
+    if pid is not None:
+        fci += _EXT_HEADER.pack(pid, blp)
+    return _RTCP_HEADER.pack(0x81, 205, 2 + len(fci) // 4, ssrc, media_ssrc) + bytes(fci)
 
 
 def abs_send_time() -> bytes:
