@@ -610,8 +610,8 @@ class Room(AsyncIOEventEmitter):
 
     def _media_section(self, transceiver: RTCRtpTransceiver, section: dict[str, Any]) -> None:
         sid = section["track_sid"]
-        if self._mid_role.get(transceiver.mid) == ("subscribe", sid):
-            return
+        if self._mid_role.get(transceiver.mid) == ("subscribe", sid) and sid in self._remote_tracks:
+            return  # the same subscription, offered again
         self._mid_role[transceiver.mid] = ("subscribe", sid)
         self._remote_tracks[sid] = RemoteMediaTrack(sid, section["kind"], sid, transceiver, self._packets)
         self._maybe_subscribed(sid)

@@ -132,13 +132,24 @@ class Consumer:
             self._attached = False
             self.producer.remove_consumer(self)
 
-    def _restart(self) -> None:
-        """Continue the outgoing stream from the next keyframe, without a sequence jump."""
+    def continuation(self) -> tuple[int, tuple[int, float] | None, int]:
+        """Where the next stream on this SSRC must go on from: (next sequence number,
+        (last timestamp, when it was current), next RTX sequence number)."""
         producer = self.producer
         if self._seq_offset is not None and producer.stats.base_seq is not None:
             # Everything sent so far came from input <= the producer's newest packet.
-            self._next_seq = (producer.stats.max_seq + self._seq_offset + 1) & 0xFFFF
-            self._resume_from = ((producer.last_timestamp + self._ts_offset) & 0xFFFFFFFF, producer.last_arrival)
+            next_seq = (producer.stats.max_seq + self._seq_offset + 1) & 0xFFFF
+            resume = ((producer.last_timestamp + self._ts_offset) & 0xFFFFFFFF, producer.last_arrival)
+            return next_seq, resume, self._rtx_seq
+        return self._next_seq, self._resume_from, self._rtx_seq
+
+    def continue_from(self, state: tuple[int, tuple[int, float] | None, int]) -> None:
+        """Take over an SSRC from an earlier consumer without a sequence or timestamp jump."""
+        self._next_seq, self._resume_from, self._rtx_seq = state
+
+    def _restart(self) -> None:
+        """Continue the outgoing stream from the next keyframe, without a sequence jump."""
+        self.continue_from(self.continuation())
         self._seq_offset = None
         self._needs_keyframe = self.kind == "video"
         if self._needs_keyframe:
