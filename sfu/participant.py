@@ -22,6 +22,7 @@ if TYPE_CHECKING:
 logger = logging.getLogger(__name__)
 
 KINDS = ("audio", "video", "data")
+MAX_PENDING_CHANNELS = 16  # data channels held, one per label, for tracks not published yet
 
 
 class ParticipantError(Exception):
@@ -135,9 +136,25 @@ class Participant(AsyncIOEventEmitter):
     def _on_datachannel(self, channel: RTCDataChannel) -> None:
         track = self.track_by_client_id(channel.label)
         if track is None or track.kind != "data" or track.producer is not None:
-            self._pending_channels[channel.label] = channel
+            self._hold_channel(channel)
             return
         self.attach_data_channel(track, channel)
+
+    def _hold_channel(self, channel: RTCDataChannel) -> None:
+        """Keep a channel until its track is published; close it past the cap or when its
+        label is already waiting."""
+        label = channel.label
+        if label in self._pending_channels or len(self._pending_channels) >= MAX_PENDING_CHANNELS:
+            logger.warning("%s: closing data channel %r: no track to attach it to", self.identity, label[:64])
+            channel.close()
+            return
+        self._pending_channels[label] = channel
+
+        def forget() -> None:  # closed while waiting: free its place
+            if self._pending_channels.get(label) is channel:
+                del self._pending_channels[label]
+
+        channel.on("close", forget)
 
     def attach_data_channel(self, track: PublishedTrack, channel: RTCDataChannel) -> None:
         track.producer = DataProducer(track.sid, channel)
@@ -147,3 +164,9 @@ class Participant(AsyncIOEventEmitter):
 
     def take_pending_channel(self, client_id: str) -> RTCDataChannel | None:
         return self._pending_channels.pop(client_id, None)
+
+    def close_pending_channels(self) -> None:
+        channels = list(self._pending_channels.values())
+        self._pending_channels.clear()
+        for channel in channels:
+            channel.close()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -152,6 +153,7 @@ class Room(AsyncIOEventEmitter):
         for sub in list(participant.subscriptions.values()):
             self._drop_subscription(participant, sub)
         participant.subscriptions.clear()
+        participant.close_pending_channels()
         participant.emit("removed", code, message)
         await participant.peer.close()
         self.registry.records.participant(participant)
@@ -249,7 +251,9 @@ class Room(AsyncIOEventEmitter):
         return track
 
     def track_ready(self, participant: Participant, track: PublishedTrack) -> None:
-        if track.ready or track.unpublished or participant.status != "connected":
+        """The track's media started. A reconnecting publisher's media goes on without its
+        websocket, so its tracks become ready too (``synced`` tells it on resume)."""
+        if track.ready or track.unpublished or participant.status == "disconnected":
             return
         track.ready = True
         participant.revision += 1
@@ -271,11 +275,7 @@ class Room(AsyncIOEventEmitter):
         track.unpublished = True
         was_ready = track.ready
         for other in list(self.participants.values()):
-            sub = other.subscriptions.pop(track.sid, None)
-            if sub is not None:
-                self._drop_subscription(other, sub)
-                other.subscribed_revision += 1
-                other.emit("subscriptions_changed")
+            self._unsubscribe(other, track.sid)
         if isinstance(track.producer, Producer):
             participant.peer.remove_publication(track.producer)
         elif isinstance(track.producer, DataProducer):
@@ -318,8 +318,11 @@ class Room(AsyncIOEventEmitter):
         self.registry.records.recording_rules(self, rules)
 
     def _reconcile(self, subscriber: Participant) -> None:
-        """Make the subscriber's subscriptions match its rules and the published tracks."""
-        if subscriber.status != "connected":
+        """Make the subscriber's subscriptions match its rules and the published tracks.
+
+        A reconnecting subscriber keeps its peer connection, so it is reconciled too: its
+        offers wait for the resume, when ``synced`` carries the subscriptions."""
+        if subscriber.status == "disconnected":
             return
         wanted: dict[str, PublishedTrack] = {}
         for publisher in self.participants.values():
@@ -350,12 +353,16 @@ class Room(AsyncIOEventEmitter):
         if isinstance(producer, DataProducer):
             options: DataTrackOptions = producer.options
             channel = subscriber.peer.create_data_channel(track.sid, options)
+            config = self.registry.media_config
+            lost = functools.partial(self._data_consumer_lost, subscriber, track)
             data_consumer = DataConsumer(
                 channel,
                 options,
-                high_water_mark=self.registry.media_config.data_high_water_mark,
-                max_queued=self.registry.media_config.data_max_queued,
-                on_overflow=lambda c: self._data_overflow(subscriber, track),
+                high_water_mark=config.data_high_water_mark,
+                max_queued=config.data_max_queued,
+                max_queued_bytes=config.data_max_queued_bytes,
+                on_overflow=lost,
+                on_closed=lost,
             )
             producer.add_consumer(data_consumer)
             return Subscription(track, data_consumer, label=track.sid, created_at=self.registry.now())
@@ -366,14 +373,21 @@ class Room(AsyncIOEventEmitter):
             if isinstance(sub.track.producer, DataProducer):
                 sub.track.producer.remove_consumer(sub.consumer)
             sub.consumer.close()
-        elif subscriber.status == "connected":
+        elif subscriber.status != "disconnected":  # (a reconnecting one keeps its peer connection)
             subscriber.peer.remove_subscription(sub.consumer)
         else:
             sub.consumer.detach()
 
-    def _data_overflow(self, subscriber: Participant, track: PublishedTrack) -> None:
-        sub = subscriber.subscriptions.pop(track.sid, None)
+    def _unsubscribe(self, subscriber: Participant, track_sid: str) -> None:
+        """Drop one subscription and tell the subscriber."""
+        sub = subscriber.subscriptions.pop(track_sid, None)
         if sub is not None:
             self._drop_subscription(subscriber, sub)
             subscriber.subscribed_revision += 1
             subscriber.emit("subscriptions_changed")
+
+    def _data_consumer_lost(self, subscriber: Participant, track: PublishedTrack, consumer: DataConsumer) -> None:
+        """The subscriber's channel overflowed or was closed by the subscriber."""
+        sub = subscriber.subscriptions.get(track.sid)
+        if sub is not None and sub.consumer is consumer:  # not a later subscription to the same track
+            self._unsubscribe(subscriber, track.sid)

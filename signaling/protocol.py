@@ -31,6 +31,9 @@ Participants carry revisions: a client applies a participant's state only if its
 is newer than the one it holds, and derives the events (connected, disconnected, track
 published / unpublished / enabled / disabled, subscribed / unsubscribed) from the change.
 The server is always the offerer; the client answers each offer with the same revision.
+While a websocket is down the peer connection goes on: tracks become ready and
+subscriptions follow the room as usual. ``synced`` then carries the current state, followed
+by the offer still waiting for an answer, if any.
 
 Errors. A refused message is answered with ``error`` (``request`` names its type when known)
 and changes nothing: an ``update`` is checked whole before any part applies. The socket stays

@@ -254,6 +254,9 @@ class Session:
             await self.room.remove(self.participant, 53001, "Signaling connection lost")
 
     def resume(self, ws: web.WebSocketResponse) -> None:
+        """Move the session to ``ws``. The room kept reconciling the participant meanwhile
+        (its media does not depend on the websocket): ``synced`` carries the current state,
+        and the offer still waiting for an answer, if any, follows it."""
         self.attach(ws)
         p = self.participant
         if p.status == "reconnecting":
@@ -296,6 +299,8 @@ class SignalingService:
                         if session is None:
                             break
                     else:
+                        if session.ws is not ws:  # `sync` moved the session to another socket
+                            break
                         await session.handle(message)
                         if session.ended:
                             break

@@ -4,10 +4,12 @@ from __future__ import annotations
 
 from pyee.asyncio import AsyncIOEventEmitter
 
-from sfu.media.datatrack import DataConsumer, DataTrackOptions
+from sfu.media.datatrack import DataConsumer, DataProducer, DataTrackOptions
+from sfu.participant import MAX_PENDING_CHANNELS
 from signaling.client import LocalDataTrack, RemoteDataTrack, connect
 
-from .conftest import wait_for
+from .conftest import Server, wait_for
+from .helpers.clients import Clients, EventLog, about, local_track, subscribed_data
 
 
 class SlowChannel(AsyncIOEventEmitter):
@@ -57,6 +59,33 @@ def test_reliable_consumer_that_cannot_keep_up_is_cut_off_not_buffered_without_b
     assert len(channel.sent) == 10 and consumer.queued == 0
 
 
+def test_reliable_consumer_is_cut_off_at_its_byte_limit_before_its_count_limit() -> None:
+    channel = SlowChannel()
+    overflowed: list[DataConsumer] = []
+    consumer = DataConsumer(
+        channel, DataTrackOptions(), high_water_mark=100, max_queued=1000, max_queued_bytes=200, on_overflow=overflowed.append  # type: ignore[arg-type]
+    )
+    for i in range(30):
+        consumer.send(f"{i:010d}")
+    assert consumer.queued_bytes == 200 and not consumer.closed  # ten written, twenty (200 bytes) held
+    consumer.send("x")
+    assert consumer.closed and overflowed == [consumer] and consumer.queued_bytes == 0
+
+
+def test_unreliable_consumer_drops_oldest_to_stay_under_its_byte_limit() -> None:
+    channel = SlowChannel()
+    consumer = DataConsumer(channel, DataTrackOptions(max_retransmits=0), high_water_mark=100, max_queued_bytes=25)  # type: ignore[arg-type]
+    for i in range(12):
+        consumer.send(f"{i:010d}")  # ten written, two (20 bytes) held
+    consumer.send("é" * 10)  # 20 bytes as sent: both held messages make way
+    assert consumer.dropped == 2 and consumer.queued == 1 and consumer.queued_bytes == 20
+    consumer.send("x" * 10)
+    assert consumer.dropped == 3 and consumer.queued == 1 and consumer.queued_bytes == 10
+    assert not consumer.closed
+    channel.drain()
+    assert channel.sent[-1] == "x" * 10
+
+
 def test_unreliable_consumer_drops_oldest_when_full() -> None:
     channel = SlowChannel()
     consumer = DataConsumer(channel, DataTrackOptions(ordered=False, max_retransmits=0), high_water_mark=100, max_queued=5)  # type: ignore[arg-type]
@@ -85,3 +114,44 @@ async def test_subscriber_channel_copies_the_publishers_reliability_settings(ser
     finally:
         await bob.disconnect()
         await alice.disconnect()
+
+
+async def test_a_subscriber_closing_its_channel_ends_that_subscription(server: Server, clients: Clients) -> None:
+    alice = await clients.join("alice", "data", publish="d")
+    bob = await clients.join("bob", "data", publish="")
+    bob_events = EventLog(bob)
+    received = await subscribed_data(bob, "alice")
+    chat = local_track(alice, "chat")
+    room = server.registry.find_in_progress("data")
+    assert room is not None and chat.sid is not None
+    producer = room.find_participant("alice").published[chat.sid].producer  # type: ignore[union-attr]
+    assert isinstance(producer, DataProducer) and len(producer.consumers) == 1
+    bob_server = room.find_participant("bob")
+    assert bob_server is not None
+    revision = bob_server.subscribed_revision
+
+    received.channel.close()
+
+    await bob_events.wait("track_unsubscribed", about("alice", "chat"))
+    assert chat.sid not in bob_server.subscriptions and bob_server.subscribed_revision > revision
+    assert producer.consumers == []  # nothing is queued for the closed channel any more
+
+
+async def test_data_channels_for_no_published_track_are_capped_and_closed(server: Server, clients: Clients) -> None:
+    alice = await clients.join("alice", "data", publish="")
+    await wait_for(lambda: alice.offers_answered, message="alice's transport negotiated")
+    room = server.registry.find_in_progress("data")
+    assert room is not None
+    me = room.find_participant("alice")
+    assert me is not None
+    extra = 4
+    channels = [alice.pc.createDataChannel(f"nothing-{i}") for i in range(MAX_PENDING_CHANNELS + extra)]
+    channels.append(alice.pc.createDataChannel("nothing-0"))  # a label already waiting
+
+    # Past the cap, and a repeated label, are closed by the server; the rest wait.
+    await wait_for(lambda: sum(c.readyState == "closed" for c in channels) == extra + 1, message="extra channels closed")
+    assert len(me._pending_channels) == MAX_PENDING_CHANNELS
+    waiting = list(me._pending_channels.values())
+    await alice.disconnect()
+    await wait_for(lambda: me.status == "disconnected", message="alice removed")
+    assert me._pending_channels == {} and all(c.readyState == "closed" for c in waiting)

@@ -78,6 +78,7 @@ class MediaConfig:
     max_video_bitrate: int = 2_500_000
     data_high_water_mark: int = 1 << 20
     data_max_queued: int = 1024
+    data_max_queued_bytes: int = 4 << 20
     rtcp_interval: float = 1.0
 
 
