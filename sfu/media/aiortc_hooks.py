@@ -308,9 +308,12 @@ def rtp_writer(dtls: RTCDtlsTransport) -> Callable[[bytes], bool]:
     Skips aiortc's three nested coroutines per packet (``_send_rtp`` -> ICE ``send`` ->
     ``sendto``); returns False when the transport is not connected.
     """
-    connection = dtls.transport._connection
-    nominated = connection._nominated
-    protectors: dict[int, Callable[[bytes], bytes]] = {}
+    nominated = dtls.transport._connection._nominated
+    # Caches, refreshed only when aiortc swaps the object they came from: the SRTP session
+    # (and our lean protect for it), and the selected pair (its socket and peer address:
+    # CandidatePair.remote_addr builds a new tuple on every call).
+    keys: list[Any] = [None, None]
+    route: list[Any] = [None, None, None]
 
     def write(data: bytes) -> bool:
         if dtls._state is not State.CONNECTED:
@@ -323,17 +326,17 @@ def rtp_writer(dtls: RTCDtlsTransport) -> Callable[[bytes], bool]:
             if 192 <= data[1] <= 223:
                 protected = srtp.protect_rtcp(data)
             else:
-                protect = protectors.get(id(srtp))
-                if protect is None:
-                    protectors.clear()
-                    protect = protectors[id(srtp)] = _protector(srtp)
-                protected = protect(data)
+                if srtp is not keys[0]:
+                    keys[0], keys[1] = srtp, _protector(srtp)
+                protected = keys[1](data)
         except (pylibsrtp.Error, ValueError):  # e.g. a replay beyond libsrtp's window
             return False
-        transport = pair.protocol.transport
+        if pair is not route[0]:
+            route[0], route[1], route[2] = pair, pair.protocol.transport, pair.remote_addr
+        transport = route[1]
         if transport is None or transport.is_closing():
             return False
-        transport.sendto(protected, pair.remote_addr)
+        transport.sendto(protected, route[2])
         return True
 
     return write
