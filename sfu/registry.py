@@ -52,7 +52,10 @@ class RoomRegistry(AsyncIOEventEmitter):
         store: Store | None = None,
         clock: Callable[[], datetime] = utcnow,
         call_later: Callable[[float, Callable[[], Any]], asyncio.TimerHandle] | None = None,
+        ad_hoc_max_participants: int | None = None,
     ) -> None:
+        """``ad_hoc_max_participants`` sizes rooms created on connect (default: Twilio's
+        group-room cap of 50); REST-created rooms keep Twilio's validated limits."""
         super().__init__()
         self.media_config = media_config
         self.account_sid = account_sid
@@ -62,6 +65,7 @@ class RoomRegistry(AsyncIOEventEmitter):
         self.records = RecordKeeper(store, account_sid, clock)
         self.rooms: dict[str, Room] = {}
         self._by_name: dict[str, Room] = {}
+        self._ad_hoc_max_participants = ad_hoc_max_participants
 
     def call_later(self, delay: float, callback: Callable[[], Any]) -> asyncio.TimerHandle:
         if self._call_later is not None:
@@ -115,7 +119,10 @@ class RoomRegistry(AsyncIOEventEmitter):
         """The in-progress room called ``name``, or a new ad-hoc group room."""
         room = self._by_name.get(validate_room_name(name))
         if room is None:
-            room = self.create_room(name, RoomSettings())
+            settings = RoomSettings()
+            if self._ad_hoc_max_participants is not None:
+                settings.max_participants = self._ad_hoc_max_participants
+            room = self.create_room(name, settings)
         return room
 
     def room_ended(self, room: Room) -> None:

@@ -38,6 +38,7 @@ class ServerConfig:
     reconnect_grace: float = 5.0
     retransmission_cache: int = 512  # packets kept per video track to answer NACKs
     status_callback: str | None = None  # default StatusCallback for rooms created without one (ad-hoc rooms)
+    max_participants: int | None = None  # size of rooms created on connect (default: Twilio's 50)
     database: Path | None = None  # default: data_dir / "sfu.sqlite3"
     dev_tokens: bool | None = None  # POST /dev/token: None = on only for loopback binds (web.py)
 
@@ -56,7 +57,14 @@ def build_app(
         retransmission_cache=config.retransmission_cache,
     )
     store = SqliteStore(config.database or config.data_dir / "sfu.sqlite3")
-    registry = RoomRegistry(media, credentials.account_sid, store=store, clock=clock or utcnow, call_later=call_later)
+    registry = RoomRegistry(
+        media,
+        credentials.account_sid,
+        store=store,
+        clock=clock or utcnow,
+        call_later=call_later,
+        ad_hoc_max_participants=config.max_participants,
+    )
     signaling = SignalingService(registry, credentials, reconnect_grace=config.reconnect_grace)
 
     app = web.Application(client_max_size=1 << 20)

@@ -51,6 +51,8 @@ def parser() -> argparse.ArgumentParser:
     serve.add_argument("--dev-tokens", action=argparse.BooleanOptionalAction, default=None,
                        help="POST /dev/token hands out access tokens to anyone (for the bundled page; not for "
                             "production). Default: on only when --host is a loopback address")
+    serve.add_argument("--max-participants", type=int, default=None, metavar="N",
+                       help="participants allowed in a room created on connect (default 50, Twilio's group-room cap)")
     serve.add_argument("--status-callback", metavar="URL",
                        help="default status callback URL for rooms that set none (e.g. ad-hoc rooms), signed like Twilio's")
     serve.add_argument("--log-level", default=os.environ.get("SFU_LOG_LEVEL", "INFO"))
@@ -101,6 +103,7 @@ def main(argv: list[str] | None = None) -> int:
         dev_tokens=args.dev_tokens,
         retransmission_cache=args.retransmission_cache,
         status_callback=args.status_callback,
+        max_participants=args.max_participants,
     )
     import uvloop
 

@@ -123,3 +123,14 @@ async def test_killed_participant_is_removed_and_the_others_told_within_10s(serv
         if process.returncode is None:
             process.kill()
         await process.wait()
+
+
+async def test_server_option_sizes_rooms_created_on_connect(tmp_path) -> None:
+    """`sfu serve --max-participants N` lifts (or lowers) the cap of ad-hoc rooms only."""
+    from sfu.credentials import generate
+    from sfu.room import RoomSettings
+    from sfuserver.app import REGISTRY, ServerConfig, build_app
+
+    registry = build_app(ServerConfig(data_dir=tmp_path, max_participants=500), generate())[REGISTRY]
+    assert registry.room_for_connect("big").settings.max_participants == 500
+    assert registry.create_room("rest", RoomSettings(created_via_rest=True)).settings.max_participants == 50
