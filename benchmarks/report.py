@@ -1,0 +1,399 @@
+"""Writing results: JSON, a Markdown table, a PNG chart, and benchmarks/RESULTS.md."""
+
+from __future__ import annotations
+
+import json
+import platform
+import subprocess
+from pathlib import Path
+from typing import Any
+
+HERE = Path(__file__).resolve().parent
+TARGET_ORDER = ["sfu", "janus", "relay"]
+COLORS = {"sfu": "#1f77b4", "janus": "#2ca02c", "relay": "#d62728"}
+
+
+def machine() -> dict[str, Any]:
+    model = ""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                model = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    import os
+
+    mem = 0
+    try:
+        for line in Path("/proc/meminfo").read_text().splitlines():
+            if line.startswith("MemTotal"):
+                mem = int(line.split()[1]) // 1024
+    except OSError:
+        pass
+    return {"cores": os.cpu_count(), "cpu_model": model, "memory_mb": mem, "kernel": platform.release(), "python": platform.python_version()}
+
+
+def load_average() -> str:
+    try:
+        return " ".join(Path("/proc/loadavg").read_text().split()[:3])
+    except OSError:
+        return "?"
+
+
+def _fmt(v: Any, digits: int = 1) -> str:
+    if v is None:
+        return "–"
+    if isinstance(v, float):
+        if abs(v) >= 1000:
+            return f"{v:,.0f}"
+        return f"{v:.{digits}f}"
+    return str(v)
+
+
+def _pair(d: dict[str, Any], a: str, b: str, digits: int = 1) -> str:
+    return f"{_fmt(d.get(a), digits)} / {_fmt(d.get(b), digits)}"
+
+
+def table(results: list[dict[str, Any]]) -> str:
+    head = (
+        "| target | load | out pkt/s | out Mbit/s | server CPU % of 1 core (waited %) | server µs / out pkt | loss % | "
+        "added latency p50 / p95 / p99 ms | join p50 / p95 ms | first frame p50 / p95 ms | server RSS MB (per participant) | "
+        "peers CPU % (µs / pkt) | failures |\n"
+        "|---|---|---:|---:|---:|---:|---:|---|---|---|---|---|---:|\n"
+    )
+    rows = []
+    for r in results:
+        if "error" in r:
+            rows.append(f"| {r['target']} | {r['label']} | error: {r['error'][:80]} | | | | | | | | | | {r.get('failures', '')} |")
+            continue
+        lat = r["latency_ms"]
+        held = ("" if r["held"] else " ✗") + (" ↻" if r.get("retried_after") else "")
+        rows.append(
+            f"| {r['target']} | {r['label']}{held} | {_fmt(r['out_pps'])} | {_fmt(r['out_mbps'])} | "
+            f"{_fmt(r['server_cpu_pct'])} ({_fmt(r.get('server_cpu_wait_pct'))}) | "
+            f"**{_fmt(r['cpu_us_per_packet'])}** | {_fmt(r['loss_pct'], 2)} | "
+            f"{_fmt(lat['p50'], 2)} / {_fmt(lat['p95'], 2)} / {_fmt(lat['p99'], 2)} | {_pair(r['join_ms'], 'p50', 'p95', 0)} | "
+            f"{_pair(r['first_frame_ms'], 'p50', 'p95', 0)} | {_fmt(r['rss_mb'])} ({_fmt(r['rss_per_participant_mb'], 2)}) | "
+            f"{_fmt(r['peers_cpu_pct'])} ({_fmt(r['peers_us_per_packet'])}) | {r['failures']} |"
+        )
+    return head + "\n".join(rows) + "\n"
+
+
+def best_held(results: list[dict[str, Any]], target: str) -> dict[str, Any] | None:
+    held = [r for r in results if r["target"] == target and r.get("held")]
+    return max(held, key=lambda r: r["out_pps"]) if held else None
+
+
+def cpu_reference(results: list[dict[str, Any]], target: str) -> dict[str, Any] | None:
+    """The held point with the most output: where CPU per packet is least diluted by fixed costs."""
+    return best_held(results, target)
+
+
+def _ratio(x: float) -> float:
+    return round(x, 3) if x >= 0.1 else round(x, 5)
+
+
+def ratios(results: list[dict[str, Any]]) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    sfu = best_held(results, "sfu")
+    for other in ("janus", "relay"):
+        ref = best_held(results, other)
+        if sfu is None or ref is None:
+            continue
+        # CPU per packet compared at the same load: the largest load both held
+        common = sorted({r["load"] for r in results if r["target"] == "sfu" and r.get("held")}
+                        & {r["load"] for r in results if r["target"] == other and r.get("held")})
+        same = None
+        if common:
+            load = common[-1]
+            a = next(r for r in results if r["target"] == "sfu" and r["load"] == load)
+            b = next(r for r in results if r["target"] == other and r["load"] == load)
+            if a["cpu_us_per_packet"] and b["cpu_us_per_packet"]:
+                same = {"load": a["label"], "sfu": a["cpu_us_per_packet"], other: b["cpu_us_per_packet"],
+                        "ratio": _ratio(a["cpu_us_per_packet"] / b["cpu_us_per_packet"])}
+        out[other] = {
+            "cpu_per_packet_at_best": {"sfu": sfu["cpu_us_per_packet"], other: ref["cpu_us_per_packet"],
+                                       "ratio": _ratio(sfu["cpu_us_per_packet"] / ref["cpu_us_per_packet"])},
+            "cpu_per_packet_same_load": same,
+            "highest_held": {"sfu": sfu["label"], other: ref["label"], "sfu_out_pps": sfu["out_pps"], f"{other}_out_pps": ref["out_pps"],
+                             "ratio_out_pps": round(sfu["out_pps"] / ref["out_pps"], 2) if ref["out_pps"] else None},
+        }
+    return out
+
+
+def chart(results: list[dict[str, Any]], path: Path, title: str) -> bool:
+    """Draw the chart; False (and no file) when matplotlib is not installed."""
+    try:
+        import matplotlib
+    except ImportError:
+        return False
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, 3, figsize=(11, 3.2), dpi=72)
+    panels = [
+        ("cpu_us_per_packet", "server CPU µs / output packet", True),
+        ("out_pps", "output packets / s", True),
+        ("loss_pct", "loss %", False),
+    ]
+    for ax, (key, label, log) in zip(axes, panels):
+        for target in TARGET_ORDER:
+            pts = [(r["load"], r[key]) for r in results
+                   if r["target"] == target and "error" not in r and r.get(key) is not None and (not log or r[key] > 0)]
+            if not pts:
+                continue
+            xs, ys = zip(*pts)
+            ax.plot(xs, ys, marker="o", ms=3, label=target, color=COLORS.get(target))
+        ax.set_xlabel(results[0]["scenario"] + " load" if results else "load")
+        ax.set_title(label, fontsize=9)
+        if log:
+            ax.set_yscale("log")
+        loads = [r["load"] for r in results]
+        if loads and min(loads) > 0 and max(loads) / min(loads) >= 20:
+            ax.set_xscale("log")
+        if key == "loss_pct":
+            ax.axhline(1.0, color="grey", lw=0.8, ls="--")
+        ax.grid(alpha=0.3)
+        ax.tick_params(labelsize=8)
+    if axes[0].get_lines():
+        axes[0].legend(fontsize=8)
+    fig.suptitle(title, fontsize=10)
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path)
+    plt.close(fig)
+    return True
+
+
+def write_run(out_dir: Path, doc: dict[str, Any]) -> dict[str, Path]:
+    """results.json, table.md and chart.png for one run."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    paths = {"json": out_dir / "results.json", "table": out_dir / "table.md", "chart": out_dir / "chart.png"}
+    paths["json"].write_text(json.dumps(doc, indent=1, default=str))
+    paths["table"].write_text(table(doc["results"]))
+    if doc["results"]:
+        chart(doc["results"], paths["chart"], f"{doc['scenario']}: {doc['describe']}")
+    return paths
+
+
+def _git_commit() -> str:
+    """HEAD, and whether the server's code differed from it (read-only git commands)."""
+    try:
+        head = subprocess.run(["git", "-C", str(HERE.parent), "rev-parse", "--short", "HEAD"],
+                              capture_output=True, text=True, timeout=5).stdout.strip()
+        dirty = subprocess.run(["git", "-C", str(HERE.parent), "status", "--porcelain", "--", "sfu", "signaling", "sfuserver"],
+                               capture_output=True, text=True, timeout=5).stdout.strip()
+        return head + (" with uncommitted changes in sfu/, signaling/ or sfuserver/" if dirty else "")
+    except Exception:
+        return "?"
+
+
+AIMS = """Aims (from issue 5; reported here, not enforced by tests): under 10 µs of server CPU per
+forwarded output packet on fanout (100k packets/s per core), under 25 µs on meeting; p95 added
+latency under 5 ms below saturation; time to first frame under 300 ms; CPU per packet within 1.5x
+of Janus and at least 100x better than relay."""
+
+METHOD = """## How the figures are taken
+
+- **Processes and cores.** The server under test runs alone in its own process, pinned with
+  `taskset` to the first core; the harness and its load-peer workers (4 processes, each hosting
+  many aiortc peer connections on a uvloop loop) are pinned to the other core. Everything runs in
+  the private network namespace of `tests/netns.sh`: ICE uses its test interface, HTTP and
+  signaling use 127.0.0.1, no packet leaves the machine.
+- **Server settings.** Ours: `sfu serve` as shipped (uvloop), with `--max-participants` raised
+  above Twilio's 50-participant group-room cap for the larger rooms. Janus 1.1.2
+  (Debian): videoroom plugin and HTTP transport only, debug level 2, `event_loops = 1` (Janus's
+  advice for large deployments is a few static event loops, one per core; its default, a thread
+  per handle, spent more CPU switching between hundreds of threads than forwarding in a trial at
+  fanout 1->200); rooms created with no bitrate cap and VP8/Opus. Relay: `benchmarks/baselines/relay.py`.
+- **Same load for every target.** The same peers and the same media are used against all three
+  servers; only signaling differs (our websocket protocol, Janus's HTTP API with the videoroom
+  plugin, the relay baseline's trivial HTTP API). Janus and the relay give a participant that
+  publishes and subscribes two peer connections (as Janus's videoroom does with browsers); ours
+  uses one.
+- **Publishers** send a pre-encoded clip (VP8 640x480 30 fps at about 1.5 Mbit/s, about 160
+  packets/s, and Opus 20 ms frames, 50 packets/s), made once with PyAV at setup and looped with
+  continuous, evenly spaced send times and continuous timestamps; nothing is encoded in the loop.
+  Each packet costs a header `struct.pack`, SRTP protect and `sendto` (aiortc's encoder loop is
+  bypassed). PLI/FIR are answered with a keyframe of the current picture (the clip also exists
+  intra-only). Publishers send no RTCP sender reports.
+- **Counting peers take packets in batches.** Workers that host only counting subscribers (not the
+  publisher of a fanout, not the probes) block their loop for 2 ms once per iteration, so one wake-up
+  finds many sockets ready: a load peer's CPU goes mostly to wake-ups, not to packets
+  (`--peer-batch-ms`, 0 turns it off). No time is measured in those workers except join times and
+  first frames (which can be late by up to those 2 ms).
+- **Subscribers never decrypt or decode media.** Their RTP datagrams are taken off the UDP socket
+  before aioice and SRTP; the clear-text RTP header gives SSRC, sequence number (gaps = loss),
+  timestamp and marker bit (frames). Only until the first keyframe of a stream has arrived are its
+  packets decrypted, to see where that keyframe is (time to first frame), and, like a browser
+  that cannot decode yet, the subscriber sends a PLI every 0.3 s. Otherwise subscribers send no
+  receiver reports and no NACKs, so the servers handle less RTCP than they would with browsers.
+- **Server CPU per output packet** = the server process's CPU time (utime + stime of all its
+  threads, from `/proc/PID/stat`, i.e. the kernel's accounting of that process, including the
+  kernel work of its own `sendto`/`recvfrom` calls) over the steady window, divided by the RTP
+  packets the subscribers received in that window. **Peers CPU** is the same for the worker
+  processes, per packet they sent or received: when it is near 100% the peers, not the server,
+  were the limit.
+- **Loss** = the larger of (a) packet loss from sequence-number gaps per received stream and (b)
+  frame shortfall: video frames received vs. frames published times the video subscriptions the
+  scenario calls for, less one frame per subscription for the window's edges (this catches
+  streams that never arrived, and servers that fall behind without gaps, like the relay, whose
+  re-encoders number their own packets). A point is *held*
+  when loss is under 1% and every participant joined and got video; a scenario stops at the first
+  point not held.
+- **Added latency** is one-way, from the publisher's `sendto` of the last packet of a video frame
+  to the probe subscriber's receipt of the last packet of that frame, both read from
+  CLOCK_MONOTONIC (`time.monotonic()`), which all processes on the machine share. Servers rewrite
+  RTP timestamps by a constant offset per subscriber; to know which published frame arrived,
+  publishers add a small pseudo-random per-frame offset (0 to 80 ticks of 90 kHz in steps of 10,
+  seeded per publisher) to their video timestamps while keeping send times evenly spaced. Four
+  consecutive timestamp differences, in steps of 10 ticks, identify a frame and its publisher;
+  the frames of a probe stream vote for (publisher, offset), offsets within 3 ticks counting
+  together (aiortc's decode/re-encode path in the relay rounds timestamps by a tick); the
+  majority wins and every frame is then looked up at that offset. Probes (4 per point) live in a
+  worker of their own so their loop is idle when packets arrive.
+- **Join time** = from the participant's first signaling request to its (first) peer connection
+  being `connected`. **Time to first frame** = from when a subscriber started to subscribe (or
+  when the first other publisher of its room was up, if later) to the arrival of the last packet
+  of the first complete video keyframe.
+- **Waited %**: the time the server's threads were runnable but not running (the kernel's
+  `schedstat` for each of its threads), as a share of the window: other work on the server's
+  core. Where it is large the server had less than a whole core, and throughput and latency at
+  that point say more about the machine than about the server.
+- **RSS per participant** = (server RSS at the end of the window − RSS right after start) /
+  participants.
+"""
+
+
+def aims_check(doc: dict[str, Any]) -> list[str]:
+    """The issue's aims against this run's figures (sfu only)."""
+    results = [r for r in doc["results"] if r["target"] == "sfu" and "error" not in r]
+    held = [r for r in results if r.get("held")]
+    if not held:
+        return ["No sfu point was held: no aim can be checked."]
+    best = max(held, key=lambda r: r["out_pps"])
+    rows = ["| aim | figure in this run | met? |", "|---|---|---|"]
+
+    def row(aim: str, figure: str, ok: bool | None) -> None:
+        rows.append(f"| {aim} | {figure} | {'yes' if ok else 'no' if ok is not None else '–'} |")
+
+    limit = {"fanout": 10.0, "meeting": 25.0}.get(doc["scenario"])
+    if limit is not None:
+        row(f"server CPU under {limit:g} µs per output packet ({doc['scenario']})",
+            f"{best['cpu_us_per_packet']} µs at {best['label']} ({_fmt(best['out_pps'])} pkt/s, "
+            f"so about {_fmt(1e6 / best['cpu_us_per_packet'])} pkt/s per core)", best["cpu_us_per_packet"] < limit)
+    below = [r for r in held if r["server_cpu_pct"] < 75 and r["latency_ms"]["p95"] is not None]
+    if below:
+        p95 = [r["latency_ms"]["p95"] for r in below]
+        row("p95 added latency under 5 ms below saturation (held points with server CPU under 75%)",
+            ", ".join(f"{r['latency_ms']['p95']} ms at {r['label']}" for r in below), max(p95) < 5)
+    ff = [r["first_frame_ms"]["p95"] for r in held if r["first_frame_ms"]["p95"] is not None]
+    if ff:
+        row("time to first frame under 300 ms (p95, every held point)", f"{min(ff):.0f}–{max(ff):.0f} ms", max(ff) < 300)
+    rat = doc.get("ratios", {})
+    if "janus" in rat:
+        r = rat["janus"]
+        same = r.get("cpu_per_packet_same_load")
+        value = same["ratio"] if same else r["cpu_per_packet_at_best"]["ratio"]
+        where = f"at {same['load']}" if same else "each at its highest held load"
+        row("CPU per packet within 1.5x of Janus", f"sfu/janus = {value} ({where})", value <= 1.5)
+    if "relay" in rat:
+        r = rat["relay"]
+        best = r["cpu_per_packet_at_best"]
+        factor = best["relay"] / best["sfu"]
+        same = r.get("cpu_per_packet_same_load")
+        text = f"relay/sfu = {factor:.1f}x each at its highest held load ({best['relay']} vs {best['sfu']} µs)"
+        if same:
+            text += f"; {same['relay'] / same['sfu']:.1f}x at the same load {same['load']}, where fixed costs dominate"
+        row("CPU per packet at least 100x better than relay", text, factor >= 100)
+    return rows
+
+
+def results_md(docs: dict[str, dict[str, Any]], chart_names: dict[str, str], notes: str = "") -> str:
+    parts = ["# Benchmark results\n",
+             "Generated by `python -m benchmarks compare` (benchmarks/report.py) from an actual run on this machine; "
+             "rerun it after any change to the forwarding path. Every figure below comes from that run.\n"]
+    for name, doc in docs.items():
+        m = doc["machine"]
+        results = doc["results"]
+        parts.append(f"## Scenario `{name}`: {doc['describe']}\n")
+        parts.append(
+            f"- Machine: {m['cores']} cores, {m['cpu_model']}, {m['memory_mb'] // 1024} GiB, Linux {m['kernel']}, Python {m['python']}\n"
+            f"- Command: `{doc['command']}` (commit {doc.get('commit', '?')}, {doc['started']})\n"
+            f"- Window: {doc['options']['warmup']:g} s warm-up, then {doc['options']['duration']:g} s measured per point; "
+            f"server on core {doc.get('server_core')}, peers on {doc.get('peer_cpus')}\n"
+            f"- Machine load (1/5/15-min load average) before: {doc['load_before']}, after: {doc['load_after']} "
+            f"(other work was running on this shared 2-core machine; CPU per packet is the server's own CPU time, so it is "
+            f"less affected by that than throughput and latency)\n"
+        )
+        parts.append(f"![{name}]({chart_names[name]})\n")
+        parts.append(table(results))
+        parts.append("✗ = not held (loss ≥ 1% or failures); each target stops at its first point not held. "
+                     "↻ = measured a second time because, the first time, the server waited over 10% of the window "
+                     "for its core (other work on the machine) and the point was not held; the second measurement is shown.\n")
+        rat = doc.get("ratios", {})
+        if rat:
+            parts.append("### Ratios\n")
+            parts.append("| | sfu | baseline | sfu / baseline |\n|---|---:|---:|---:|")
+            for other, r in rat.items():
+                c = r["cpu_per_packet_at_best"]
+                parts.append(f"| CPU µs per output packet, each at its highest held load, sfu vs {other} | {c['sfu']} | {c[other]} | **{c['ratio']}** |")
+                s = r.get("cpu_per_packet_same_load")
+                if s:
+                    parts.append(f"| CPU µs per output packet at the same load ({s['load']}), sfu vs {other} | {s['sfu']} | {s[other]} | **{s['ratio']}** |")
+                h = r["highest_held"]
+                parts.append(f"| highest load held (output pkt/s), sfu vs {other} | {h['sfu']} ({_fmt(h['sfu_out_pps'])}) | "
+                             f"{h[other]} ({_fmt(h[f'{other}_out_pps'])}) | **{h['ratio_out_pps']}** |")
+            parts.append("")
+        prof = doc.get("profile")
+        if prof and prof.get("samples"):
+            parts.append(f"### Where the server's time goes ({prof.get('label', '')})\n")
+            parts.append(f"py-spy (`record --native`, 100 Hz), {prof['samples']} busy samples of the sfu process during a "
+                         "separate window at the same load (sampling slows the server, so that window's figures are not in "
+                         "the table). Time in a system call shows as its libc wrapper (`sendmsg`): that is kernel time. "
+                         "Shares of busy samples:\n")
+            if prof.get("categories"):
+                parts.append("| where (innermost frame) | % |\n|---|---:|")
+                for name, pct in prof["categories"]:
+                    parts.append(f"| {name} | {pct} |")
+                parts.append("")
+            parts.append("| function (self) | % | our code and its libraries (inclusive) | % |\n|---|---:|---|---:|")
+            for (a, pa), (b, pb) in zip(prof["self"], prof["inclusive"] + [("", "")] * len(prof["self"])):
+                parts.append(f"| `{a}` | {pa} | {f'`{b}`' if b else ''} | {pb} |")
+            parts.append("")
+        parts.append("### Aims\n")
+        parts.extend(aims_check(doc))
+        parts.append("")
+    if notes:
+        parts.append(notes.strip() + "\n")
+    parts.append(AIMS + "\n")
+    parts.append(METHOD)
+    return "\n".join(parts)
+
+
+def update_results_md(doc: dict[str, Any], results_dir: Path) -> Path:
+    """Store this scenario's compare document next to RESULTS.md and regenerate RESULTS.md
+    from every scenario stored there."""
+    store = results_dir / "results"
+    store.mkdir(parents=True, exist_ok=True)
+    name = doc["scenario"]
+    (store / f"{name}.json").write_text(json.dumps(doc, indent=1, default=str))
+    chart(doc["results"], store / f"{name}.png", f"{name}: {doc['describe']}")
+    return regenerate_results_md(results_dir)
+
+
+def regenerate_results_md(results_dir: Path) -> Path:
+    """RESULTS.md from every scenario document stored in results_dir/results."""
+    store = results_dir / "results"
+    docs: dict[str, dict[str, Any]] = {}
+    charts: dict[str, str] = {}
+    order = ["fanout", "meeting", "rooms", "joinstorm"]
+    for path in sorted(store.glob("*.json"), key=lambda p: order.index(p.stem) if p.stem in order else 99):
+        docs[path.stem] = json.loads(path.read_text())
+        charts[path.stem] = f"results/{path.stem}.png"
+    target = results_dir / "RESULTS.md"
+    notes = store / "NOTES.md"  # hand-written reading of the latest run, if any
+    target.write_text(results_md(docs, charts, notes.read_text() if notes.exists() else ""))
+    return target
