@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
@@ -13,7 +13,7 @@ from pyee.asyncio import AsyncIOEventEmitter
 from . import rules as subscribe_rules
 from .media.consumer import Consumer
 from .media.datatrack import DataConsumer, DataProducer, DataTrackOptions
-from .media.peer import Offer, Peer
+from .media.peer import Peer
 from .media.producer import Producer
 
 if TYPE_CHECKING:

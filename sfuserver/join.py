@@ -16,7 +16,6 @@ from signaling.client import (
     RemoteDataTrack,
     RemoteMediaTrack,
     RemoteParticipant,
-    Room,
     SignalingError,
     connect,
 )

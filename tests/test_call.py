@@ -4,22 +4,13 @@ from __future__ import annotations
 
 import asyncio
 
-from av import AudioFrame, VideoFrame
+from av import AudioFrame
 
 from signaling.client import LocalAudioTrack, LocalDataTrack, LocalVideoTrack, RemoteDataTrack, RemoteMediaTrack, connect
 
 from .conftest import wait_for
 from .helpers.clients import Clients, VideoReader, local_track, read_audio, subscribed_data, subscribed_media
-from .media import CounterVideoTrack, ToneAudioTrack, read_counter
-
-
-async def read_counters(track: RemoteMediaTrack, count: int) -> list[int]:
-    values = []
-    while len(values) < count:
-        frame = await asyncio.wait_for(track.recv(), 20)
-        assert isinstance(frame, VideoFrame)
-        values.append(read_counter(frame))
-    return values
+from .media import CounterVideoTrack, ToneAudioTrack, read_counters
 
 
 async def test_two_participants_exchange_video_audio_and_data(server):

@@ -11,8 +11,6 @@ import subprocess
 import sys
 from pathlib import Path
 
-import pytest
-from av import VideoFrame
 
 from sfu.credentials import generate
 from aiortc.rtp import RtcpPsfbPacket
@@ -26,7 +24,7 @@ from signaling.client import LocalAudioTrack, LocalVideoTrack, RemoteMediaTrack,
 from signaling.tokens import mint_token
 
 from .conftest import wait_for
-from .media import CounterVideoTrack, ToneAudioTrack, read_counter
+from .media import CounterVideoTrack, ToneAudioTrack, read_counters
 
 
 def free_port() -> int:
@@ -49,15 +47,6 @@ async def subscribed_track(room, name: str) -> RemoteMediaTrack:
                 found[name] = pub.track  # type: ignore[assignment]
     await wait_for(lambda: name in found, message=f"subscription to {name}")
     return found[name]
-
-
-async def counters(track: RemoteMediaTrack, count: int) -> list[int]:
-    values = []
-    while len(values) < count:
-        frame = await asyncio.wait_for(track.recv(), 20)
-        assert isinstance(frame, VideoFrame)
-        values.append(read_counter(frame))
-    return values
 
 
 def server_consumers(server, identity: str) -> list[Consumer]:
@@ -106,7 +95,7 @@ async def test_server_process_never_decodes_or_encodes(tmp_path: Path, netns: No
             for other in ("alice", "bob", "carol"):
                 if other != room.local_participant.identity:
                     track = await subscribed_track(room, f"{other}-cam")
-                    values = await counters(track, 5)
+                    values = await read_counters(track, 5)
                     assert values == sorted(values)
                     audio = await subscribed_track(room, f"{other}-mic")
                     await asyncio.wait_for(audio.recv(), 20)
@@ -178,7 +167,7 @@ async def test_nacks_are_answered_from_the_retransmission_cache(server) -> None:
             return True
 
         drop_rtp(track.transceiver.receiver, lossy)
-        values = await counters(track, 90)
+        values = await read_counters(track, 90)
         assert len(dropped) >= 5, "the test must actually lose packets"
         consumer = next(c for c in server_consumers(server, "bob") if c.kind == "video")
         assert consumer.stats.nacks_received > 0
@@ -197,7 +186,7 @@ async def test_h264_room_forwards_h264(server) -> None:
     bob = await connect(server.url, server.token("bob"), name="h264")
     try:
         track = await subscribed_track(bob, "cam")
-        values = await counters(track, 10)
+        values = await read_counters(track, 10)
         assert all(b > a for a, b in zip(values, values[1:])), values
         producer = server_producer(server, "alice", "video")
         assert producer.primary_codec is not None and producer.primary_codec.mime_type.lower() == "video/h264"
@@ -220,7 +209,7 @@ async def test_bogus_rtp_and_rtcp_from_a_participant_do_not_disturb_others(serve
     mallory = await connect(server.url, server.token("mallory"), name="bogus", tracks=[LocalVideoTrack(CounterVideoTrack(), "evil")])
     try:
         track = await subscribed_track(bob, "cam")
-        before = await counters(track, 5)
+        before = await read_counters(track, 5)
         await subscribed_track(bob, "evil")
         sender = next(t.sender for t in mallory.pc.getTransceivers() if t.sender.track is not None)
         rng = random.Random(7)
@@ -242,7 +231,7 @@ async def test_bogus_rtp_and_rtcp_from_a_participant_do_not_disturb_others(serve
             except (pylibsrtp.Error, ValueError):
                 pass  # too malformed for the sender's own SRTP library to protect
         assert sent >= 250
-        after = await counters(track, 30)
+        after = await read_counters(track, 30)
         assert after[0] > before[-1] and all(b > a for a, b in zip(after, after[1:]))
         assert "mallory" in {p.identity for p in bob.participants.values()}
     finally:

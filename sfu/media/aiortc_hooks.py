@@ -19,7 +19,6 @@ aiortc terminates ICE, DTLS and SRTP for us; everything after decryption is ours
 from __future__ import annotations
 
 import asyncio
-import asyncio
 import inspect
 import logging
 from collections.abc import Callable
