@@ -55,6 +55,8 @@ def build_app(
         ice_servers=list(config.ice_servers),
         announced_address=config.announced_address,
         retransmission_cache=config.retransmission_cache,
+        # An offer made while a participant's websocket is down waits for its resume.
+        negotiation_timeout=max(30.0, config.reconnect_grace + 10.0),
     )
     store = SqliteStore(config.database or config.data_dir / "sfu.sqlite3")
     registry = RoomRegistry(

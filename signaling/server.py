@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import secrets
+import time
 from typing import Any
 
 from aiohttp import WSMsgType, web
@@ -268,6 +269,26 @@ class Session:
             self.send(self._offer_message(self._last_offer))
 
 
+class MessageBudget:
+    """A token bucket per websocket: a client flooding the server (say, toggling its tracks
+    or rules in a loop, each costing a renegotiation) gets errors instead of CPU."""
+
+    def __init__(self, rate: float = 50.0, burst: float = 200.0) -> None:
+        self._rate = rate
+        self._burst = burst
+        self._tokens = burst
+        self._at = time.monotonic()
+
+    def take(self) -> bool:
+        now = time.monotonic()
+        self._tokens = min(self._burst, self._tokens + (now - self._at) * self._rate)
+        self._at = now
+        if self._tokens < 1:
+            return False
+        self._tokens -= 1
+        return True
+
+
 class SignalingService:
     """Accepts websockets at ``path`` and runs the protocol in ``protocol.py``."""
 
@@ -284,12 +305,15 @@ class SignalingService:
         ws = web.WebSocketResponse(heartbeat=protocol.HEARTBEAT_INTERVAL, max_msg_size=4 * protocol.MAX_MESSAGE_SIZE)
         await ws.prepare(request)
         session: Session | None = None
+        budget = MessageBudget()
         try:
             async for msg in ws:
                 if msg.type not in (WSMsgType.TEXT, WSMsgType.BINARY):
                     break
                 request_type: str | None = None
                 try:
+                    if not budget.take():
+                        raise ProtocolError(protocol.SIGNALING_ERROR, "Too many messages: slow down")
                     message = protocol.decode(msg.data)
                     request_type = message["type"]
                     if request_type == "heartbeat":

@@ -273,3 +273,28 @@ async def test_frame_over_the_websocket_limit_costs_only_the_senders_socket(scen
     scene.carol_events.events = [e for e in scene.carol_events.events if e[0] not in ("participant_reconnecting", "participant_reconnected")]
     await scene.assert_undisturbed()
     await scene.assert_mallory_still_works()
+
+
+
+async def test_a_flooding_client_gets_errors_and_the_room_goes_on(server, clients) -> None:
+    """Hundreds of messages at once: past the per-socket budget each gets an error, the
+    flooder stays connected, and others still join and see it."""
+    import aiohttp
+
+    from signaling import protocol
+
+    async with aiohttp.ClientSession() as http:
+        async with http.ws_connect(server.url) as ws:
+            await ws.send_str(protocol.encode({"type": "connect", "version": 1, "token": server.token("flood"), "name": "room"}))
+            for _ in range(600):
+                await ws.send_str(protocol.encode({"type": "update", "version": 1, "subscribe": {"rules": [{"type": "include", "all": True}]}}))
+            refused = answered = 0
+            while answered + refused < 600:
+                body = protocol.decode_server((await asyncio.wait_for(ws.receive(), 30)).data)
+                if body["type"] == "error" and "Too many messages" in body["message"]:
+                    refused += 1
+                elif body["type"] == "update" and "subscribe" in body:
+                    answered += 1
+            assert refused > 0 and answered >= 150
+            alice = await clients.join("alice", publish="")
+            assert "flood" in {p.identity for p in alice.participants.values()}
