@@ -69,7 +69,12 @@ async def join(url: str, token: str, room_name: str | None, duration: float | No
     room.on("track_disabled", lambda pub, p: _say(f"{p.identity} muted {pub.track_name}"))
     room.on("track_enabled", lambda pub, p: _say(f"{p.identity} unmuted {pub.track_name}"))
     ended = asyncio.Event()
-    room.on("disconnected", lambda error: (_say(f"disconnected{f': {error.code} {error.message}' if error else ''}"), ended.set()))
+
+    def on_disconnected(error: SignalingError | None) -> None:
+        _say(f"disconnected: {error.code} {error.message}" if error else "disconnected")
+        ended.set()
+
+    room.on("disconnected", on_disconnected)
 
     loop = asyncio.get_running_loop()
     if sys.stdin.isatty() or not sys.stdin.closed:

@@ -91,10 +91,10 @@ class _Gate(MediaStreamTrack):
         self._source = source
 
     async def recv(self) -> Any:
-        frame = await self._source.recv()
+        frame: Any = await self._source.recv()
         if self._owner.enabled:
             return frame
-        blank: AudioFrame | VideoFrame
+        blank: Any
         if isinstance(frame, VideoFrame):
             blank = VideoFrame(width=frame.width, height=frame.height, format="yuv420p")
             for plane, value in zip(blank.planes, (16, 128, 128)):
@@ -406,8 +406,7 @@ class Room(AsyncIOEventEmitter):
             self._emit_error(error)
         elif kind == "disconnected":
             code = message.get("code")
-            error = SignalingError(int(code), str(message.get("message", ""))) if code else None
-            await self._close(error)
+            await self._close(SignalingError(int(code), str(message.get("message", ""))) if code else None)
 
     def _emit_error(self, error: SignalingError) -> None:
         if self.listeners("error"):  # pyee raises an unhandled "error" event
@@ -492,19 +491,19 @@ class Room(AsyncIOEventEmitter):
         seen = set()
         for t in state["tracks"]:
             seen.add(t["sid"])
-            pub = p.tracks.get(t["sid"])
-            if pub is None:
+            known = p.tracks.get(t["sid"])
+            if known is None:
                 pub = p.tracks[t["sid"]] = RemoteTrackPublication(t["sid"], t["name"], t["kind"], t["enabled"])
                 p.emit("track_published", pub)
                 self.emit("track_published", pub, p)
                 self._maybe_subscribed(t["sid"])
-            elif pub.enabled != t["enabled"]:
-                pub.enabled = t["enabled"]
-                if pub.track is not None:
-                    pub.track.enabled = pub.enabled
-                event = "track_enabled" if pub.enabled else "track_disabled"
-                p.emit(event, pub)
-                self.emit(event, pub, p)
+            elif known.enabled != t["enabled"]:
+                known.enabled = t["enabled"]
+                if known.track is not None:
+                    known.track.enabled = known.enabled
+                event = "track_enabled" if known.enabled else "track_disabled"
+                p.emit(event, known)
+                self.emit(event, known, p)
         for sid_gone in [s for s in p.tracks if s not in seen]:
             self._unpublished(p, p.tracks[sid_gone])
 
@@ -609,10 +608,10 @@ class Room(AsyncIOEventEmitter):
             self._data_queue.clear()
 
     def _media_section(self, transceiver: RTCRtpTransceiver, section: dict[str, Any]) -> None:
-        sid = section["track_sid"]
-        if self._mid_role.get(transceiver.mid) == ("subscribe", sid) and sid in self._remote_tracks:
+        sid, mid = section["track_sid"], str(transceiver.mid)
+        if self._mid_role.get(mid) == ("subscribe", sid) and sid in self._remote_tracks:
             return  # the same subscription, offered again
-        self._mid_role[transceiver.mid] = ("subscribe", sid)
+        self._mid_role[mid] = ("subscribe", sid)
         self._remote_tracks[sid] = RemoteMediaTrack(sid, section["kind"], sid, transceiver, self._packets)
         self._maybe_subscribed(sid)
 

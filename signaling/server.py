@@ -194,14 +194,14 @@ class Session:
                 self.room.unpublish(p, track)
         errors: list[ParticipantError] = []
         for entry in tracks:
-            track = p.track_by_client_id(entry["id"])
-            if track is None:
+            existing = p.track_by_client_id(entry["id"])
+            if existing is None:
                 try:
                     self.room.publish(p, entry["id"], entry["kind"], entry["name"], entry["enabled"])
                 except ParticipantError as exc:
                     errors.append(exc)
             else:
-                self.room.set_track_enabled(p, track, entry["enabled"])
+                self.room.set_track_enabled(p, existing, entry["enabled"])
         if errors:
             raise ProtocolError(errors[0].code, errors[0].message)
 

@@ -129,8 +129,9 @@ def create_sctp_transport_first(pc: RTCPeerConnection) -> None:
     """
     if pc.sctp is None:
         pc._RTCPeerConnection__createSctpTransport()  # type: ignore[attr-defined]
-        pc.sctp._bundled = True  # type: ignore[union-attr]
-        guard_rtcp(pc.sctp.transport)  # type: ignore[union-attr]
+        sctp: Any = pc.sctp
+        sctp._bundled = True
+        guard_rtcp(sctp.transport)
 
 
 def start_when_connected(pc: RTCPeerConnection) -> None:
@@ -189,7 +190,7 @@ def attach_rtp_sink(dtls: RTCDtlsTransport, sink: Callable[[bytes], None]) -> No
 
     for protocol in dtls.transport._connection._protocols:
         if type(protocol) is aioice.ice.StunProtocol:
-            protocol.datagram_received = fast(protocol.datagram_received)  # type: ignore[method-assign]
+            protocol.datagram_received = fast(protocol.datagram_received)  # type: ignore[method-assign,assignment]
 
 
 def _hook_endpoint(

@@ -11,8 +11,9 @@ import logging
 import random
 import struct
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 from aiortc.rtp import (
     RTCP_PSFB_APP,
@@ -85,7 +86,7 @@ class Consumer:
 
     # --- negotiation -------------------------------------------------------------------
 
-    def configure(self, codecs: list[CodecInfo], rtx_apt: dict[int, int], header_extensions: list[object], mid: str | None) -> bool:
+    def configure(self, codecs: list[CodecInfo], rtx_apt: dict[int, int], header_extensions: Sequence[Any], mid: str | None) -> bool:
         """Map the producer's payload types onto the subscriber's; False if none match."""
         by_key = {c.key: c for c in codecs}
         pt_map: dict[int, int] = {}

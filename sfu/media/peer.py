@@ -28,7 +28,7 @@ from aiortc import (
 )
 from aiortc.rtcconfiguration import RTCBundlePolicy
 from aiortc.rtcdtlstransport import RTCDtlsTransport
-from aiortc.rtcrtpparameters import RTCRtpReceiveParameters, RTCRtpSendParameters
+from aiortc.rtcrtpparameters import RTCRtpCodecCapability, RTCRtpReceiveParameters, RTCRtpSendParameters
 from aiortc.rtp import (
     RTCP_PSFB_APP,
     RTCP_PSFB_PLI,
@@ -283,7 +283,7 @@ class Peer(AsyncIOEventEmitter):
         return transceiver
 
     @staticmethod
-    def _codec_preferences(producer: Producer) -> list[object]:
+    def _codec_preferences(producer: Producer) -> list[RTCRtpCodecCapability]:
         keys = {c.key for c in producer.codecs.values()}
         capabilities = RTCRtpSender.getCapabilities(producer.kind).codecs
         preferred = [c for c in capabilities if codec_key(c.mimeType, dict(c.parameters)) in keys]

@@ -11,7 +11,8 @@ import logging
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any
 
 from . import rtp
 from .codecs import KeyframeProbe, codec_key, keyframe_probe
@@ -248,7 +249,7 @@ class Producer:
         self._cache = []
 
 
-def codec_infos(codecs: list[object]) -> tuple[list[CodecInfo], dict[int, int]]:
+def codec_infos(codecs: Sequence[Any]) -> tuple[list[CodecInfo], dict[int, int]]:
     """Split aiortc codec parameters into media codecs and an RTX pt -> apt map."""
     media: list[CodecInfo] = []
     rtx: dict[int, int] = {}
