@@ -220,29 +220,19 @@ def run_point(target: str, scenario: Scenario, load: int, o: Options, say: Say) 
             time.sleep(0.5)
         _sleep(o.warmup, f"{tag}: warming up", say, pool)
         profiler = None
-        snap0 = pool.call_all("snapshot", timeout=30)
-        cpu0 = cpu_seconds(server.pid)
-        wait0 = cpu_wait_seconds(server.pid)
-        peers0_each = [cpu_seconds(pid) for pid in pool.pids()]
-        peers0 = sum(peers0_each)
-        t0 = time.monotonic()
+        snap0, cpu0, wait0, peers0_each, t0 = _accounts(pool, server.pid)
         if o.profile:
             profiler = _start_profiler(server.pid, o.duration, workdir)
         peer_profiler = None
         if os.environ.get("BENCH_PROFILE_PEERS") and len(pool.workers) > 2:
             peer_profiler = _start_profiler(pool.workers[-1].process.pid, o.duration, workdir, "peer-profile")
         _sleep(o.duration, f"{tag}: measuring", say, pool)
-        snap1 = pool.call_all("snapshot", timeout=30)
-        cpu1 = cpu_seconds(server.pid)
-        wait1 = cpu_wait_seconds(server.pid)
-        peers1_each = [cpu_seconds(pid) for pid in pool.pids()]
-        peers1 = sum(peers1_each)
-        t1 = time.monotonic()
+        snap1, cpu1, wait1, peers1_each, t1 = _accounts(pool, server.pid)
         rss_end = rss_bytes(server.pid)
         window = (snap1[0]["t"] - snap0[0]["t"]) if snap0 and snap1 else t1 - t0
         collected = pool.call_all("collect", {"t0": t0, "t1": t1}, timeout=60)
         (workdir / "collected.json").write_text(json.dumps(collected))
-        result = metrics.figures(layout, snap0, snap1, collected, window, cpu1 - cpu0, peers1 - peers0, rss_start, rss_end)
+        result = metrics.figures(layout, snap0, snap1, collected, window, cpu1 - cpu0, sum(peers1_each) - sum(peers0_each), rss_start, rss_end)
         result["server_cpu_wait_pct"] = round(100 * (wait1 - wait0) / window, 1)
         result["peers_cpu_pct_by_worker"] = [round(100 * (b - a) / window, 1) for a, b in zip(peers0_each, peers1_each)]
         if profiler is not None:
@@ -383,3 +373,15 @@ def summarize_profile(text: str, top: int = 15) -> dict[str, Any]:
         return [(name, round(100 * n / total, 1)) for name, n in counter.most_common(k)]
 
     return {"samples": total, "categories": share(categories, len(CATEGORIES) + 1), "self": share(own, top), "inclusive": share(inclusive, top)}
+
+
+def _accounts(pool: Any, server_pid: int) -> tuple[Any, float, float, list[float], float]:
+    """One side of a measured window: peers' counters, server CPU and wait, peers' CPU, time."""
+    snapshot = pool.call_all("snapshot", timeout=30)
+    return (
+        snapshot,
+        cpu_seconds(server_pid),
+        cpu_wait_seconds(server_pid),
+        [cpu_seconds(pid) for pid in pool.pids()],
+        time.monotonic(),
+    )

@@ -45,7 +45,7 @@ def test_rewritten_packet_parses_back_with_aiortc() -> None:
     packet = aiortc_packet(payload=b"abc" * 100)
     parsed, _ = rtp.parse(packet.serialize(extensions_map()))
     elements = rtp.one_byte_element(1, b"12") + bytes(((3 << 4) | 2,)) + (0xABCDEF).to_bytes(3, "big")
-    out = rtp.header(parsed.marker, 111, 17, 99, 0xCAFEBABE, parsed.padding, True) + rtp.extension_block(elements) + parsed.payload
+    out = rtp.pack_header(0x90, (parsed.marker << 7) | 111, 17, 99, 0xCAFEBABE) + rtp.extension_block(elements) + parsed.payload
     again = RtpPacket.parse(out, extensions_map())
     assert (again.payload_type, again.sequence_number, again.timestamp, again.ssrc) == (111, 17, 99, 0xCAFEBABE)
     assert again.extensions.mid == "12"
@@ -62,9 +62,6 @@ def test_parse_refuses_garbage(data: bytes) -> None:
     with pytest.raises(rtp.MalformedRtp):
         rtp.parse(data)
 
-
-def test_sequence_comparison_wraps() -> None:
-    assert rtp.seq_newer(1, 65535) and not rtp.seq_newer(65535, 1) and not rtp.seq_newer(5, 5)
 
 
 def test_vp8_keyframe_probe() -> None:

@@ -342,15 +342,6 @@ def rtp_writer(dtls: RTCDtlsTransport) -> Callable[[bytes], bool]:
     return write
 
 
-async def send_rtcp(dtls: RTCDtlsTransport, data: bytes) -> None:
-    """Send a (compound) RTCP packet through aiortc's own path."""
-    try:
-        await dtls._send_rtp(data)
-    except ConnectionError:
-        pass
-
-
-
 def packet_receiver(receiver: RTCRtpReceiver, on_packet: Callable[[RtpPacket], None]) -> None:
     """Receive encoded packets from ``receiver`` instead of decoded frames (load peers)."""
     hook_receiver(receiver, on_started=lambda parameters: None, on_rtcp=lambda packet: None)
@@ -394,5 +385,8 @@ def drop_rtcp(sender: RTCRtpSender, should_drop: Callable[[AnyRtcpPacket], bool]
 
 async def send_raw_rtp(sender: RTCRtpSender, data: bytes) -> None:
     """Send arbitrary bytes as (S)RTP/RTCP on ``sender``'s transport (tests: bogus input)."""
-    await send_rtcp(sender.transport, data)
+    try:
+        await sender.transport._send_rtp(data)
+    except ConnectionError:
+        pass
 

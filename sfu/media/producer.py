@@ -87,7 +87,6 @@ class Producer:
         self.stats = ReceiveStats()
         self.last_timestamp = 0  # RTP timestamp of the newest packet, and when it came
         self.last_arrival = 0.0
-        self.enabled = True
         self._send_nack = send_nack
         self._send_pli = send_pli
         self._probes: dict[int, KeyframeProbe] = {}

@@ -19,8 +19,6 @@ ONE_BYTE_PROFILE = 0xBEDE
 TWO_BYTE_PROFILE_MASK = 0xFFF0
 TWO_BYTE_PROFILE = 0x1000
 
-RTCP_PT_MIN = 192
-RTCP_PT_MAX = 223
 
 
 class MalformedRtp(ValueError):
@@ -41,9 +39,6 @@ class InboundPacket:
     audio_level: bytes | None = None  # the one-byte ssrc-audio-level element value, if present
     keyframe: bool = False
 
-
-def is_rtcp(data: bytes) -> bool:
-    return len(data) >= 2 and RTCP_PT_MIN <= data[1] <= RTCP_PT_MAX
 
 
 def parse(data: bytes, audio_level_id: int = 0, mid_id: int = 0) -> tuple[InboundPacket, bytes | None]:
@@ -113,11 +108,6 @@ def _read_extensions(
     return audio_level, mid
 
 
-def header(marker: int, payload_type: int, seq: int, timestamp: int, ssrc: int, padding: bool, extension: bool) -> bytes:
-    b0 = 0x80 | (0x20 if padding else 0) | (0x10 if extension else 0)
-    return _HEADER.pack(b0, (marker << 7) | payload_type, seq, timestamp, ssrc)
-
-
 pack_header = _HEADER.pack
 
 
@@ -182,8 +172,3 @@ def rtcp_nack(ssrc: int, media_ssrc: int, lost: list[int]) -> bytes:
 def abs_send_time() -> bytes:
     """Now, as the 24-bit 6.18 fixed-point abs-send-time extension value."""
     return (int(time.time() * 262144) & 0xFFFFFF).to_bytes(3, "big")
-
-
-def seq_newer(a: int, b: int) -> bool:
-    """True when sequence number ``a`` comes after ``b`` (mod 2^16)."""
-    return a != b and ((a - b) & 0xFFFF) < 0x8000

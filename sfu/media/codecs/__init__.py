@@ -13,8 +13,6 @@ _PROBES: dict[str, KeyframeProbe] = {
     "video/h264": h264.is_keyframe_start,
 }
 
-SUPPORTED = {"audio/opus", "audio/pcmu", "audio/pcma", "audio/g722", "video/vp8", "video/h264"}
-
 
 def keyframe_probe(mime_type: str) -> KeyframeProbe | None:
     return _PROBES.get(mime_type.lower())
