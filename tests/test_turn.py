@@ -13,6 +13,7 @@ relay transport policy: every packet they send or receive goes through coturn.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import os
 import shutil
@@ -155,9 +156,9 @@ def server_peers(server: Server) -> dict[str, RTCPeerConnection]:
     return {p.identity: p.peer.pc for room in server.registry.rooms.values() for p in room.participants.values()}
 
 
-async def call_both_ways(server: Server, turn: Coturn) -> tuple[Room, Room]:
-    """alice and bob, relay-only through ``turn``, each decode the other's video and audio."""
-    rooms = []
+async def call_both_ways(server: Server, turn: Coturn, rooms: list[Room]) -> tuple[Room, Room]:
+    """alice and bob (appended to ``rooms``, for the caller to disconnect), relay-only
+    through ``turn``, each decode the other's video and audio."""
     for identity in ("alice", "bob"):
         rooms.append(await connect(server.url, server.token(identity), name="turn", tracks=media_tracks("va"),
                                    ice_servers=[turn.ice_server]))  # fmt: skip
@@ -179,8 +180,9 @@ async def test_relay_only_clients_meet_the_servers_host_candidates_through_cotur
 ) -> None:
     """Default: a TURN server among --ice-server is not used by the server itself."""
     async with sfu_server(tmp_path, coturn, "off") as server:
-        alice, bob = await call_both_ways(server, coturn)
+        rooms: list[Room] = []
         try:
+            alice, bob = await call_both_ways(server, coturn, rooms)
             for room in (alice, bob):
                 assert selected_local_type(room.pc) == "relay"  # the clients really went through coturn
                 offer = room.pc.remoteDescription.sdp
@@ -191,8 +193,8 @@ async def test_relay_only_clients_meet_the_servers_host_candidates_through_cotur
                 assert selected_local_type(pc) == "host", identity
                 assert {c.type for c in ice_connection(pc).local_candidates} == {"host"}, identity
         finally:
-            await alice.disconnect()
-            await bob.disconnect()
+            for room in rooms:
+                await room.disconnect()
 
 
 async def test_server_relaying_itself_through_coturn_forwards_media_both_ways(
@@ -201,8 +203,9 @@ async def test_server_relaying_itself_through_coturn_forwards_media_both_ways(
     """--server-ice-relay only: the server's selected local candidate is relayed (the path
     whose writer used to raise AttributeError on every packet), and media flows both ways."""
     async with sfu_server(tmp_path, coturn, "only") as server:
-        alice, bob = await call_both_ways(server, coturn)
+        rooms: list[Room] = []
         try:
+            alice, bob = await call_both_ways(server, coturn, rooms)
             peers = server_peers(server)
             assert set(peers) == {"alice", "bob"}
             for identity, pc in peers.items():
@@ -213,8 +216,8 @@ async def test_server_relaying_itself_through_coturn_forwards_media_both_ways(
                 offer = room.pc.remoteDescription.sdp
                 assert " typ relay" in offer and " typ host" not in offer, offer
         finally:
-            await alice.disconnect()
-            await bob.disconnect()
+            for room in rooms:
+                await room.disconnect()
 
 
 async def test_server_relay_fallback_offers_host_and_relayed_candidates(tmp_path: Path, coturn: Coturn) -> None:
@@ -283,5 +286,6 @@ async def test_relay_only_browsers_through_a_relayed_server(tmp_path: Path, cotu
                 assert selected_local_type(pc) == "relay", identity
         finally:
             for page in pages:
-                await page.js("() => window.room && room.disconnect()")
+                with contextlib.suppress(Exception):  # a crashed page must not keep the others open
+                    await page.js("() => window.room && room.disconnect()")
                 await page.close()
