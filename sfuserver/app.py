@@ -15,7 +15,7 @@ from aiortc import RTCIceServer
 from rest.app import add_routes as add_rest_routes
 from sfu.credentials import Credentials
 from sfu.media import aiortc_hooks as hooks
-from sfu.media.peer import MediaConfig
+from sfu.media.peer import IceRelay, MediaConfig
 from sfu.registry import RoomRegistry, utcnow
 from sfu.store import SqliteStore
 from signaling.server import SignalingService
@@ -34,6 +34,7 @@ class ServerConfig:
     port: int = 8080
     data_dir: Path = Path("data")
     ice_servers: list[RTCIceServer] = field(default_factory=list)
+    server_ice_relay: IceRelay = "off"  # does the server itself relay through the TURN servers
     announced_address: str | None = None
     reconnect_grace: float = 5.0
     retransmission_cache: int = 512  # packets kept per video track to answer NACKs
@@ -53,6 +54,7 @@ def build_app(
     hooks.check_compatibility()  # refuse to start on an aiortc whose internals moved
     media = MediaConfig(
         ice_servers=list(config.ice_servers),
+        ice_relay=config.server_ice_relay,
         announced_address=config.announced_address,
         retransmission_cache=config.retransmission_cache,
         # An offer made while a participant's websocket is down waits for its resume.

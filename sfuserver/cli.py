@@ -42,7 +42,11 @@ def parser() -> argparse.ArgumentParser:
     serve.add_argument("--port", type=int, default=8080)
     serve.add_argument("--data-dir", type=Path, default=Path("./data"), help="credentials and database")
     serve.add_argument("--ice-server", type=_ice_server, action="append", default=[], metavar="URL",
-                       help="STUN/TURN server for the server's peer connections (repeatable; none by default)")
+                       help="STUN/TURN server (repeatable; none by default). The server's own connections use STUN "
+                            "ones; TURN ones are for clients (sdk.js iceServers) unless --server-ice-relay")
+    serve.add_argument("--server-ice-relay", choices=("off", "fallback", "only"), default="off",
+                       help="let the server's own connections use the --ice-server TURN server: 'fallback' adds "
+                            "relayed candidates, 'only' uses nothing else (default: off, host candidates only)")
     serve.add_argument("--announced-address", help="public address to put in host ICE candidates (1:1 NAT)")
     serve.add_argument("--reconnect-grace", type=float, default=5.0,
                        help="seconds a participant whose websocket dropped may resume before removal")
@@ -93,11 +97,18 @@ def main(argv: list[str] | None = None) -> int:
 
         return uvloop.run(join(args.url, token, args.room, args.duration))
     logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    turn = [server.urls for server in args.ice_server if str(server.urls).startswith("turn")]
+    if args.server_ice_relay != "off" and not turn:
+        raise SystemExit("sfu serve: --server-ice-relay needs a TURN server (--ice-server turn:USER:PASS@HOST:PORT)")
+    if turn and args.server_ice_relay == "off":
+        logger.info("the server's own connections do not relay through %s (give it to clients, "
+                    "or see --server-ice-relay)", ", ".join(map(str, turn)))
     config = ServerConfig(
         host=args.host,
         port=args.port,
         data_dir=args.data_dir,
         ice_servers=args.ice_server,
+        server_ice_relay=args.server_ice_relay,
         announced_address=args.announced_address,
         reconnect_grace=args.reconnect_grace,
         dev_tokens=args.dev_tokens,

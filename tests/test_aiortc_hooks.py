@@ -28,3 +28,17 @@ def test_a_different_aiortc_version_fails_loudly(monkeypatch: pytest.MonkeyPatch
     monkeypatch.setattr(aiortc, "__version__", "1.17.0")
     with pytest.raises(hooks.HookError, match="1.17.0"):
         hooks.check_compatibility()
+
+
+def test_a_changed_turn_send_path_fails_loudly(monkeypatch: pytest.MonkeyPatch) -> None:
+    """rtp_writer sends on relayed pairs the way aioice does (TurnTransport.sendto through the
+    TURN channel): an aioice whose TurnTransport sends otherwise must be refused at startup."""
+    import aioice.turn
+
+    def sendto(self, data: bytes, addr: tuple[str, int]) -> None:  # an "upgrade" that sends another way
+        return None
+
+    monkeypatch.setattr(aioice.turn.TurnTransport, "sendto", sendto)
+    monkeypatch.setattr(hooks, "_compatible_with", None)
+    with pytest.raises(hooks.HookError, match="TurnTransport.sendto"):
+        hooks.check_compatibility()

@@ -25,6 +25,7 @@ from collections.abc import Callable
 from typing import Any
 
 import aioice.ice
+import aioice.turn
 import pylibsrtp
 from aiortc import RTCPeerConnection, RTCRtpReceiver, RTCRtpSender, RTCRtpTransceiver
 from aiortc.rtcdtlstransport import RTCDtlsTransport, State
@@ -101,6 +102,7 @@ def _inspect_aiortc() -> None:
         raise HookError("RTCPeerConnection.__createSctpTransport is gone")
     if "await transceiver.sender.send(" not in inspect.getsource(RTCPeerConnection):
         raise HookError("RTCPeerConnection no longer starts senders with send()")
+    _inspect_ice_send()
 
 
 def guard_rtcp(dtls: RTCDtlsTransport) -> None:
@@ -302,18 +304,33 @@ def _protector(session: pylibsrtp.Session) -> Callable[[bytes], bytes]:
     return protect
 
 
+def _inspect_ice_send() -> None:
+    """``rtp_writer`` sends the way aioice does, on host and on relayed (TURN) pairs alike."""
+    checks: list[tuple[Any, str, str]] = [
+        (aioice.ice.Connection, "sendto", "active_pair.protocol.send_data(data, active_pair.remote_addr)"),
+        (aioice.ice.StunProtocol, "send_data", "self.transport.sendto(data, addr)"),
+        (aioice.turn.TurnTransport, "sendto", "send_data(data, addr)"),  # through the TURN channel
+        (aioice.turn.TurnTransport, "_connect", "protocol.connection_made("),  # a relayed candidate's transport
+    ]
+    for owner, name, line in checks:
+        if line not in inspect.getsource(getattr(owner, name)):
+            raise HookError(f"aioice's {owner.__name__}.{name} no longer sends the way rtp_writer does")
+
+
 def rtp_writer(dtls: RTCDtlsTransport) -> Callable[[bytes], bool]:
     """A synchronous writer: SRTP-protect ``data`` with the peer's keys and send it.
 
     Skips aiortc's three nested coroutines per packet (``_send_rtp`` -> ICE ``send`` ->
-    ``sendto``); returns False when the transport is not connected.
+    ``sendto``); returns False when the transport is not connected. On a relayed local
+    candidate (the server relaying itself through TURN) the pair's transport is aioice's
+    TurnTransport, whose ``sendto`` sends through the TURN channel with a task per packet.
     """
     nominated = dtls.transport._connection._nominated
     # Caches, refreshed only when aiortc swaps the object they came from: the SRTP session
     # (and our lean protect for it), and the selected pair (its socket and peer address:
     # CandidatePair.remote_addr builds a new tuple on every call).
     keys: list[Any] = [None, None]
-    route: list[Any] = [None, None, None]
+    route: list[Any] = [None, None, None, None]
 
     def write(data: bytes) -> bool:
         if dtls._state is not State.CONNECTED:
@@ -332,9 +349,13 @@ def rtp_writer(dtls: RTCDtlsTransport) -> Callable[[bytes], bool]:
         except (pylibsrtp.Error, ValueError):  # e.g. a replay beyond libsrtp's window
             return False
         if pair is not route[0]:
-            route[0], route[1], route[2] = pair, pair.protocol.transport, pair.remote_addr
+            # What aioice's StunProtocol.send_data does: sendto on the pair's transport. For a
+            # relayed local candidate that is aioice's TurnTransport, which has no is_closing()
+            # (its sendto sends through the TURN channel and drops data once closed).
+            transport = pair.protocol.transport
+            route[:] = pair, transport, pair.remote_addr, getattr(transport, "is_closing", None)
         transport = route[1]
-        if transport is None or transport.is_closing():
+        if transport is None or (route[3] is not None and route[3]()):
             return False
         transport.sendto(protected, route[2])
         return True

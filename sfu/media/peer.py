@@ -26,7 +26,7 @@ from aiortc import (
     RTCRtpTransceiver,
     RTCSessionDescription,
 )
-from aiortc.rtcconfiguration import RTCBundlePolicy
+from aiortc.rtcconfiguration import RTCBundlePolicy, RTCIceTransportPolicy
 from aiortc.rtcdtlstransport import RTCDtlsTransport
 from aiortc.rtcrtpparameters import RTCRtpCodecCapability, RTCRtpReceiveParameters, RTCRtpSendParameters
 from aiortc.rtp import (
@@ -52,6 +52,7 @@ from .producer import Producer, codec_infos
 logger = logging.getLogger(__name__)
 
 Role = Literal["publish", "subscribe"]
+IceRelay = Literal["off", "fallback", "only"]
 
 MAX_UNKNOWN_SSRCS = 64
 MAX_REMOTE_CANDIDATES = 32  # per peer: each one makes the server send STUN checks somewhere
@@ -71,6 +72,10 @@ class MediaConfig:
     """Media-plane settings of a server."""
 
     ice_servers: list[RTCIceServer] = field(default_factory=list)
+    # Whether the server's own connections use the TURN servers in ice_servers (STUN ones are
+    # always used): "off" (host and server-reflexive candidates only; TURN is for clients),
+    # "fallback" (relayed candidates too), "only" (relayed candidates only).
+    ice_relay: IceRelay = "off"
     announced_address: str | None = None
     retransmission_cache: int = 512
     keyframe_interval: float = 0.5
@@ -80,6 +85,11 @@ class MediaConfig:
     data_max_queued: int = 1024
     data_max_queued_bytes: int = 4 << 20
     rtcp_interval: float = 1.0
+
+
+def _is_turn(server: RTCIceServer) -> bool:
+    urls = [server.urls] if isinstance(server.urls, str) else server.urls
+    return any(url.startswith("turn") for url in urls)
 
 
 @dataclass(frozen=True)
@@ -105,9 +115,11 @@ class Peer(AsyncIOEventEmitter):
         super().__init__()
         self.name = name
         self.config = config
+        relay = config.ice_relay
         self.pc = RTCPeerConnection(
             RTCConfiguration(
-                iceServers=list(config.ice_servers),
+                iceServers=[s for s in config.ice_servers if relay != "off" or not _is_turn(s)],
+                iceTransportPolicy=RTCIceTransportPolicy.RELAY if relay == "only" else RTCIceTransportPolicy.ALL,
                 bundlePolicy=RTCBundlePolicy.MAX_BUNDLE,
             )
         )
