@@ -32,6 +32,7 @@ __all__ = [
     "PageKey",
     "Store",
     "StoreError",
+    "RecordRejected",
     "ConflictError",
     "SqliteStore",
 ]
@@ -123,7 +124,12 @@ class StoreError(Exception):
     """A storage operation failed (including an unknown parent sid)."""
 
 
-class ConflictError(StoreError):
+class RecordRejected(StoreError):
+    """The store refuses this record itself (a constraint), not because of its own condition:
+    writing it again cannot succeed."""
+
+
+class ConflictError(RecordRejected):
     """A uniqueness rule was violated: another in-progress room has this unique_name."""
 
 
@@ -559,7 +565,7 @@ class SqliteStore:
         except sqlite3.IntegrityError as exc:
             if "UNIQUE" in str(exc):
                 raise ConflictError(str(exc)) from exc
-            raise StoreError(str(exc)) from exc
+            raise RecordRejected(str(exc)) from exc
         except sqlite3.Error as exc:
             raise StoreError(str(exc)) from exc
 

@@ -89,5 +89,12 @@ def build_app(
 
 
 async def _health(request: web.Request) -> web.Response:
+    """200 ``{"status": "ok", "store": "ok"}``; 503 with ``"store": "failing"`` while the store
+    refuses writes (records then wait in memory: ``pending``)."""
     registry = request.app[REGISTRY]
-    return web.json_response({"status": "ok", "rooms": len(registry.rooms)})
+    records = registry.records
+    body = {"status": "ok", "rooms": len(registry.rooms), "store": "ok", "pending": records.pending}
+    if not records.healthy:
+        body.update(status="unhealthy", store="failing")
+        return web.json_response(body, status=503)
+    return web.json_response(body)

@@ -1,0 +1,230 @@
+"""Records that must not be lost: durable before acknowledged, kept and retried while the store
+refuses writes (a real failure: the server's file-size limit dropped to 0, so SQLite cannot
+write a byte), and a data directory one server at a time."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import resource
+import signal
+import sqlite3
+import subprocess
+import sys
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import pytest
+
+from sfu.credentials import generate
+from sfu.media.peer import MediaConfig
+from sfu.registry import RoomRegistry
+from sfu.room import RoomSettings
+from sfu.store import SqliteStore
+from signaling.client import SignalingError, connect
+from signaling.tokens import mint_token
+
+from .conftest import DEADLINE, wait_for
+from .rest_support import SfuProcess, call, raw
+
+
+async def _join_raw(url: str, token: str, room: str) -> dict[str, Any]:
+    """Send `connect` on a bare websocket and return `connected` the moment it arrives."""
+    async with aiohttp.ClientSession() as http:
+        async with http.ws_connect(url) as ws:
+            await ws.send_str(json.dumps({"type": "connect", "version": 1, "token": token, "name": room, "participant": {"tracks": []}}))
+            while True:
+                msg = await asyncio.wait_for(ws.receive(), DEADLINE)
+                assert msg.type == aiohttp.WSMsgType.TEXT, msg
+                message = json.loads(msg.data)
+                if message["type"] == "connected":
+                    return message
+                assert message["type"] != "error", message
+
+
+async def test_connected_participants_survive_sigkill(tmp_path: Path, netns: None) -> None:
+    """`connected` goes out only once the participant (and its ad-hoc room) is committed: a
+    server killed the moment a participant got `connected` still has it after a restart."""
+    credentials = generate()
+    port = None
+    joined: list[tuple[str, str]] = []
+    for attempt in range(3):
+        server = await call(SfuProcess(tmp_path, credentials, port=port).start)
+        port = server.port
+        try:
+            ws = f"ws://127.0.0.1:{server.port}/signaling"
+            connected = await _join_raw(ws, mint_token(credentials, f"p{attempt}"), f"room{attempt}")
+            assert server.process is not None
+            os.kill(server.process.pid, signal.SIGKILL)  # at once: no shutdown code runs
+            joined.append((connected["room"]["sid"], connected["participant"]["sid"]))
+        finally:
+            server.kill()
+
+    last = await call(SfuProcess(tmp_path, credentials, port=port).start)
+    try:
+        rooms = last.client().video.v1.rooms
+        for room_sid, participant_sid in joined:
+            room = await call(rooms(room_sid).fetch)  # the room was on record before `connected` too
+            assert room.status == "completed"
+            participant = await call(rooms(room_sid).participants(participant_sid).fetch)
+            assert participant.status == "disconnected"
+    finally:
+        last.stop()
+
+
+def _limit_writes(pid: int, size: int | None) -> None:
+    """The process's file-size limit: 0 makes every write to a file fail (EFBIG), as a full
+    disk would; None restores it."""
+    _, hard = resource.prlimit(pid, resource.RLIMIT_FSIZE)
+    resource.prlimit(pid, resource.RLIMIT_FSIZE, (hard if size is None else size, hard))
+
+
+async def _health(http: str) -> tuple[int, dict[str, Any]]:
+    async with aiohttp.ClientSession() as session:
+        async with session.get(http + "/healthz") as response:
+            return response.status, await response.json()
+
+
+async def test_records_wait_while_the_store_refuses_writes(tmp_path: Path, netns: None) -> None:
+    """While SQLite cannot write (file-size limit 0 on the server process), REST answers a
+    Twilio-shaped 503 instead of 404, /healthz says the store is failing, and what happened
+    meanwhile (a room created, a room that ended) is stored once writes work again."""
+    credentials = generate()
+    server = await call(SfuProcess(tmp_path, credentials).start)
+    assert server.process is not None
+    pid = server.process.pid
+    try:
+        async with aiohttp.ClientSession() as http:
+            # An ad-hoc room whose only participant leaves during the failure: the room ends then.
+            ws = await http.ws_connect(f"ws://127.0.0.1:{server.port}/signaling")
+            await ws.send_str(json.dumps({"type": "connect", "version": 1, "token": mint_token(credentials, "dave"), "name": "adhoc"}))
+            while (connected := json.loads((await asyncio.wait_for(ws.receive(), DEADLINE)).data))["type"] != "connected":
+                pass
+            adhoc = connected["room"]["sid"]
+            assert await _health(server.http) == (200, {"status": "ok", "rooms": 1, "store": "ok", "pending": 0})
+
+            _limit_writes(pid, 0)
+            status, body = await raw(server.http, credentials, "POST", "/v1/Rooms", check=False, data={"UniqueName": "during"})
+            assert status == 503, body  # was 404: the room was created, its record lost
+            assert set(body) == {"code", "message", "more_info", "status"} and body["status"] == 503
+            assert body["code"] == 20503 and body["more_info"] == "https://www.twilio.com/docs/errors/20503"
+            status, health = await _health(server.http)
+            assert status == 503 and health["store"] == "failing" and health["pending"] >= 1, health
+            await ws.send_str(json.dumps({"type": "disconnect", "version": 1}))
+            while (await asyncio.wait_for(ws.receive(), DEADLINE)).type == aiohttp.WSMsgType.TEXT:
+                pass  # `disconnected`, then the server closes the socket
+            # While the store refuses writes, nothing new is made that could not be recorded.
+            status, body = await raw(server.http, credentials, "POST", "/v1/Rooms", check=False, data={"UniqueName": "refused"})
+            assert status == 503, body
+            try:
+                await connect(f"ws://127.0.0.1:{server.port}/signaling", mint_token(credentials, "carol"), name="during")
+                raise AssertionError("a participant joined while its record could not be stored")
+            except SignalingError as exc:
+                assert exc.code == 53104, exc
+        status, body = await raw(server.http, credentials, "GET", f"/v1/Rooms/{adhoc}", check=False)
+        assert status == 503, body
+
+        _limit_writes(pid, None)
+        loop = asyncio.get_running_loop()
+        end = loop.time() + DEADLINE
+        while (await _health(server.http))[0] != 200:
+            assert loop.time() < end, "the store did not recover"
+            await asyncio.sleep(0.05)
+        status, ended = await raw(server.http, credentials, "GET", f"/v1/Rooms/{adhoc}")
+        assert (status, ended["status"]) == (200, "completed"), ended
+        status, found = await raw(server.http, credentials, "GET", "/v1/Rooms?UniqueName=during")
+        assert status == 200 and [r["unique_name"] for r in found["rooms"]] == ["during"], found
+        for status_filter in ("in-progress", "completed"):
+            status, found = await raw(server.http, credentials, "GET", f"/v1/Rooms?UniqueName=refused&Status={status_filter}")
+            assert found["rooms"] == [], found
+        assert (await _health(server.http))[1]["pending"] == 0
+    finally:
+        if server.process.poll() is None:
+            _limit_writes(pid, None)
+        server.stop()
+    # It was committed, not only held in memory: a fresh process reads it back.
+    again = await call(SfuProcess(tmp_path, credentials).start)
+    try:
+        status, ended = await raw(again.http, credentials, "GET", f"/v1/Rooms/{adhoc}")
+        assert (status, ended["status"]) == (200, "completed"), ended
+    finally:
+        again.stop()
+
+
+# --- the retry logic, against the real SqliteStore behind a switch that refuses writes -----
+
+
+class RefusingStore(SqliteStore):
+    """SqliteStore whose writes raise SQLite's disk-full error while ``full`` is set."""
+
+    def __init__(self, path: Path) -> None:
+        super().__init__(path)
+        self.full = False
+        self.refused = 0
+
+    async def _write(self, sql: str, params: tuple) -> None:
+        if self.full:
+            self.refused += 1
+            raise sqlite3.OperationalError("database or disk is full")
+        await super()._write(sql, params)
+
+
+@pytest.fixture
+async def keeper_registry(tmp_path: Path) -> AsyncIterator[tuple[RoomRegistry, RefusingStore]]:
+    store = RefusingStore(tmp_path / "sfu.sqlite3")
+    registry = RoomRegistry(MediaConfig(), generate().account_sid, store=store)
+    registry.records.retry_max = 0.2
+    await registry.start()
+    yield registry, store
+    store.full = False
+    await registry.close()
+
+
+async def test_failed_writes_are_retried_in_order(keeper_registry: tuple[RoomRegistry, RefusingStore]) -> None:
+    registry, store = keeper_registry
+    records = registry.records
+    first = registry.create_room("first", RoomSettings(created_via_rest=True))
+    await records.flush()
+    assert records.healthy and records.pending == 0 and records.write_failures == 0
+
+    store.full = True
+    second = registry.create_room("second", RoomSettings(created_via_rest=True))
+    await first.end()  # completed while the disk is full
+    third = registry.create_room("first", RoomSettings(created_via_rest=True))  # the name is free again
+    await wait_for(lambda: records.write_failures >= 3, message="retries")
+    assert not records.healthy and records.pending == 3
+    with pytest.raises(Exception) as refused:
+        await records.flush(grace=0.2)
+    assert type(refused.value).__name__ == "RecordsUnavailable"
+
+    store.full = False
+    await records.flush()
+    assert records.healthy and records.pending == 0 and records.dropped == 0
+    assert (await store.get_room(first.sid)).status == "completed"  # type: ignore[union-attr]
+    assert (await store.get_room(second.sid)).status == "in-progress"  # type: ignore[union-attr]
+    # In order: "first" completed before the new "first" was stored (else a unique-name conflict).
+    assert (await store.find_in_progress_room("first")).sid == third.sid  # type: ignore[union-attr]
+
+
+async def test_pending_records_are_bounded(keeper_registry: tuple[RoomRegistry, RefusingStore]) -> None:
+    """Upserts of one record coalesce (the newest content keeps the oldest place); beyond
+    ``max_pending`` distinct records the oldest is dropped and counted."""
+    registry, store = keeper_registry
+    records = registry.records
+    records.max_pending = 3
+    store.full = True
+    room = registry.create_room("busy", RoomSettings(created_via_rest=True))
+    for _ in range(50):
+        registry.records.room(room)  # the same record, again and again
+    await wait_for(lambda: records.write_failures >= 1, message="a failed write")
+    assert records.pending == 1
+    others = [registry.create_room(f"r{i}", RoomSettings(created_via_rest=True)) for i in range(3)]
+    assert records.pending == 3 and records.dropped == 1  # "busy" was the oldest
+    store.full = False
+    await records.flush()
+    assert await store.get_room(room.sid) is None
+    for other in others:
+        assert await store.get_room(other.sid) is not None
