@@ -14,6 +14,7 @@ from aiohttp import web
 from aiortc import RTCIceServer
 
 from sfu.credentials import load_or_create
+from sfu.store import DataDirLocked, lock_data_dir
 from signaling.tokens import mint_token
 
 from .app import ServerConfig, build_app
@@ -107,11 +108,15 @@ def main(argv: list[str] | None = None) -> int:
     )
     import uvloop
 
-    uvloop.run(serve(config))
+    try:
+        uvloop.run(serve(config))
+    except DataDirLocked as exc:
+        raise SystemExit(f"sfu serve: {exc}") from None
     return 0
 
 
 async def serve(config: ServerConfig) -> None:
+    data_lock = lock_data_dir(config.data_dir)  # held until serve returns (or the process dies)
     credentials, path = load_or_create(config.data_dir)
     if path is not None:
         logger.info("credentials (account %s, API key %s) are in %s", credentials.account_sid, credentials.api_key_sid, path)
@@ -135,6 +140,7 @@ async def serve(config: ServerConfig) -> None:
     await stop.wait()
     logger.info("shutting down")
     await runner.cleanup()
+    data_lock.close()
 
 
 if __name__ == "__main__":

@@ -228,3 +228,35 @@ async def test_pending_records_are_bounded(keeper_registry: tuple[RoomRegistry, 
     assert await store.get_room(room.sid) is None
     for other in others:
         assert await store.get_room(other.sid) is not None
+
+
+async def test_a_second_server_refuses_a_data_dir_in_use(tmp_path: Path, netns: None) -> None:
+    """Two servers on one data dir: the second says so in one line and exits non-zero, and the
+    first one's live room stays in progress (it used to be marked completed)."""
+    credentials = generate()
+    first = await call(SfuProcess(tmp_path, credentials).start)
+    try:
+        status, live = await raw(first.http, credentials, "POST", "/v1/Rooms", data={"UniqueName": "live"})
+        assert status == 201, live
+        second = SfuProcess(tmp_path, credentials)
+        env = {k: v for k, v in os.environ.items() if not k.startswith("SFU_")}
+        done = await asyncio.to_thread(
+            subprocess.run,
+            [sys.executable, "-m", "sfuserver.cli", "serve", "--port", str(second.port), "--data-dir", str(tmp_path)],
+            env=env, capture_output=True, text=True, timeout=DEADLINE,
+        )  # fmt: skip
+        assert done.returncode != 0
+        lines = done.stderr.strip().splitlines()
+        assert len(lines) == 1 and str(tmp_path) in lines[0] and "in use" in lines[0], done.stderr
+        assert "Traceback" not in done.stderr
+        status, still = await raw(first.http, credentials, "GET", f"/v1/Rooms/{live['sid']}")
+        assert (status, still["status"]) == (200, "in-progress"), still
+    finally:
+        first.stop()
+    # The lock goes with its process: the next server starts (and ends the room it finds).
+    third = await call(SfuProcess(tmp_path, credentials).start)
+    try:
+        status, ended = await raw(third.http, credentials, "GET", f"/v1/Rooms/{live['sid']}")
+        assert (status, ended["status"]) == (200, "completed"), ended
+    finally:
+        third.stop()
