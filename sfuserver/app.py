@@ -41,6 +41,7 @@ class ServerConfig:
     max_participants: int | None = None  # size of rooms created on connect (default: Twilio's 50)
     database: Path | None = None  # default: data_dir / "sfu.sqlite3"
     dev_tokens: bool | None = None  # POST /dev/token: None = on only for loopback binds (web.py)
+    status_callback_public_only: bool = False  # refuse callback URLs on loopback/private/link-local addresses
 
 
 def build_app(
@@ -73,7 +74,10 @@ def build_app(
     app[REGISTRY] = registry
     app[SIGNALING] = signaling
     signaling.add_routes(app)
-    add_rest_routes(app, registry, credentials, default_status_callback=config.status_callback)
+    add_rest_routes(
+        app, registry, credentials, default_status_callback=config.status_callback,
+        status_callback_public_only=config.status_callback_public_only,
+    )  # fmt: skip
     app.router.add_get("/healthz", _health)
     WebClient(credentials, dev_tokens_enabled(config.host, config.dev_tokens)).add_routes(app)
 

@@ -56,6 +56,9 @@ def parser() -> argparse.ArgumentParser:
                        help="participants allowed in a room created on connect (default 50, Twilio's group-room cap)")
     serve.add_argument("--status-callback", metavar="URL",
                        help="default status callback URL for rooms that set none (e.g. ad-hoc rooms), signed like Twilio's")
+    serve.add_argument("--status-callback-public-only", action="store_true",
+                       help="refuse status callback URLs whose host is or resolves to a loopback, link-local, "
+                            "private or other non-public address (checked at each delivery)")
     serve.add_argument("--log-level", default=os.environ.get("SFU_LOG_LEVEL", "INFO"))
 
     joiner = sub.add_parser("join", help="join a room as a headless participant (synthetic camera, tone, chat from stdin)")
@@ -105,6 +108,7 @@ def main(argv: list[str] | None = None) -> int:
         retransmission_cache=args.retransmission_cache,
         status_callback=args.status_callback,
         max_participants=args.max_participants,
+        status_callback_public_only=args.status_callback_public_only,
     )
     import uvloop
 
