@@ -412,6 +412,8 @@ class SignalingService:
             session.end()
             await room.remove(participant)
             raise ProtocolError(UNABLE_TO_CONNECT, STORE_FAILING, fatal=True) from None
+        if session.ended:  # removed while its records were stored (say, the room was ended)
+            raise ProtocolError(UNABLE_TO_CONNECT, "Unable to connect to Room: the participant was removed", fatal=True)
         session.attach(ws)
         session.send(session.state("connected"))
         if participant.peer.negotiating and session._last_offer is not None:

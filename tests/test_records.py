@@ -24,7 +24,6 @@ from sfu.media.peer import MediaConfig
 from sfu.registry import RoomRegistry
 from sfu.room import RoomSettings
 from sfu.store import SqliteStore
-from signaling.client import SignalingError, connect
 from signaling.tokens import mint_token
 
 from .conftest import DEADLINE, wait_for
@@ -43,6 +42,19 @@ async def _join_raw(url: str, token: str, room: str) -> dict[str, Any]:
                 if message["type"] == "connected":
                     return message
                 assert message["type"] != "error", message
+
+
+async def connect_refusal(url: str, token: str, room: str, **extra: Any) -> dict[str, Any]:
+    """Send `connect` on a bare websocket and return the `error` that refuses it."""
+    async with aiohttp.ClientSession() as http:
+        async with http.ws_connect(url) as ws:
+            await ws.send_str(json.dumps({"type": "connect", "version": 1, "token": token, "name": room, **extra}))
+            msg = await asyncio.wait_for(ws.receive(), DEADLINE)
+            assert msg.type == aiohttp.WSMsgType.TEXT, msg
+            message: dict[str, Any] = json.loads(msg.data)
+            assert message["type"] == "error", message
+            assert (await asyncio.wait_for(ws.receive(), DEADLINE)).type in (aiohttp.WSMsgType.CLOSE, aiohttp.WSMsgType.CLOSED)
+            return message
 
 
 async def test_connected_participants_survive_sigkill(tmp_path: Path, netns: None) -> None:
@@ -119,11 +131,8 @@ async def test_records_wait_while_the_store_refuses_writes(tmp_path: Path, netns
             # While the store refuses writes, nothing new is made that could not be recorded.
             status, body = await raw(server.http, credentials, "POST", "/v1/Rooms", check=False, data={"UniqueName": "refused"})
             assert status == 503, body
-            try:
-                await connect(f"ws://127.0.0.1:{server.port}/signaling", mint_token(credentials, "carol"), name="during")
-                raise AssertionError("a participant joined while its record could not be stored")
-            except SignalingError as exc:
-                assert exc.code == 53104, exc
+            refused = await connect_refusal(f"ws://127.0.0.1:{server.port}/signaling", mint_token(credentials, "carol"), "during")
+            assert refused["code"] == 53104, refused
         status, body = await raw(server.http, credentials, "GET", f"/v1/Rooms/{adhoc}", check=False)
         assert status == 503, body
 

@@ -12,6 +12,7 @@ from signaling.client import SignalingError, connect
 
 from .conftest import Server, wait_for
 from .rest_support import raw
+from .test_records import connect_refusal
 
 HUGE = "h" * 900_000
 BAD_PRIORITIES = ["urgent", HUGE, "", 1, None, ["high"]]
@@ -38,9 +39,8 @@ def test_overlong_publisher_or_track_is_refused() -> None:
 
 async def test_rest_and_signaling_refuse_a_bad_priority(server: Server) -> None:
     bad = [{"type": "include", "kind": "audio", "priority": HUGE}]
-    with pytest.raises(SignalingError) as info:  # at connect: fatal
-        await connect(server.url, server.token("carol"), name="room", rules=bad)
-    assert info.value.code == 53215
+    refused = await connect_refusal(server.url, server.token("carol"), "room", subscribe={"rules": bad})  # fatal
+    assert refused["code"] == 53215, refused["message"]
     bob = await connect(server.url, server.token("bob"), name="room")
     try:
         with pytest.raises(SignalingError) as info:  # mid-call
