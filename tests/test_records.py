@@ -116,7 +116,7 @@ async def test_records_wait_while_the_store_refuses_writes(tmp_path: Path, netns
             while (connected := json.loads((await asyncio.wait_for(ws.receive(), DEADLINE)).data))["type"] != "connected":
                 pass
             adhoc = connected["room"]["sid"]
-            assert await _health(server.http) == (200, {"status": "ok", "rooms": 1, "store": "ok", "pending": 0})
+            assert (await _health(server.http))[0] == 200
 
             _limit_writes(pid, 0)
             status, body = await raw(server.http, credentials, "POST", "/v1/Rooms", check=False, data={"UniqueName": "during"})
@@ -149,7 +149,7 @@ async def test_records_wait_while_the_store_refuses_writes(tmp_path: Path, netns
         for status_filter in ("in-progress", "completed"):
             status, found = await raw(server.http, credentials, "GET", f"/v1/Rooms?UniqueName=refused&Status={status_filter}")
             assert found["rooms"] == [], found
-        assert (await _health(server.http))[1]["pending"] == 0
+        assert await _health(server.http) == (200, {"status": "ok", "rooms": 1, "store": "ok", "pending": 0})  # "during"
     finally:
         if server.process.poll() is None:
             _limit_writes(pid, None)
