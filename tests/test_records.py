@@ -269,3 +269,51 @@ async def test_a_second_server_refuses_a_data_dir_in_use(tmp_path: Path, netns: 
         assert (status, ended["status"]) == (200, "completed"), ended
     finally:
         third.stop()
+
+
+async def test_a_join_the_store_cannot_record_is_refused_and_undone(
+    tmp_path: Path, netns: None, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The store starts refusing writes while a participant joins: after the grace it gets a
+    fatal 53104 instead of `connected`, it is taken out of the room again, and once the store
+    recovers the records say so (the room ended, the participant disconnected)."""
+    from aiohttp import web
+
+    from sfuserver import app as app_module
+    from sfuserver.app import REGISTRY, ServerConfig, build_app
+
+    stores: list[RefusingStore] = []
+
+    def make_store(path: Path) -> RefusingStore:
+        stores.append(RefusingStore(path))
+        return stores[-1]
+
+    monkeypatch.setattr(app_module, "SqliteStore", make_store)
+    credentials = generate()
+    app = build_app(ServerConfig(host="127.0.0.1", port=0, data_dir=tmp_path), credentials)
+    runner = web.AppRunner(app, handle_signals=False, access_log=None)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+    http, registry = f"http://127.0.0.1:{port}", app[REGISTRY]
+    try:
+        (store,) = stores
+        registry.records.retry_max = 0.2
+        assert registry.records.healthy
+        store.full = True
+        refused = await connect_refusal(f"ws://127.0.0.1:{port}/signaling", mint_token(credentials, "erin"), "full")
+        assert refused["code"] == 53104, refused
+        assert registry.find_in_progress("full") is None  # the ad-hoc room went with its only participant
+        assert store.refused >= 1 and registry.records.write_failures >= 1
+        store.full = False
+        await registry.records.flush()
+        rooms = await store.list_rooms(unique_name="full")
+        assert [r.status for r in rooms] == ["completed"], rooms
+        (participant,) = await store.list_participants(rooms[0].sid)
+        assert (participant.identity, participant.status) == ("erin", "disconnected")
+        assert (await _health(http))[0] == 200
+    finally:
+        for store in stores:
+            store.full = False
+        await runner.cleanup()
