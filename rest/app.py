@@ -56,10 +56,11 @@ def add_routes(
     registry: RoomRegistry,
     credentials: Credentials,
     default_status_callback: str | None = None,
+    status_callback_public_only: bool = False,
 ) -> RestApi:
     """Mount ``/v1`` (Basic auth, Twilio's error bodies) and start sending status callbacks."""
     api = RestApi(registry, credentials)
-    callbacks = StatusCallbacks(registry, credentials, default_url=default_status_callback)
+    callbacks = StatusCallbacks(registry, credentials, default_url=default_status_callback, public_only=status_callback_public_only)
     v1 = web.Application(middlewares=[errors_middleware, auth_middleware(credentials)])
     v1[API] = api
     app[CALLBACKS] = callbacks

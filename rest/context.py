@@ -7,8 +7,11 @@ from dataclasses import dataclass
 from aiohttp import web
 
 from sfu.credentials import Credentials
+from sfu.records import RecordsUnavailable
 from sfu.registry import RoomRegistry
 from sfu.store import Store
+
+from .errors import store_unavailable
 
 
 @dataclass
@@ -18,11 +21,14 @@ class RestApi:
 
     async def settled(self) -> Store:
         """The store, once every change the registry made so far is in it: REST reads the
-        same truth the live rooms wrote."""
+        same truth the live rooms wrote. A 503 while the store refuses writes."""
         store = self.registry.store
         if store is None:
             raise RuntimeError("the REST API needs a registry with a store")
-        await self.registry.records.flush()
+        try:
+            await self.registry.records.flush()
+        except RecordsUnavailable:
+            raise store_unavailable() from None
         return store
 
 

@@ -18,19 +18,21 @@ AUTHENTICATION_FAILED = 20003
 METHOD_NOT_ALLOWED = 20004
 NOT_FOUND = 20404
 INTERNAL_ERROR = 20500
+SERVICE_UNAVAILABLE = 20503
 
 
 class RestError(Exception):
     """A request the API refuses: HTTP ``status`` with Twilio error ``code``."""
 
-    def __init__(self, status: int, code: int, message: str) -> None:
+    def __init__(self, status: int, code: int, message: str, headers: dict[str, str] | None = None) -> None:
         super().__init__(message)
         self.status = status
         self.code = code
         self.message = message
+        self.headers = headers
 
     def response(self) -> web.Response:
-        return error_response(self.status, self.code, self.message)
+        return error_response(self.status, self.code, self.message, self.headers)
 
 
 def error_response(status: int, code: int, message: str, headers: dict[str, str] | None = None) -> web.Response:
@@ -41,6 +43,14 @@ def error_response(status: int, code: int, message: str, headers: dict[str, str]
 def invalid(message: str, code: int = INVALID_PARAMETER) -> RestError:
     """A 400 for a parameter the API cannot accept."""
     return RestError(400, code, message)
+
+
+def store_unavailable() -> RestError:
+    """A 503 while the store refuses writes: what was just changed is not durable yet (it is
+    kept and stored once the store recovers), so the API cannot answer from it."""
+    return RestError(
+        503, SERVICE_UNAVAILABLE, "Service unavailable: records cannot be stored right now, try again later", {"Retry-After": "5"}
+    )
 
 
 def not_found(path: str) -> RestError:

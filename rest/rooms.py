@@ -13,7 +13,7 @@ from sfu.store import PageKey, RoomRecord
 
 from . import representations
 from .context import RestApi, api_of
-from .errors import invalid
+from .errors import invalid, store_unavailable
 from .lookup import find_room
 from .paging import PAGING_PARAMS, page_request, page_response
 from .params import Params, form, query
@@ -136,13 +136,15 @@ async def create_room(request: web.Request) -> web.Response:
     api = api_of(request)
     params = await form(request, CREATE_PARAMS, repeatable=("VideoCodecs",))
     settings, recording_rules = room_settings(params)
+    if not api.registry.records.healthy:
+        raise store_unavailable()  # before creating: a room that cannot be stored is not made
     try:
         room = api.registry.create_room(params.text("UniqueName"), settings)
     except ParticipantError as exc:
         raise invalid(exc.message, exc.code) from None
     if recording_rules is not None:
         room.set_recording_rules(recording_rules)
-    return await _room_response(request, api, room.sid, 201)
+    return await _room_response(request, api, room.sid, 201)  # after the record is committed
 
 
 async def list_rooms(request: web.Request) -> web.Response:

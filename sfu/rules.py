@@ -2,7 +2,8 @@
 
 A rule is ``{"type": "include"|"exclude", ...filters}`` where the filters are ``all``
 (true, alone), ``publisher`` (identity or participant SID), ``track`` (name or track
-SID) and ``kind`` (audio, video, data); the filters of one rule must all match. A track
+SID) and ``kind`` (audio, video, data); the filters of one rule must all match; a rule
+may also carry ``priority`` (high, standard or low; nothing else is stored). A track
 is subscribed when some include rule matches it and no exclude rule does. The default,
 ``[{"type": "include", "all": true}]``, subscribes to everything.
 """
@@ -18,6 +19,8 @@ KINDS = ("audio", "video", "data")
 FILTERS = ("all", "publisher", "track", "kind", "priority")
 DEFAULT_RULES: list[dict[str, Any]] = [{"type": "include", "all": True}]
 INVALID_RULES = 53215
+PRIORITIES = ("high", "standard", "low")
+MAX_FILTER_LENGTH = 256  # a publisher identity (at most 256 characters) or a track name or SID
 
 
 class InvalidRules(ValueError):
@@ -59,9 +62,13 @@ def validate(rules: object) -> list[dict[str, Any]]:
             raise InvalidRules("A rule needs at least one of all, publisher, track or kind")
         if "kind" in rule and rule["kind"] not in KINDS:
             raise InvalidRules("kind must be one of audio, video or data")
+        if "priority" in rule and rule["priority"] not in PRIORITIES:
+            raise InvalidRules("priority must be one of high, standard or low")
         for key in ("publisher", "track"):
             if key in rule and (not isinstance(rule[key], str) or not rule[key]):
                 raise InvalidRules(f"{key} must be a non-empty string")
+            if key in rule and len(rule[key]) > MAX_FILTER_LENGTH:
+                raise InvalidRules(f"{key} must be at most {MAX_FILTER_LENGTH} characters")
         normalised.append({k: rule[k] for k in ("type", *FILTERS) if k in rule})
     return normalised
 

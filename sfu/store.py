@@ -11,15 +11,17 @@ as ``after`` to get the next page. ``SqliteStore`` is the embedded default; othe
 from __future__ import annotations
 
 import asyncio
+import fcntl
 import json
 import logging
+import os
 import sqlite3
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from functools import partial
 from pathlib import Path
-from typing import Any, Callable, Protocol, Sequence, TypeVar
+from typing import IO, Any, Callable, Protocol, Sequence, TypeVar
 
 log = logging.getLogger(__name__)
 
@@ -32,8 +34,12 @@ __all__ = [
     "PageKey",
     "Store",
     "StoreError",
+    "RecordRejected",
     "ConflictError",
     "SqliteStore",
+    "DataDirLocked",
+    "lock_data_dir",
+    "LOCK_FILENAME",
 ]
 
 T = TypeVar("T")
@@ -123,7 +129,12 @@ class StoreError(Exception):
     """A storage operation failed (including an unknown parent sid)."""
 
 
-class ConflictError(StoreError):
+class RecordRejected(StoreError):
+    """The store refuses this record itself (a constraint), not because of its own condition:
+    writing it again cannot succeed."""
+
+
+class ConflictError(RecordRejected):
     """A uniqueness rule was violated: another in-progress room has this unique_name."""
 
 
@@ -184,6 +195,40 @@ class Store(Protocol):
     async def end_in_progress_rooms(self, now: datetime) -> list[str]:
         """Complete every in-progress room, disconnect its connected/reconnecting participants
         and unpublish their tracks, setting end_time/duration. Returns the ended room sids."""
+
+
+# --------------------------------------------------------------------------- data dir lock
+
+LOCK_FILENAME = "sfu.lock"
+
+
+class DataDirLocked(StoreError):
+    """Another process holds the data directory."""
+
+
+def lock_data_dir(path: Path) -> IO[str]:
+    """Take an exclusive lock on the data directory (``flock`` on ``path/sfu.lock``), held for
+    as long as the returned file stays open (the kernel drops it when the process dies, even on
+    SIGKILL). Raises DataDirLocked when another process holds it: two servers on one store
+    would each take the other's live rooms for leftovers of a crash."""
+    path.mkdir(parents=True, exist_ok=True)
+    lock = open(path / LOCK_FILENAME, "a+", encoding="utf-8")
+    try:
+        fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        lock.seek(0)
+        holder = lock.read().strip()
+        lock.close()
+        by = f" (pid {holder})" if holder.isdigit() else ""
+        raise DataDirLocked(f"data directory {path} is in use by another sfu server{by}") from None
+    except BaseException:
+        lock.close()
+        raise
+    lock.seek(0)
+    lock.truncate()
+    lock.write(f"{os.getpid()}\n")
+    lock.flush()
+    return lock
 
 
 # --------------------------------------------------------------------------- encoding
@@ -559,7 +604,7 @@ class SqliteStore:
         except sqlite3.IntegrityError as exc:
             if "UNIQUE" in str(exc):
                 raise ConflictError(str(exc)) from exc
-            raise StoreError(str(exc)) from exc
+            raise RecordRejected(str(exc)) from exc
         except sqlite3.Error as exc:
             raise StoreError(str(exc)) from exc
 

@@ -42,6 +42,7 @@ class ServerConfig:
     max_participants: int | None = None  # size of rooms created on connect (default: Twilio's 50)
     database: Path | None = None  # default: data_dir / "sfu.sqlite3"
     dev_tokens: bool | None = None  # POST /dev/token: None = on only for loopback binds (web.py)
+    status_callback_public_only: bool = False  # refuse callback URLs on loopback/private/link-local addresses
 
 
 def build_app(
@@ -75,7 +76,10 @@ def build_app(
     app[REGISTRY] = registry
     app[SIGNALING] = signaling
     signaling.add_routes(app)
-    add_rest_routes(app, registry, credentials, default_status_callback=config.status_callback)
+    add_rest_routes(
+        app, registry, credentials, default_status_callback=config.status_callback,
+        status_callback_public_only=config.status_callback_public_only,
+    )  # fmt: skip
     app.router.add_get("/healthz", _health)
     WebClient(credentials, dev_tokens_enabled(config.host, config.dev_tokens)).add_routes(app)
 
@@ -91,5 +95,12 @@ def build_app(
 
 
 async def _health(request: web.Request) -> web.Response:
+    """200 ``{"status": "ok", "store": "ok"}``; 503 with ``"store": "failing"`` while the store
+    refuses writes (records then wait in memory: ``pending``)."""
     registry = request.app[REGISTRY]
-    return web.json_response({"status": "ok", "rooms": len(registry.rooms)})
+    records = registry.records
+    body = {"status": "ok", "rooms": len(registry.rooms), "store": "ok", "pending": records.pending}
+    if not records.healthy:
+        body.update(status="unhealthy", store="failing")
+        return web.json_response(body, status=503)
+    return web.json_response(body)

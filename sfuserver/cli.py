@@ -14,6 +14,7 @@ from aiohttp import web
 from aiortc import RTCIceServer
 
 from sfu.credentials import load_or_create
+from sfu.store import DataDirLocked, lock_data_dir
 from signaling.tokens import mint_token
 
 from .app import ServerConfig, build_app
@@ -59,6 +60,9 @@ def parser() -> argparse.ArgumentParser:
                        help="participants allowed in a room created on connect (default 50, Twilio's group-room cap)")
     serve.add_argument("--status-callback", metavar="URL",
                        help="default status callback URL for rooms that set none (e.g. ad-hoc rooms), signed like Twilio's")
+    serve.add_argument("--status-callback-public-only", action="store_true",
+                       help="refuse status callback URLs whose host is or resolves to a loopback, link-local, "
+                            "private or other non-public address (checked at each delivery)")
     serve.add_argument("--log-level", default=os.environ.get("SFU_LOG_LEVEL", "INFO"))
 
     joiner = sub.add_parser("join", help="join a room as a headless participant (synthetic camera, tone, chat from stdin)")
@@ -115,14 +119,19 @@ def main(argv: list[str] | None = None) -> int:
         retransmission_cache=args.retransmission_cache,
         status_callback=args.status_callback,
         max_participants=args.max_participants,
+        status_callback_public_only=args.status_callback_public_only,
     )
     import uvloop
 
-    uvloop.run(serve(config))
+    try:
+        uvloop.run(serve(config))
+    except DataDirLocked as exc:
+        raise SystemExit(f"sfu serve: {exc}") from None
     return 0
 
 
 async def serve(config: ServerConfig) -> None:
+    data_lock = lock_data_dir(config.data_dir)  # held until serve returns (or the process dies)
     credentials, path = load_or_create(config.data_dir)
     if path is not None:
         logger.info("credentials (account %s, API key %s) are in %s", credentials.account_sid, credentials.api_key_sid, path)
@@ -146,6 +155,7 @@ async def serve(config: ServerConfig) -> None:
     await stop.wait()
     logger.info("shutting down")
     await runner.cleanup()
+    data_lock.close()
 
 
 if __name__ == "__main__":

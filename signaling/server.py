@@ -14,6 +14,7 @@ from aiohttp import WSMsgType, web
 from sfu.credentials import Credentials
 from sfu.media.peer import NegotiationError, Offer
 from sfu.participant import Participant, ParticipantError
+from sfu.records import RecordsUnavailable
 from sfu.registry import RoomRegistry
 from sfu.room import Room
 from sfu.rules import InvalidRules, validate as validate_rules
@@ -26,6 +27,8 @@ logger = logging.getLogger(__name__)
 
 CLOSE_NORMAL = 1000
 CLOSE_POLICY = 1008
+UNABLE_TO_CONNECT = 53104
+STORE_FAILING = "Unable to connect to Room: the server cannot store records right now"
 
 
 class Session:
@@ -389,6 +392,8 @@ class SignalingService:
                 rules = validate_rules(subscribe["rules"])
             except InvalidRules as exc:
                 raise ProtocolError(exc.code, str(exc), fatal=True) from None
+        if not self.registry.records.healthy:
+            raise ProtocolError(UNABLE_TO_CONNECT, STORE_FAILING, fatal=True)
         try:
             room = self.registry.room_for_connect(name)
             participant = await room.join(grant.identity, rules)
@@ -401,8 +406,18 @@ class SignalingService:
             session.apply_tracks(tracks)  # before attach: `connected` carries the result
         except ProtocolError as exc:
             refused = exc
+        try:  # `connected` promises the participant is on record: it must survive a crash
+            await self.registry.records.flush()
+        except RecordsUnavailable:
+            session.end()
+            await room.remove(participant)
+            raise ProtocolError(UNABLE_TO_CONNECT, STORE_FAILING, fatal=True) from None
+        if session.ended:  # removed while its records were stored (say, the room was ended)
+            raise ProtocolError(UNABLE_TO_CONNECT, "Unable to connect to Room: the participant was removed", fatal=True)
         session.attach(ws)
         session.send(session.state("connected"))
+        if participant.peer.negotiating and session._last_offer is not None:
+            session.send(session._offer_message(session._last_offer))  # made while records were stored
         if refused is not None:
             session.send(protocol.error(refused.code, refused.message, "connect"))
         return session
