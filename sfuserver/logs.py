@@ -59,6 +59,7 @@ def configure(level: str = "INFO", fmt: str = "text") -> None:
         root.removeHandler(old)
     root.addHandler(handler)
     root.setLevel(level)
+    logging.captureWarnings(True)  # Python warnings become records too (one format on stderr)
     quiet = logging.getLevelName(level) > logging.DEBUG
     for name in CHATTY:
         logging.getLogger(name).setLevel(logging.WARNING if quiet else logging.NOTSET)

@@ -18,7 +18,7 @@ from pathlib import Path
 import aiohttp
 import pytest
 
-from sfu.credentials import ENV_VARS, generate
+from sfu.credentials import ENV_VARS, load_or_create
 from sfuserver import cli
 from signaling.client import connect
 from signaling.tokens import verify_token
@@ -350,7 +350,7 @@ async def test_serve_logs_lifecycle_and_access_lines_as_json_without_secrets(ser
     served = served_with_log
     done = run_sfu("token", "--identity", "alice", "--room", "standup", "--data-dir", str(served.data_dir))
     token = done.stdout.strip()
-    credentials = cli.load(served.data_dir)[0]
+    credentials = load_or_create(served.data_dir, environ={})[0]
     auth = aiohttp.encode_basic_auth(credentials.api_key_sid, credentials.api_key_secret)
     async with aiohttp.ClientSession() as http:
         async with http.get(f"{served.http}/v1/Rooms?PageSize=5&Secret=sekrit-{token[-12:]}", headers={"Authorization": auth}) as response:
