@@ -24,6 +24,7 @@ from signaling.client import connect
 from signaling.tokens import verify_token
 
 from .conftest import DEADLINE, Server, wait_for
+from .helpers.clients import media_tracks, subscribed_media
 from .test_signaling_cli import SFU, clean_env, free_port
 
 START_DEADLINE = 3 * DEADLINE  # a cold `sfu serve` imports aiortc, av, numpy: slow on a loaded machine
@@ -355,8 +356,12 @@ async def test_serve_logs_lifecycle_and_access_lines_as_json_without_secrets(ser
     async with aiohttp.ClientSession() as http:
         async with http.get(f"{served.http}/v1/Rooms?PageSize=5&Secret=sekrit-{token[-12:]}", headers={"Authorization": auth}) as response:
             status = response.status  # (400: Twilio refuses the unknown parameter; logged all the same)
-    room = await connect(served.url, token, name="standup")
+    room = await connect(served.url, token, name="standup", tracks=media_tracks("v"))
     participant_sid, room_sid = room.local_participant.sid, room.sid
+    bob_token = run_sfu("token", "--identity", "bob", "--room", "standup", "--data-dir", str(served.data_dir)).stdout.strip()
+    bob = await connect(served.url, bob_token, name="standup")
+    await subscribed_media(bob, "alice", "cam")  # media flows: the server's ICE checks are done
+    await bob.disconnect()
     await room.disconnect()
     await wait_for(lambda: any(m.startswith("room ended") for m in served.messages("sfuserver.events")), DEADLINE, "room ended line")
 
