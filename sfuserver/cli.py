@@ -211,7 +211,7 @@ def _from_env(sub: argparse.ArgumentParser, action: argparse.Action, raw: str) -
     if isinstance(action, (argparse.BooleanOptionalAction, argparse._StoreTrueAction, argparse._StoreFalseAction)):
         word = raw.strip().lower()
         if word not in _TRUE + _FALSE:
-            sub.error(f"{name}={raw!r}: expected true or false")
+            sub.error(f"{name}: expected true or false, not {raw!r}")
         yes = word in _TRUE
         return (not yes) if isinstance(action, argparse._StoreFalseAction) else yes
     if isinstance(action, argparse._AppendAction) or action.nargs in ("*", "+"):
@@ -224,9 +224,9 @@ def _convert(sub: argparse.ArgumentParser, action: argparse.Action, name: str, t
     try:
         value = action.type(text) if callable(action.type) else text
     except (argparse.ArgumentTypeError, TypeError, ValueError) as exc:
-        sub.error(f"{name}={text!r}: {exc}")
+        sub.error(f"{name}: {exc}")
     if action.choices is not None and value not in action.choices:
-        sub.error(f"{name}={text!r}: choose from {', '.join(map(str, action.choices))}")
+        sub.error(f"{name}: {text!r} is not one of {', '.join(map(str, action.choices))}")
     return value
 
 
