@@ -210,12 +210,12 @@ class SfuCollector(Collector):
         yield _by_kind(GaugeMetricFamily, "sfu_subscribed_tracks", "Subscriptions (a track forwarded to a participant), by kind",
                        subscribed, ("audio", "video", "data"))
         yield _by_kind(CounterMetricFamily, "sfu_packets_received", "RTP packets received from publishers", total.received_packets)
-        yield _by_kind(CounterMetricFamily, "sfu_bytes_received", "RTP payload bytes received from publishers", total.received_bytes)
+        yield _by_kind(CounterMetricFamily, "sfu_bytes_received", "RTP bytes received from publishers (whole packets)", total.received_bytes)
         yield _by_kind(CounterMetricFamily, "sfu_packets_sent", "RTP packets forwarded to subscribers (retransmissions excluded)",
                        total.sent_packets)
-        yield _by_kind(CounterMetricFamily, "sfu_bytes_sent", "RTP payload bytes forwarded to subscribers", total.sent_bytes)
+        yield _by_kind(CounterMetricFamily, "sfu_bytes_sent", "RTP payload bytes forwarded to subscribers (headers excluded, as in RTCP sender reports)", total.sent_bytes)
         yield _by_kind(CounterMetricFamily, "sfu_packets_lost",
-                       "Packets found missing from publishers' streams (sequence gaps the SFU asked to be resent)",
+                       "Packets found missing from publishers' streams: sequence gaps the SFU NACKs (video with NACK)",
                        total.lost_packets)
         yield _by_kind(CounterMetricFamily, "sfu_nacks_received", "NACKs received from subscribers", total.nacks)
         yield _by_kind(CounterMetricFamily, "sfu_plis_received", "PLIs (keyframe requests) received from subscribers", total.plis)
