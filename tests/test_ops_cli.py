@@ -248,6 +248,7 @@ class Served:
     data_dir: Path
     process: asyncio.subprocess.Process
     lines: list[str] = field(default_factory=list)
+    reader: "asyncio.Future[None] | None" = None  # collects stderr into ``lines``
 
     @property
     def url(self) -> str:
@@ -279,7 +280,7 @@ async def start_served(tmp_path: Path, args: list[str], env: dict[str, str], pre
         async for line in process.stderr:
             served.lines.append(line.decode().rstrip("\n"))
 
-    served.reader = asyncio.ensure_future(read())  # type: ignore[attr-defined]
+    served.reader = asyncio.ensure_future(read())
     loop = asyncio.get_running_loop()
     end = loop.time() + START_DEADLINE
     async with aiohttp.ClientSession() as http:
@@ -303,7 +304,8 @@ async def stop_served(served: Served) -> None:
     except asyncio.TimeoutError:
         served.process.kill()
         await served.process.wait()
-    await asyncio.wait_for(served.reader, DEADLINE)  # type: ignore[attr-defined]
+    if served.reader is not None:
+        await asyncio.wait_for(served.reader, DEADLINE)
 
 
 @pytest.fixture
