@@ -25,7 +25,9 @@ __all__ = [
     "CREDENTIALS_FILENAME",
     "ENV_VARS",
     "Credentials",
+    "CredentialsNotFound",
     "generate",
+    "load",
     "load_or_create",
     "validate_sid",
 ]
@@ -113,6 +115,42 @@ def load_or_create(
     mode 0700). A malformed file is a ValueError; it is never silently regenerated, since that
     would invalidate every issued token and REST client.
     """
+    try:
+        return load(data_dir, environ)
+    except CredentialsNotFound:
+        pass
+    data_dir = pathlib.Path(data_dir)
+    path = data_dir / CREDENTIALS_FILENAME
+    data_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+    creds = generate()
+    if _write_new_file(path, creds):
+        logger.info(
+            "generated new credentials in %s (account %s, API key %s)",
+            path,
+            creds.account_sid,
+            creds.api_key_sid,
+        )
+        return creds, path
+    # Another process created the file between our check and our write: use theirs.
+    return _read_file(path), path
+
+
+class CredentialsNotFound(LookupError):
+    """Neither the ``SFU_*`` environment variables nor a credentials file are there."""
+
+    def __init__(self, path: pathlib.Path) -> None:
+        super().__init__(f"no credentials: {path} does not exist and SFU_ACCOUNT_SID etc. are not set")
+        self.path = path
+
+
+def load(
+    data_dir: pathlib.Path, environ: Mapping[str, str] | None = None
+) -> tuple[Credentials, pathlib.Path | None]:
+    """Like :func:`load_or_create` but never creates: raises :class:`CredentialsNotFound`.
+
+    For commands that must use the credentials a running server uses (``sfu token``,
+    ``sfu join``): fresh ones would sign tokens that server refuses (20107).
+    """
     env = os.environ if environ is None else environ
     present = {field: env.get(var, "") for field, var in ENV_VARS.items()}
     missing = [ENV_VARS[field] for field, value in present.items() if not value]
@@ -134,19 +172,7 @@ def load_or_create(
     path = data_dir / CREDENTIALS_FILENAME
     if path.exists():
         return _read_file(path), path
-
-    data_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
-    creds = generate()
-    if _write_new_file(path, creds):
-        logger.info(
-            "generated new credentials in %s (account %s, API key %s)",
-            path,
-            creds.account_sid,
-            creds.api_key_sid,
-        )
-        return creds, path
-    # Another process created the file between our check and our write: use theirs.
-    return _read_file(path), path
+    raise CredentialsNotFound(path)
 
 
 def _read_file(path: pathlib.Path) -> Credentials:

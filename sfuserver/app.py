@@ -20,6 +20,8 @@ from sfu.registry import RoomRegistry, utcnow
 from sfu.store import SqliteStore
 from signaling.server import SignalingService
 
+from .logs import access_log_middleware, log_lifecycle
+from .metrics import Metrics
 from .web import WebClient, dev_tokens_enabled
 
 logger = logging.getLogger(__name__)
@@ -72,7 +74,8 @@ def build_app(
     )
     signaling = SignalingService(registry, credentials, reconnect_grace=config.reconnect_grace)
 
-    app = web.Application(client_max_size=1 << 20)
+    app = web.Application(client_max_size=1 << 20, middlewares=[access_log_middleware()])
+    log_lifecycle(registry)
     app[REGISTRY] = registry
     app[SIGNALING] = signaling
     signaling.add_routes(app)
@@ -81,6 +84,7 @@ def build_app(
         status_callback_public_only=config.status_callback_public_only,
     )  # fmt: skip
     app.router.add_get("/healthz", _health)
+    Metrics(registry, signaling, credentials).add_routes(app)
     WebClient(credentials, dev_tokens_enabled(config.host, config.dev_tokens)).add_routes(app)
 
     async def start(app: web.Application) -> None:

@@ -7,6 +7,7 @@ prints what happens in the room, and sends each line typed on stdin as a chat me
 from __future__ import annotations
 
 import asyncio
+import signal
 import sys
 
 from signaling.client import (
@@ -40,12 +41,43 @@ async def _watch_video(track: RemoteMediaTrack, who: str) -> None:
 
 
 async def join(url: str, token: str, room_name: str | None, duration: float | None) -> int:
-    chat = LocalDataTrack("chat")
+    """Returns the exit status: 0 when done, 1 when refused, 130 after Ctrl-C (SIGINT).
+
+    A server it cannot reach raises OSError, aiohttp.ClientError or asyncio.TimeoutError
+    (the command turns them into one line)."""
+    loop = asyncio.get_running_loop()
+    interrupted = asyncio.Event()
+    try:  # Ctrl-C leaves the room properly instead of tearing the loop down mid-call
+        loop.add_signal_handler(signal.SIGINT, interrupted.set)
+    except (NotImplementedError, RuntimeError):
+        pass
     try:
-        room = await connect(
-            url, token, name=room_name,
-            tracks=[LocalVideoTrack(CounterVideoTrack(), "camera"), LocalAudioTrack(ToneAudioTrack(), "microphone"), chat],
-        )
+        return await _join(url, token, room_name, duration, interrupted)
+    finally:
+        try:
+            loop.remove_signal_handler(signal.SIGINT)
+        except (NotImplementedError, RuntimeError):
+            pass
+
+
+async def _first(*waits: "asyncio.Future[object] | asyncio.Task[object]", timeout: float | None = None) -> None:
+    done, pending = await asyncio.wait(waits, timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
+    for task in pending:
+        task.cancel()
+    await asyncio.gather(*pending, return_exceptions=True)
+
+
+async def _join(url: str, token: str, room_name: str | None, duration: float | None, interrupted: asyncio.Event) -> int:
+    chat = LocalDataTrack("chat")
+    connecting = asyncio.ensure_future(connect(
+        url, token, name=room_name,
+        tracks=[LocalVideoTrack(CounterVideoTrack(), "camera"), LocalAudioTrack(ToneAudioTrack(), "microphone"), chat],
+    ))
+    await _first(connecting, asyncio.ensure_future(interrupted.wait()))
+    if connecting.cancelled():
+        return 130
+    try:
+        room = connecting.result()
     except SignalingError as exc:
         _say(f"refused: {exc.code} {exc.message}")
         return 1
@@ -91,9 +123,7 @@ async def join(url: str, token: str, room_name: str | None, duration: float | No
         except (OSError, ValueError, NotImplementedError):
             pass
     try:
-        await asyncio.wait_for(ended.wait(), duration)
-    except asyncio.TimeoutError:
-        pass
+        await _first(asyncio.ensure_future(ended.wait()), asyncio.ensure_future(interrupted.wait()), timeout=duration)
     finally:
         await room.disconnect()
-    return 0
+    return 130 if interrupted.is_set() else 0

@@ -111,8 +111,12 @@ async def test_token_from_the_command_joins_the_served_room(served: tuple[int, P
         await bob.disconnect()
 
 
-def test_token_for_a_fresh_data_dir_creates_its_credentials(tmp_path: Path) -> None:
-    token = sfu_token(tmp_path / "fresh", "carol", "R")
-    credentials, path = load_or_create(tmp_path / "fresh", environ={})
-    assert path == tmp_path / "fresh" / CREDENTIALS_FILENAME
-    assert verify_token(token, credentials).identity == "carol"
+def test_token_for_a_fresh_data_dir_refuses_and_creates_nothing(tmp_path: Path) -> None:
+    """Only `sfu serve` creates credentials: new ones would sign tokens the server refuses (20107)."""
+    done = subprocess.run(
+        [str(SFU), "token", "--identity", "carol", "--room", "R", "--data-dir", str(tmp_path / "fresh")],
+        capture_output=True, text=True, timeout=DEADLINE, env=clean_env(),
+    )
+    assert done.returncode == 1 and done.stdout == ""
+    assert "no credentials" in done.stderr and "Traceback" not in done.stderr
+    assert not (tmp_path / "fresh").exists()
