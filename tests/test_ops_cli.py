@@ -115,13 +115,15 @@ async def test_ctrl_c_in_join_leaves_the_room_without_a_traceback(server: Server
         stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
     )
     try:
-        def carol_joined() -> bool:
-            room = server.registry.find_in_progress("ctrlc")
-            return room is not None and room.find_participant("carol") is not None
-
-        await wait_for(carol_joined, START_DEADLINE, "sfu join to join")
+        # `sfu join` prints "joined room" once `connected` arrived, which the server sends
+        # only after storing the participant: wait for that line, not for the registry.
+        assert process.stdout is not None
+        first = await asyncio.wait_for(process.stdout.readline(), START_DEADLINE)
+        room = server.registry.find_in_progress("ctrlc")
+        assert room is not None and room.find_participant("carol") is not None
         process.send_signal(signal.SIGINT)
-        stdout, stderr = await asyncio.wait_for(process.communicate(), START_DEADLINE)
+        rest, stderr = await asyncio.wait_for(process.communicate(), START_DEADLINE)
+        stdout = first + rest
     finally:
         if process.returncode is None:
             process.kill()
