@@ -55,6 +55,17 @@ def parser() -> argparse.ArgumentParser:
                        help="participants allowed in a room created on connect (default 50, Twilio's group-room cap)")
     serve.add_argument("--status-callback", metavar="URL",
                        help="default status callback URL for rooms that set none (e.g. ad-hoc rooms), signed like Twilio's")
+    serve.add_argument("--drain-timeout", type=float, default=30.0, metavar="SECONDS",
+                       help="on SIGTERM, refuse new participants and rooms and let calls go on for up to this long "
+                            "(0: stop at once; a second SIGTERM/SIGINT stops at once)")
+    serve.add_argument("--allowed-origin", dest="allowed_origins", action="append", default=[], metavar="ORIGIN",
+                       help="browser Origin allowed to open /signaling, e.g. https://app.example.com "
+                            "(repeatable; none given: any Origin)")
+    serve.add_argument("--max-connections-per-ip", type=int, default=32, metavar="N",
+                       help="websockets not yet authenticated per client address (0: no cap; behind a reverse proxy "
+                            "every client has the proxy's address)")
+    serve.add_argument("--max-unauthenticated", type=int, default=256, metavar="N",
+                       help="websockets not yet authenticated in all; past it the oldest is closed (0: no cap)")
     serve.add_argument("--log-level", default=os.environ.get("SFU_LOG_LEVEL", "INFO"))
 
     joiner = sub.add_parser("join", help="join a room as a headless participant (synthetic camera, tone, chat from stdin)")
@@ -104,6 +115,10 @@ def main(argv: list[str] | None = None) -> int:
         retransmission_cache=args.retransmission_cache,
         status_callback=args.status_callback,
         max_participants=args.max_participants,
+        drain_timeout=args.drain_timeout,
+        allowed_origins=args.allowed_origins,
+        max_connections_per_ip=args.max_connections_per_ip,
+        max_unauthenticated=args.max_unauthenticated,
     )
     import uvloop
 
@@ -128,11 +143,9 @@ async def serve(config: ServerConfig) -> None:
     if dev_tokens_enabled(config.host, config.dev_tokens):
         logger.warning("development token endpoint POST %s is on: anyone who reaches it can join any room "
                        "(not for production; --no-dev-tokens turns it off)", DEV_TOKEN_PATH)
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(sig, stop.set)
-    await stop.wait()
+    from .drain import wait_for_stop
+
+    await wait_for_stop(app, config.drain_timeout)  # SIGTERM drains first (sfuserver/drain.py)
     logger.info("shutting down")
     await runner.cleanup()
 
