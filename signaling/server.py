@@ -514,7 +514,7 @@ class SignalingService:
                         async with asyncio.timeout_at(auth_deadline):
                             msg = await ws.receive()
                     except TimeoutError:
-                        logger.info("signaling: closed a websocket from %s that sent no connect in %gs", address, self.auth_timeout)
+                        logger.debug("signaling: closed a websocket from %s that sent no connect in %gs", address, self.auth_timeout)
                         await self._close_with_error(ws, protocol.SIGNALING_ERROR, "Timed out waiting for connect")
                         break
                 else:

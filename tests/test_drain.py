@@ -70,7 +70,7 @@ async def join_raw(http: aiohttp.ClientSession, served: Served, identity: str) -
 async def next_message(ws: aiohttp.ClientWebSocketResponse, kind: str) -> dict[str, Any]:
     """Skip to the next message of type ``kind`` (offers and updates come and go meanwhile)."""
     while True:
-        msg = await ws.receive(DEADLINE)
+        msg = await asyncio.wait_for(ws.receive(), DEADLINE)  # (receive(timeout) restarts at each ping)
         assert msg.type == aiohttp.WSMsgType.TEXT, f"socket ended ({msg.type}) while waiting for {kind}"
         message = json.loads(msg.data)
         if message["type"] == kind:
@@ -78,7 +78,7 @@ async def next_message(ws: aiohttp.ClientWebSocketResponse, kind: str) -> dict[s
 
 
 async def closed(ws: aiohttp.ClientWebSocketResponse) -> bool:
-    while (await ws.receive(DEADLINE)).type == aiohttp.WSMsgType.TEXT:
+    while (await asyncio.wait_for(ws.receive(), DEADLINE)).type == aiohttp.WSMsgType.TEXT:
         pass
     return True
 

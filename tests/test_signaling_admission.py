@@ -8,10 +8,10 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable
 from contextlib import asynccontextmanager
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import aiohttp
 import pytest
@@ -25,6 +25,7 @@ from .conftest import DEADLINE, Server, wait_for
 from .helpers.clients import RawSocket, connect_message
 from .helpers.wire import CONTINUATION, TEXT, WireSocket, closed_by_server
 
+T = TypeVar("T")
 KIB = 1 << 10
 MESSAGE_TOO_BIG = 1009
 
@@ -47,6 +48,11 @@ async def running(tmp_path: Path, **settings: Any) -> AsyncIterator[tuple[Server
             await runner.cleanup()
 
 
+async def within(awaitable: Awaitable[T]) -> T:
+    """Bound a receive: aiohttp's own receive timeout restarts at every ping."""
+    return await asyncio.wait_for(awaitable, DEADLINE)
+
+
 def port_of(server: Server) -> int:
     return int(server.http.rsplit(":", 1)[1])
 
@@ -60,7 +66,7 @@ def padded_heartbeat(size: int) -> bytes:
 async def still_answers(raw: RawSocket) -> None:
     """The socket is open and its session answers a rules round trip."""
     await raw.send({"type": "update", "version": 1, "subscribe": {"rules": [{"type": "include", "all": True}]}})
-    while "subscribe" not in (update := await raw.receive_type("update")):  # (an offer may come first)
+    while "subscribe" not in (update := await within(raw.receive_type("update"))):  # (an offer may come first)
         assert "peer_connection" in update, update
 
 
@@ -72,7 +78,7 @@ async def test_before_connect_a_message_over_64_kib_closes_the_socket(server: Se
     try:
         await raw.ws.send_bytes(padded_heartbeat(64 * KIB))  # exactly the limit: accepted
         await raw.ws.send_bytes(padded_heartbeat(64 * KIB + 1))
-        assert await raw.receive() is None
+        assert await within(raw.receive()) is None
         assert raw.ws.close_code == MESSAGE_TOO_BIG
     finally:
         await raw.close()
@@ -80,7 +86,7 @@ async def test_before_connect_a_message_over_64_kib_closes_the_socket(server: Se
     raw = await RawSocket.open(server)
     try:
         await raw.send(connect_message(server.token("alice"), "room"))
-        await raw.receive_type("connected")
+        await within(raw.receive_type("connected"))
         await raw.ws.send_bytes(padded_heartbeat(protocol.MAX_MESSAGE_SIZE))
         await still_answers(raw)
     finally:
@@ -127,9 +133,9 @@ async def test_a_socket_that_never_connects_is_closed_after_10_s(server: Server)
     started = loop.time()
     try:
         await raw.send({"type": "heartbeat", "version": 1})  # heartbeats do not count
-        error = await raw.receive_type("error", timeout=DEADLINE)
+        error = await within(raw.receive_type("error"))
         assert error["code"] == protocol.SIGNALING_ERROR, error
-        assert await raw.receive() is None
+        assert await within(raw.receive()) is None
         assert 9.0 <= loop.time() - started <= DEADLINE
     finally:
         await raw.close()
@@ -140,10 +146,10 @@ async def test_connect_in_time_is_not_cut(tmp_path: Path, netns: None) -> None:
         raw = await RawSocket.open(server)
         try:
             await raw.send(connect_message(server.token("alice"), "room"))
-            await raw.receive_type("connected")
+            await within(raw.receive_type("connected"))
             idle = await RawSocket.open(server)  # one that does not connect is cut after 1 s...
-            assert (await idle.receive_type("error"))["code"] == protocol.SIGNALING_ERROR
-            assert await idle.receive() is None
+            assert (await within(idle.receive_type("error")))["code"] == protocol.SIGNALING_ERROR
+            assert await within(idle.receive()) is None
             await idle.close()
             await still_answers(raw)  # ...the session, older than that, goes on
         finally:
@@ -164,7 +170,7 @@ async def test_per_address_cap_refuses_with_429_and_counts_only_unauthenticated(
             assert server.signaling.connection_counts() == {"authenticated": 0, "unauthenticated": 3}
             # One of them authenticates: it leaves the cap, and a new socket is admitted.
             await idle[0].send(connect_message(server.token("alice"), "room"))
-            await idle[0].receive_type("connected")
+            await within(idle[0].receive_type("connected"))
             await wait_for(lambda: server.signaling.connection_counts() == {"authenticated": 1, "unauthenticated": 2})
             idle.append(await RawSocket.open(server))
             await wait_for(lambda: server.signaling.connection_counts() == {"authenticated": 1, "unauthenticated": 3})
@@ -182,11 +188,11 @@ async def test_overall_cap_sheds_the_oldest_and_never_keeps_a_participant_out(tm
             # A participant arrives while the cap is full: the oldest idle socket goes.
             alice = await RawSocket.open(server)
             idle.append(alice)
-            shed = await idle[0].receive_type("error")
+            shed = await within(idle[0].receive_type("error"))
             assert shed["code"] == 53006, shed
-            assert await idle[0].receive() is None
+            assert await within(idle[0].receive()) is None
             await alice.send(connect_message(server.token("alice"), "room"))
-            connected = await alice.receive_type("connected")
+            connected = await within(alice.receive_type("connected"))
             assert connected["participant"]["identity"] == "alice"
             await wait_for(lambda: server.signaling.connection_counts() == {"authenticated": 1, "unauthenticated": 2})
             # The others are still open, in the order they came.
@@ -244,7 +250,7 @@ async def test_http_timeout_setting(tmp_path: Path, netns: None) -> None:
         raw = await RawSocket.open(server)
         try:
             await raw.send(connect_message(server.token("alice"), "room"))
-            await raw.receive_type("connected")
+            await within(raw.receive_type("connected"))
             reader, writer = await asyncio.open_connection("127.0.0.1", port_of(server))
             await asyncio.wait_for(closed_by_server(reader), DEADLINE)  # 1 s has passed
             writer.close()
@@ -265,7 +271,7 @@ async def test_origin_allow_list(tmp_path: Path, netns: None) -> None:
             for origin in ("https://app.example.com", "HTTPS://APP.EXAMPLE.COM/", None):  # None: not a browser
                 ws = await http.ws_connect(server.url, origin=origin)
                 await ws.send_str(json.dumps(connect_message(server.token(f"p{id(origin)}"), "room")))
-                assert json.loads((await ws.receive(DEADLINE)).data)["type"] == "connected"
+                assert json.loads((await within(ws.receive())).data)["type"] == "connected"
                 await ws.close()
 
 
@@ -273,7 +279,7 @@ async def test_no_allow_list_admits_any_origin(server: Server) -> None:
     async with aiohttp.ClientSession() as http:
         ws = await http.ws_connect(server.url, origin="https://elsewhere.example.org")
         await ws.send_str(json.dumps(connect_message(server.token("alice"), "room")))
-        assert json.loads((await ws.receive(DEADLINE)).data)["type"] == "connected"
+        assert json.loads((await within(ws.receive())).data)["type"] == "connected"
         await ws.close()
 
 
@@ -286,7 +292,7 @@ async def test_a_refused_participant_is_logged_without_the_token(server: Server,
     raw = await RawSocket.open(server)
     try:
         await raw.send(connect_message(token, "room"))
-        error = await raw.receive_type("error")
+        error = await within(raw.receive_type("error"))
         assert error["code"] == 20106
     finally:
         await raw.close()
@@ -305,14 +311,14 @@ async def test_a_server_stop_is_not_the_room_ending(tmp_path: Path, netns: None)
         raw = await RawSocket.open(server)
         try:
             await raw.send(connect_message(server.token("alice"), "room"))
-            await raw.receive_type("connected")
+            await within(raw.receive_type("connected"))
             stopping = asyncio.ensure_future(runner.cleanup())
-            disconnected = await raw.receive_type("disconnected")
+            disconnected = await within(raw.receive_type("disconnected"))
             assert disconnected == {
                 "type": "disconnected", "status": "disconnected", "code": 53001,
                 "message": "The server is shutting down", "reason": "server_shutdown",
             }  # fmt: skip
-            assert await raw.receive() is None
+            assert await within(raw.receive()) is None
             await asyncio.wait_for(stopping, DEADLINE)
         finally:
             await raw.close()
