@@ -23,7 +23,7 @@ from signaling import protocol
 
 from .conftest import DEADLINE, Server, wait_for
 from .helpers.clients import RawSocket, connect_message
-from .helpers.wire import CONTINUATION, TEXT, WireSocket, closed_by_server
+from .helpers.wire import CONTINUATION, TEXT, WireSocket, closed_by_server, frame
 
 T = TypeVar("T")
 KIB = 1 << 10
@@ -120,6 +120,23 @@ async def test_before_connect_a_fragmented_message_is_bounded_too(server: Server
             if frame[0] == TEXT:
                 kinds.append(json.loads(frame[1])["type"])
         assert "error" not in kinds, kinds
+    finally:
+        wire.close()
+
+
+async def test_frames_sent_with_the_handshake_reach_the_limited_reader(server: Server) -> None:
+    """The server swaps aiohttp's websocket reader for one whose limit it can raise: bytes the
+    client sent before the handshake's answer go to that reader, limits and all."""
+    connect = json.dumps(connect_message(server.token("alice"), "room")).encode()
+    wire = await WireSocket.open(port_of(server), pipelined=frame(TEXT, connect))
+    try:
+        first = await asyncio.wait_for(wire.next_frame(), DEADLINE)
+        assert first is not None and json.loads(first[1])["type"] == "connected", first
+    finally:
+        wire.close()
+    wire = await WireSocket.open(port_of(server), pipelined=frame(TEXT, padded_heartbeat(64 * KIB + 1)))
+    try:
+        assert await asyncio.wait_for(wire.close_code(), DEADLINE) == MESSAGE_TOO_BIG
     finally:
         wire.close()
 

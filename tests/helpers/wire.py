@@ -11,6 +11,18 @@ import struct
 TEXT, CONTINUATION, CLOSE, PING = 0x1, 0x0, 0x8, 0x9
 
 
+def frame(opcode: int, payload: bytes, fin: bool = True) -> bytes:
+    n = len(payload)
+    first = (0x80 if fin else 0) | opcode
+    if n < 126:
+        header = struct.pack("!BB", first, 0x80 | n)
+    elif n < 1 << 16:
+        header = struct.pack("!BBH", first, 0x80 | 126, n)
+    else:
+        header = struct.pack("!BBQ", first, 0x80 | 127, n)
+    return header + b"\0\0\0\0" + payload
+
+
 class WireSocket:
     """A websocket over a plain TCP stream; frames are masked with a zero key (legal, and the
     payload goes out as it is)."""
@@ -20,13 +32,14 @@ class WireSocket:
         self.writer = writer
 
     @classmethod
-    async def open(cls, port: int, path: str = "/signaling", headers: dict[str, str] | None = None) -> "WireSocket":
+    async def open(cls, port: int, path: str = "/signaling", headers: dict[str, str] | None = None, pipelined: bytes = b"") -> "WireSocket":
+        """``pipelined``: frames sent with the handshake, before the server's answer."""
         reader, writer = await asyncio.open_connection("127.0.0.1", port)
         key = base64.b64encode(os.urandom(16)).decode()
         extra = "".join(f"{k}: {v}\r\n" for k, v in (headers or {}).items())
         writer.write(
             f"GET {path} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
-            f"Sec-WebSocket-Key: {key}\r\nSec-WebSocket-Version: 13\r\n{extra}\r\n".encode()
+            f"Sec-WebSocket-Key: {key}\r\nSec-WebSocket-Version: 13\r\n{extra}\r\n".encode() + pipelined
         )
         head = await reader.readuntil(b"\r\n\r\n")
         status = head.split(b"\r\n", 1)[0]
@@ -36,15 +49,7 @@ class WireSocket:
         return cls(reader, writer)
 
     async def send_frame(self, opcode: int, payload: bytes, fin: bool = True) -> None:
-        n = len(payload)
-        first = (0x80 if fin else 0) | opcode
-        if n < 126:
-            header = struct.pack("!BB", first, 0x80 | n)
-        elif n < 1 << 16:
-            header = struct.pack("!BBH", first, 0x80 | 126, n)
-        else:
-            header = struct.pack("!BBQ", first, 0x80 | 127, n)
-        self.writer.write(header + b"\0\0\0\0" + payload)
+        self.writer.write(frame(opcode, payload, fin))
         await self.writer.drain()
 
     async def next_frame(self) -> tuple[int, bytes] | None:
