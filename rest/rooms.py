@@ -13,7 +13,7 @@ from sfu.store import PageKey, RoomRecord
 
 from . import representations
 from .context import RestApi, api_of
-from .errors import invalid, store_unavailable
+from .errors import RestError, invalid, store_unavailable
 from .lookup import find_room
 from .paging import PAGING_PARAMS, page_request, page_response
 from .params import Params, form, query
@@ -35,6 +35,7 @@ INCOMPATIBLE_WITH_TYPE = 53114
 MEDIA_REGION_INVALID = 53115
 AUDIO_ONLY_INVALID = 53124
 MAX_PARTICIPANT_DURATION_INVALID = 53123
+SERVICE_UNAVAILABLE = 20503  # Twilio's "Service unavailable"
 
 CREATE_PARAMS = (
     "EnableTurn", "Type", "UniqueName", "StatusCallback", "StatusCallbackMethod", "MaxParticipants",
@@ -134,6 +135,8 @@ async def _room_response(request: web.Request, api: RestApi, sid: str, status: i
 
 async def create_room(request: web.Request) -> web.Response:
     api = api_of(request)
+    if api.registry.draining:  # SIGTERM: the rooms in progress go on, no new ones (sfuserver/drain.py)
+        raise RestError(503, SERVICE_UNAVAILABLE, "The server is shutting down: create the room on another server")
     params = await form(request, CREATE_PARAMS, repeatable=("VideoCodecs",))
     settings, recording_rules = room_settings(params)
     if not api.registry.records.healthy:

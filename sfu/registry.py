@@ -25,6 +25,7 @@ ROOM_NAME_INVALID = 53100
 ROOM_NAME_TOO_LONG = 53101
 ROOM_NAME_BAD_CHARACTERS = 53102
 ROOM_EXISTS = 53113
+SERVER_BUSY = 53006  # Twilio's "Video server is busy": no new rooms while the server drains
 _CONTROL = re.compile(r"[\x00-\x1f\x7f]")
 
 
@@ -66,6 +67,7 @@ class RoomRegistry(AsyncIOEventEmitter):
         self.rooms: dict[str, Room] = {}
         self._by_name: dict[str, Room] = {}
         self._ad_hoc_max_participants = ad_hoc_max_participants
+        self.draining = False  # the server is shutting down: rooms go on, no new ones (sfuserver/drain.py)
 
     def call_later(self, delay: float, callback: Callable[[], Any]) -> asyncio.TimerHandle:
         if self._call_later is not None:
@@ -100,6 +102,8 @@ class RoomRegistry(AsyncIOEventEmitter):
 
     def create_room(self, unique_name: str | None, settings: RoomSettings) -> Room:
         """Create an in-progress room; its unique name must be free (53113)."""
+        if self.draining:
+            raise ParticipantError(SERVER_BUSY, "Server is busy: it is shutting down")
         sid = sids.new_sid(sids.ROOM)
         name = sid if unique_name is None else validate_room_name(unique_name)
         if name in self._by_name:

@@ -45,6 +45,13 @@ class ServerConfig:
     database: Path | None = None  # default: data_dir / "sfu.sqlite3"
     dev_tokens: bool | None = None  # POST /dev/token: None = on only for loopback binds (web.py)
     status_callback_public_only: bool = False  # refuse callback URLs on loopback/private/link-local addresses
+    # Exposure limits (README "Exposing the server"); 0 = no cap.
+    drain_timeout: float = 30.0  # SIGTERM: seconds rooms may go on before their participants get 53001
+    allowed_origins: list[str] = field(default_factory=list)  # browser Origins allowed on /signaling (empty: any)
+    max_connections_per_ip: int = 32  # websockets not yet authenticated, per client address (429 past it)
+    max_unauthenticated: int = 256  # websockets not yet authenticated, in all (the oldest is shed past it)
+    auth_timeout: float = 10.0  # seconds a websocket has to send a valid connect / sync
+    http_timeout: float = 15.0  # seconds an HTTP connection may take for a request head, or stay idle
 
 
 def build_app(
@@ -72,9 +79,23 @@ def build_app(
         call_later=call_later,
         ad_hoc_max_participants=config.max_participants,
     )
-    signaling = SignalingService(registry, credentials, reconnect_grace=config.reconnect_grace)
+    signaling = SignalingService(
+        registry,
+        credentials,
+        reconnect_grace=config.reconnect_grace,
+        auth_timeout=config.auth_timeout,
+        max_connections_per_ip=config.max_connections_per_ip,
+        max_unauthenticated=config.max_unauthenticated,
+        allowed_origins=config.allowed_origins,
+    )
 
-    app = web.Application(client_max_size=1 << 20, middlewares=[access_log_middleware()])
+    # The runner's request handlers take these (for `sfu serve` and the tests' runner alike).
+    # aiohttp's keepalive_timeout (3.14) is armed when a connection opens and again after each
+    # response, and closes the connection if no complete request head arrived by then: it is
+    # both the idle keep-alive timeout and the request-head (slowloris) timeout. Upgraded
+    # websockets are not subject to it (they have heartbeats and auth_timeout).
+    handler_args = {"keepalive_timeout": config.http_timeout}
+    app = web.Application(client_max_size=1 << 20, handler_args=handler_args, middlewares=[access_log_middleware()])
     log_lifecycle(registry)
     app[REGISTRY] = registry
     app[SIGNALING] = signaling
@@ -91,6 +112,7 @@ def build_app(
         await registry.start()
 
     async def stop(app: web.Application) -> None:
+        await signaling.close()  # participants hear 53001 "server_shutdown" before rooms end (53118)
         await registry.close()
 
     app.on_startup.append(start)

@@ -93,6 +93,16 @@ def _non_negative_float(value: str) -> float:
     return number
 
 
+def _non_negative_int(value: str) -> int:
+    try:
+        number = int(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not an integer: {value!r}") from None
+    if number < 0:
+        raise argparse.ArgumentTypeError(f"must be 0 or more, not {number}")
+    return number
+
+
 def _ttl(value: str) -> int:
     ttl = _positive_int(value)
     if ttl > MAX_TTL:
@@ -146,6 +156,17 @@ def parser() -> argparse.ArgumentParser:
     serve.add_argument("--status-callback-public-only", action="store_true",
                        help="refuse status callback URLs whose host is or resolves to a loopback, link-local, "
                             "private or other non-public address (checked at each delivery)")
+    serve.add_argument("--drain-timeout", type=_non_negative_float, default=30.0, metavar="SECONDS",
+                       help="on SIGTERM, refuse new participants and rooms and let calls go on for up to this long "
+                            "(0: stop at once; a second SIGTERM/SIGINT stops at once)")
+    serve.add_argument("--allowed-origin", dest="allowed_origins", action="append", default=[], metavar="ORIGIN",
+                       help="browser Origin allowed to open /signaling, e.g. https://app.example.com "
+                            "(repeatable; none given: any Origin)")
+    serve.add_argument("--max-connections-per-ip", type=_non_negative_int, default=32, metavar="N",
+                       help="websockets not yet authenticated per client address (0: no cap; behind a reverse proxy "
+                            "every client has the proxy's address)")
+    serve.add_argument("--max-unauthenticated", type=_non_negative_int, default=256, metavar="N",
+                       help="websockets not yet authenticated in all; past it the oldest is closed (0: no cap)")
     serve.add_argument("--log-level", default="INFO", type=str.upper, choices=logs.LEVELS, help="log level")
     serve.add_argument("--log-format", default="text", choices=logs.FORMATS,
                        help="text lines, or one JSON object per line (time, level, logger, message)")
@@ -372,6 +393,10 @@ def _serve(args: argparse.Namespace) -> int:
         status_callback=args.status_callback,
         max_participants=args.max_participants,
         status_callback_public_only=args.status_callback_public_only,
+        drain_timeout=args.drain_timeout,
+        allowed_origins=args.allowed_origins,
+        max_connections_per_ip=args.max_connections_per_ip,
+        max_unauthenticated=args.max_unauthenticated,
     )
     import uvloop
 
@@ -408,11 +433,9 @@ async def serve(config: ServerConfig) -> None:
     if dev_tokens_enabled(config.host, config.dev_tokens):
         logger.warning("development token endpoint POST %s is on: anyone who reaches it can join any room "
                        "(not for production; --no-dev-tokens turns it off)", DEV_TOKEN_PATH)
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(sig, stop.set)
-    await stop.wait()
+    from .drain import wait_for_stop
+
+    await wait_for_stop(app, config.drain_timeout)  # SIGTERM drains first (sfuserver/drain.py)
     logger.info("shutting down")
     await runner.cleanup()
     data_lock.close()

@@ -20,7 +20,12 @@ Server -> client
   update     any of {participants, published, subscribed, subscribe, peer_connection:
              {description: {type: "offer", revision, sdp}, sections: [{mid, kind, role,
              track_sid}]}}
-  disconnected {status: "disconnected"|"completed", code?, message?}
+  disconnected {status: "disconnected"|"completed", code?, message?, reason?}
+             53118 "completed": the room ended (REST or its own timers). 53001 with
+             reason "server_shutdown": the server stopped; the room did not end.
+  draining   {timeout}  the server is shutting down (SIGTERM): the call goes on for at most
+             ``timeout`` seconds, then ``disconnected`` 53001 "server_shutdown" follows
+             unless the room empties first. Sent again with the time left after ``synced``.
   error      {code, message, request?}
   heartbeat  {}
   Participant = {sid, identity, state, revision, tracks: [{sid, name, kind, enabled}]}
@@ -38,7 +43,7 @@ by the offer still waiting for an answer, if any.
 Errors. A refused message is answered with ``error`` (``request`` names its type when known)
 and changes nothing: an ``update`` is checked whole before any part applies. The socket stays
 open except where noted. 53000: not JSON, not an object, unknown type, version other than 1,
-a field of the wrong type, over MAX_MESSAGE_SIZE bytes, out of order (``update`` before
+a field of the wrong type, out of order (``update`` before
 ``connect``, a second ``connect`` or ``sync``), an answer to no waiting offer, an offer or
 other description from the client, a malformed ICE candidate. 53403: an answer the server
 cannot apply (garbage SDP; the offer stays open for a proper answer). Tracks: 53125 unknown
@@ -46,8 +51,13 @@ kind, 53300 empty / overlong / repeated id or overlong name, 53304 repeated name
 many. 53215: invalid subscribe rules. Fatal (error, then the socket closes): token refusals
 20101-20107 and 53200 on ``connect`` / ``sync``, a room grant for another room (20106),
 53100-53102 bad room name, 53105 room full, 53215 invalid rules on ``connect``, 53002 no
-session to resume. A frame over 4 x MAX_MESSAGE_SIZE closes the websocket (1009); the session
-can be resumed with ``sync``.
+session to resume, 53006 a ``connect`` while the server is draining.
+
+Limits. A message over MAX_MESSAGE_SIZE bytes (fragmented or not) closes the websocket
+(1009); the session can be resumed with ``sync``. Until a valid ``connect`` / ``sync`` the
+limit is MAX_UNAUTHENTICATED_MESSAGE_SIZE, and a socket that sends none within 10 s gets
+``error`` 53000 and is closed. Sockets waiting to authenticate are capped per address (HTTP
+429 before the upgrade) and in all (the oldest is shed: ``error`` 53006, then closed).
 """
 
 from __future__ import annotations
@@ -56,7 +66,8 @@ import json
 from typing import Any
 
 VERSION = 1
-MAX_MESSAGE_SIZE = 1 << 20  # a protocol error above this; the socket itself allows 4x
+MAX_MESSAGE_SIZE = 1 << 20  # the websocket's own limit once connected (larger closes it, 1009)
+MAX_UNAUTHENTICATED_MESSAGE_SIZE = 64 << 10  # before a valid connect / sync
 HEARTBEAT_INTERVAL = 5.0
 
 # Twilio error codes carried in `error` and `disconnected`.

@@ -4,12 +4,17 @@ after its websocket drops (the others see it as ``reconnecting`` meanwhile)."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import secrets
 import time
+from collections import Counter
 from typing import Any
 
 from aiohttp import WSMsgType, web
+from aiohttp._websocket import reader_py
+from aiohttp.helpers import DEFAULT_CHUNK_SIZE
+from aiohttp.web_protocol import RequestHandler
 
 from sfu.credentials import Credentials
 from sfu.media.peer import NegotiationError, Offer
@@ -29,6 +34,77 @@ CLOSE_NORMAL = 1000
 CLOSE_POLICY = 1008
 UNABLE_TO_CONNECT = 53104
 STORE_FAILING = "Unable to connect to Room: the server cannot store records right now"
+
+CLOSE_TRY_AGAIN_LATER = 1013
+
+SERVER_BUSY = 53006  # Twilio's "Video server is busy": shedding, and new connects while draining
+SERVER_SHUTTING_DOWN = "Server is busy: it is shutting down"
+SHUTDOWN_DISCONNECTED = {
+    "type": "disconnected", "status": "disconnected", "code": 53001,
+    "message": "The server is shutting down", "reason": "server_shutdown",
+}  # fmt: skip
+
+
+def _frame_limit(size: int) -> int:
+    """aiohttp's ``max_msg_size`` for messages of up to ``size`` bytes: its reader refuses a
+    message of exactly ``max_msg_size`` bytes."""
+    return size + 1
+
+
+class _Reader(reader_py.WebSocketReader):
+    """aiohttp's pure-Python websocket reader, whose limit is a plain attribute (the compiled
+    reader keeps it in a C field no one can change)."""
+
+    def set_max_msg_size(self, size: int) -> None:
+        self._max_msg_size = size
+        self._max_fragments = max(1024, size // 256) if size else 0  # as its __init__ derives it
+
+
+def check_websocket_internals() -> None:
+    """Refuse to start on an aiohttp whose internals ``AdmissionWebSocket`` relies on moved."""
+    missing = [name for name in ("_message_tail", "_payload_parser", "_data_received_cb") if name not in RequestHandler.__slots__]
+    if not hasattr(web.WebSocketResponse, "_post_start"):
+        missing.append("WebSocketResponse._post_start")
+    probe = _Reader(reader_py.WebSocketDataQueue(None, 1, loop=None), 10, compress=False, decode_text=True)  # type: ignore[arg-type]
+    if getattr(probe, "_max_msg_size", None) != 10 or not hasattr(probe, "_max_fragments"):
+        missing.append("reader_py.WebSocketReader._max_msg_size")
+    if missing:
+        raise RuntimeError(f"aiohttp's websocket internals moved ({', '.join(missing)}): see signaling/server.py AdmissionWebSocket")
+
+
+class AdmissionWebSocket(web.WebSocketResponse):
+    """A websocket whose message-size limit can be raised once the client authenticated.
+
+    The limit has to bound what aiohttp *buffers*, fragmented messages included, so it must be
+    the reader's own ``max_msg_size``: checking sizes after a message arrived is too late (200
+    sockets each holding an unfinished 4 MiB message held 900 MB). aiohttp fixes the limit
+    when the handshake completes and its compiled reader keeps it where Python cannot change
+    it, so this replaces that reader, before it has seen a byte, with aiohttp's own
+    pure-Python one (signaling messages are few and small: its speed does not matter).
+
+    Internals used (aiohttp 3.14; ``check_websocket_internals`` verifies them at start):
+    ``WebSocketResponse._post_start`` (installs the reader), the request handler's
+    ``_message_tail`` (bytes the client sent after its handshake, fed to the reader when it is
+    installed), ``_payload_parser`` and ``_data_received_cb`` (set by ``set_parser``), and the
+    reader's ``_max_msg_size`` / ``_max_fragments``. tests/test_signaling_admission.py checks
+    the limits end to end on real sockets.
+    """
+
+    def _post_start(self, request: Any, protocol: str | None, writer: Any) -> None:
+        http = request.protocol
+        tail, http._message_tail = http._message_tail, b""  # keep them from the compiled reader
+        super()._post_start(request, protocol, writer)
+        callback = http._data_received_cb
+        http._payload_parser = None  # set_parser() installs one reader per connection
+        self._reader = reader_py.WebSocketDataQueue(http, DEFAULT_CHUNK_SIZE, loop=self._loop)
+        self._parser = _Reader(self._reader, self._max_msg_size, compress=bool(self._compress), decode_text=self._decode_text)
+        http._message_tail = tail
+        http.set_parser(self._parser, data_received_cb=callback)
+
+    def set_max_msg_size(self, size: int) -> None:
+        self._max_msg_size = size
+        if isinstance(self._parser, _Reader):
+            self._parser.set_max_msg_size(size)
 
 
 class Session:
@@ -293,24 +369,160 @@ class MessageBudget:
 
 
 class SignalingService:
-    """Accepts websockets at ``path`` and runs the protocol in ``protocol.py``."""
+    """Accepts websockets at ``path`` and runs the protocol in ``protocol.py``.
 
-    def __init__(self, registry: RoomRegistry, credentials: Credentials, reconnect_grace: float = 5.0) -> None:
+    Admission (issue 8, "resources an unauthenticated client can hold"): until a socket sent a
+    valid ``connect`` / ``sync`` it may send messages of at most
+    ``protocol.MAX_UNAUTHENTICATED_MESSAGE_SIZE`` bytes and must authenticate within
+    ``auth_timeout`` seconds. At most ``max_connections_per_ip`` such sockets per address (429
+    before the upgrade; 0 = no cap) and ``max_unauthenticated`` in all: past that the oldest
+    is shed (53006, then closed), so idle sockets never keep a participant out.
+    ``allowed_origins`` (when not empty) is the list of browser origins allowed to open a
+    websocket (403 before the upgrade); clients that send no ``Origin`` (not browsers) pass.
+    """
+
+    def __init__(
+        self,
+        registry: RoomRegistry,
+        credentials: Credentials,
+        reconnect_grace: float = 5.0,
+        *,
+        auth_timeout: float = 10.0,
+        max_connections_per_ip: int = 0,
+        max_unauthenticated: int = 0,
+        allowed_origins: list[str] | None = None,
+    ) -> None:
+        check_websocket_internals()
         self.registry = registry
         self.credentials = credentials
         self.reconnect_grace = reconnect_grace
+        self.auth_timeout = auth_timeout
+        self.max_connections_per_ip = max_connections_per_ip
+        self.max_unauthenticated = max_unauthenticated
+        self.allowed_origins = {_origin(o) for o in allowed_origins or ()}
         self.sessions: dict[str, Session] = {}
+        self._unauthenticated: dict[web.WebSocketResponse, str] = {}  # oldest first, -> address
+        self._per_ip: Counter[str] = Counter()
+        self._authenticated: set[web.WebSocketResponse] = set()
+        self._drain_deadline: float | None = None
+        self._closing = False
 
     def add_routes(self, app: web.Application, path: str = "/signaling") -> None:
         app.router.add_get(path, self.handle)
 
-    async def handle(self, request: web.Request) -> web.WebSocketResponse:
-        ws = web.WebSocketResponse(heartbeat=protocol.HEARTBEAT_INTERVAL, max_msg_size=4 * protocol.MAX_MESSAGE_SIZE)
-        await ws.prepare(request)
+    def connection_counts(self) -> dict[str, int]:
+        """Open websockets: ``authenticated`` (sent a valid connect / sync) and not."""
+        return {"authenticated": len(self._authenticated), "unauthenticated": len(self._unauthenticated)}
+
+    # --- admission ----------------------------------------------------------------------
+
+    def _admit(self, request: web.Request) -> str:
+        """Refuse (before the upgrade) what the caps and the Origin allow-list do not admit."""
+        address = request.remote or "?"
+        origin = request.headers.get("Origin")
+        if self.allowed_origins and origin is not None and _origin(origin) not in self.allowed_origins:
+            logger.info("signaling: refused a websocket from %s: Origin %.100r is not allowed (403)", address, origin)
+            raise web.HTTPForbidden(text="Origin not allowed")
+        if self.max_connections_per_ip and self._per_ip[address] >= self.max_connections_per_ip:
+            logger.debug("signaling: refused a websocket from %s: %d unauthenticated already (429)", address, self._per_ip[address])
+            raise web.HTTPTooManyRequests(text="Too many unauthenticated connections from this address")
+        if self.max_unauthenticated:
+            while len(self._unauthenticated) >= self.max_unauthenticated:
+                oldest = next(iter(self._unauthenticated))
+                logger.debug("signaling: shedding the oldest unauthenticated websocket (from %s)", self._unauthenticated[oldest])
+                self._forget(oldest)
+                asyncio.ensure_future(self._close_with_error(oldest, SERVER_BUSY, "Server is busy: too many connections waiting to authenticate", CLOSE_TRY_AGAIN_LATER))
+        return address
+
+    def _track(self, ws: web.WebSocketResponse, address: str) -> None:
+        self._unauthenticated[ws] = address
+        self._per_ip[address] += 1
+
+    def _forget(self, ws: web.WebSocketResponse) -> None:
+        address = self._unauthenticated.pop(ws, None)
+        if address is not None:
+            self._per_ip[address] -= 1
+            if self._per_ip[address] <= 0:
+                del self._per_ip[address]
+        self._authenticated.discard(ws)
+
+    def _authenticate(self, ws: web.WebSocketResponse) -> None:
+        """A valid token arrived: the socket leaves the caps and may send full-size messages."""
+        if ws in self._unauthenticated:
+            self._forget(ws)
+            self._authenticated.add(ws)
+            if isinstance(ws, AdmissionWebSocket):
+                ws.set_max_msg_size(_frame_limit(protocol.MAX_MESSAGE_SIZE))
+
+    async def _close_with_error(self, ws: web.WebSocketResponse, code: int, message: str, close_code: int = CLOSE_POLICY) -> None:
+        with contextlib.suppress(Exception):
+            if not ws.closed:
+                await ws.send_str(protocol.encode(protocol.error(code, message)))
+            await ws.close(code=close_code)
+
+    # --- drain and shutdown --------------------------------------------------------------
+
+    @property
+    def draining(self) -> bool:
+        return self._drain_deadline is not None
+
+    def drain_remaining(self) -> float:
+        if self._drain_deadline is None:
+            return 0.0
+        return max(0.0, self._drain_deadline - asyncio.get_running_loop().time())
+
+    def start_draining(self, timeout: float) -> None:
+        """Refuse new participants (53006) and tell the connected ones the call goes on for at
+        most ``timeout`` seconds (``draining``)."""
+        if self._drain_deadline is None:
+            self._drain_deadline = asyncio.get_running_loop().time() + timeout
+        for session in list(self.sessions.values()):
+            session.send(self._draining_message())
+
+    def _draining_message(self) -> dict[str, Any]:
+        return {"type": "draining", "timeout": round(self.drain_remaining(), 1)}
+
+    async def close(self) -> None:
+        """The server stops: every participant still here gets ``disconnected`` 53001
+        (``server_shutdown``: not 53118, the room did not end), then its socket closes; the
+        rooms are ended afterwards by the registry. Unauthenticated sockets are closed."""
+        self._closing = True
+        sessions = list(self.sessions.values())
+        for session in sessions:
+            session.send(dict(SHUTDOWN_DISCONNECTED))
+            session.end()
+        pending = [self._close_with_error(ws, SERVER_BUSY, SERVER_SHUTTING_DOWN, CLOSE_TRY_AGAIN_LATER) for ws in list(self._unauthenticated)]
+        await asyncio.gather(*(s.drain(2.0) for s in sessions), *pending)
+
+    # --- the socket ---------------------------------------------------------------------
+
+    async def handle(self, request: web.Request) -> web.StreamResponse:
+        address = self._admit(request)
+        ws = AdmissionWebSocket(heartbeat=protocol.HEARTBEAT_INTERVAL, max_msg_size=_frame_limit(protocol.MAX_UNAUTHENTICATED_MESSAGE_SIZE))
+        self._track(ws, address)
+        try:
+            await ws.prepare(request)
+            return await self._run(ws, address)
+        finally:
+            self._forget(ws)
+
+    async def _run(self, ws: web.WebSocketResponse, address: str) -> web.WebSocketResponse:
+        loop = asyncio.get_running_loop()
+        auth_deadline = loop.time() + self.auth_timeout
         session: Session | None = None
         budget = MessageBudget()
         try:
-            async for msg in ws:
+            while True:
+                if session is None:
+                    try:  # (not receive(timeout=): aiohttp restarts that at each pong)
+                        async with asyncio.timeout_at(auth_deadline):
+                            msg = await ws.receive()
+                    except TimeoutError:
+                        logger.debug("signaling: closed a websocket from %s that sent no connect in %gs", address, self.auth_timeout)
+                        await self._close_with_error(ws, protocol.SIGNALING_ERROR, "Timed out waiting for connect")
+                        break
+                else:
+                    msg = await ws.receive()
                 if msg.type not in (WSMsgType.TEXT, WSMsgType.BINARY):
                     break
                 request_type: str | None = None
@@ -332,6 +544,8 @@ class SignalingService:
                         if session.ended:
                             break
                 except ProtocolError as exc:
+                    if session is None and exc.fatal:
+                        logger.info("signaling: refused %s from %s: %d %s", request_type or "a message", address, exc.code, exc.message)
                     await self._send_error(ws, session, exc, request_type)
                     if exc.fatal:
                         await ws.close(code=CLOSE_POLICY)
@@ -361,7 +575,10 @@ class SignalingService:
             return None
         if kind == "update":
             raise ProtocolError(protocol.SIGNALING_ERROR, "Not connected: send connect first")
+        if kind == "connect" and (self.draining or self._closing):
+            raise ProtocolError(SERVER_BUSY, SERVER_SHUTTING_DOWN, fatal=True)
         grant = self._grant(message)
+        self._authenticate(ws)
         if kind == "sync":
             return self._resume(ws, message, grant)
         return await self._connect(ws, message, grant)
@@ -431,4 +648,11 @@ class SignalingService:
         except TokenError as exc:
             raise ProtocolError(exc.code, exc.message, fatal=True) from None
         session.resume(ws)
+        if self.draining:
+            session.send(self._draining_message())
         return session
+
+
+def _origin(value: str) -> str:
+    """An Origin as compared with the allow-list: lower case, no trailing slash."""
+    return value.strip().rstrip("/").lower()
