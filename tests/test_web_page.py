@@ -133,15 +133,16 @@ async def test_keyboard_only_on_a_phone_sized_screen(server, clients):
             await page.wait_preview()
             await tab.screenshot(path=str(_artifact("join-360px.png")), full_page=True)
             assert await page.js("() => document.documentElement.scrollWidth") <= 360  # no sideways scrolling
-            # Tab order: skip link, room, name, token disclosure, toggles, Join; all labelled.
+            # Tab order: skip link, room, name, token disclosure, toggles, devices, Join; all labelled.
             order = []
-            for _ in range(7):
+            for _ in range(9):
                 await tab.keyboard.press("Tab")
                 order.append(await page.js("""() => {
                     const el = document.activeElement;
                     return el.labels && el.labels.length ? el.labels[0].textContent.trim() : (el.getAttribute('aria-label') || el.textContent.trim());
                 }"""))
-            assert order == ["Skip to content", "Room name", "Your name", "I have an access token", "Microphone on", "Camera on", "Join"], order
+            assert order == ["Skip to content", "Room name", "Your name", "I have an access token", "Microphone on", "Camera on",
+                             "Camera", "Microphone", "Join"], order
             assert await tab.get_by_label("Room name").input_value() == "keys"  # from ?room=
             await tab.get_by_label("Your name").focus()
             await tab.keyboard.type("Kay")

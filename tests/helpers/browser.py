@@ -37,7 +37,7 @@ BASE_FLAGS = [
     "--disable-domain-reliability",
     "--disable-breakpad",
     "--metrics-recording-only",
-    "--use-fake-device-for-media-stream",
+    "--use-fake-device-for-media-stream=device-count=2",  # two cameras (and three microphones) to pick from
 ]
 FAKE_UI = "--use-fake-ui-for-media-stream"  # grants camera, microphone and screen capture
 
@@ -59,7 +59,8 @@ const summary = (x) => {
 };
 const EVENTS = ['participantConnected', 'participantDisconnected', 'participantReconnecting', 'participantReconnected',
   'trackPublished', 'trackUnpublished', 'trackSubscribed', 'trackUnsubscribed', 'trackEnabled', 'trackDisabled',
-  'trackMessage', 'trackPublicationFailed', 'reconnecting', 'reconnected', 'disconnected', 'message', 'enabled', 'disabled', 'error'];
+  'trackMessage', 'trackPublicationFailed', 'trackSubscriptionFailed', 'subscriptionFailed', 'serverDraining',
+  'reconnecting', 'reconnected', 'disconnected', 'message', 'enabled', 'disabled', 'error'];
 window.record = (emitter, label) => {
   for (const name of EVENTS) emitter.on(name, (...args) => window.log.push({on: label, name, args: args.map(summary)}));
   return emitter;
