@@ -229,3 +229,20 @@ async def test_csp_never_echoes_an_injected_host(tmp_path: Path) -> None:
             assert connect[1:] in ([], [f"ws://{host}", f"wss://{host}"]), (host, csp)
             if host in (f"127.0.0.1:{port}", f"[::1]:{port}", "sfu.example.com"):
                 assert connect[1:] == [f"ws://{host}", f"wss://{host}"], (host, csp)
+
+
+async def test_serves_a_favicon(tmp_path: Path) -> None:
+    """Browsers ask for /favicon.ico on every load: it exists (a real ICO), and the page links it
+    and an SVG version."""
+    async with running(tmp_path, "127.0.0.1") as (base, _), aiohttp.ClientSession() as http:
+        async with http.get(base + "/favicon.ico") as response:
+            assert response.status == 200
+            assert response.headers["Content-Type"] == "image/x-icon"
+            icon = await response.read()
+        assert icon[:4] == b"\x00\x00\x01\x00" and int.from_bytes(icon[4:6], "little") >= 1  # ICO header, some images
+        async with http.get(base + "/favicon.svg") as response:
+            assert response.status == 200 and response.headers["Content-Type"] == "image/svg+xml"
+            assert "<svg" in await response.text()
+        async with http.get(base + "/") as response:
+            html = await response.text()
+        assert '<link rel="icon" href="favicon.ico"' in html and '<link rel="icon" href="favicon.svg" type="image/svg+xml">' in html

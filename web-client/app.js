@@ -208,19 +208,31 @@ function saveDevice(kind, deviceId) {
   }
 }
 
-/** Constraints for one kind: the camera settings, and the chosen device (`exact` when the
- * person just picked it, `ideal` for the one remembered from last time, which may be gone). */
-function constraintsFor(kind, deviceId, exact) {
+/** Constraints for one kind: the camera settings, and exactly the chosen device, if any
+ * (browsers may ignore a device that is only `ideal`). */
+function constraintsFor(kind, deviceId) {
   const base = kind === 'video' ? { ...VIDEO_CONSTRAINTS } : { name: 'microphone' };
-  if (deviceId) base.deviceId = exact ? { exact: deviceId } : { ideal: deviceId };
+  if (deviceId) base.deviceId = { exact: deviceId };
   return base;
+}
+
+/** One kind on its own: the remembered device, or any if that one is gone. */
+async function openDevice(kind) {
+  const create = kind === 'video' ? Video.createLocalVideoTrack : Video.createLocalAudioTrack;
+  const saved = savedDevice(kind);
+  try {
+    return await create(constraintsFor(kind, saved));
+  } catch (error) {
+    if (!saved || !['OverconstrainedError', 'NotFoundError'].includes(error && error.name)) throw error;
+    return create(constraintsFor(kind, ''));
+  }
 }
 
 async function acquireMedia() {
   let audioError = null;
   let videoError = null;
-  const audioConstraints = constraintsFor('audio', savedDevice('audio'), false);
-  const videoConstraints = constraintsFor('video', savedDevice('video'), false);
+  const audioConstraints = constraintsFor('audio', savedDevice('audio'));
+  const videoConstraints = constraintsFor('video', savedDevice('video'));
   try {
     for (const track of await Video.createLocalTracks({ audio: audioConstraints, video: videoConstraints })) {
       if (track.kind === 'audio') state.audio = track;
@@ -228,10 +240,7 @@ async function acquireMedia() {
     }
   } catch {
     // Find out which of the two is refused: a person may allow one and not the other.
-    const [audio, video] = await Promise.allSettled([
-      Video.createLocalAudioTrack(audioConstraints),
-      Video.createLocalVideoTrack(videoConstraints),
-    ]);
+    const [audio, video] = await Promise.allSettled([openDevice('audio'), openDevice('video')]);
     if (audio.status === 'fulfilled') state.audio = audio.value;
     else audioError = audio.reason;
     if (video.status === 'fulfilled') state.video = video.value;
@@ -302,8 +311,8 @@ async function switchDevice(kind) {
   if (current) current.stop();
   try {
     const track = kind === 'video'
-      ? await Video.createLocalVideoTrack(constraintsFor('video', deviceId, true))
-      : await Video.createLocalAudioTrack(constraintsFor('audio', deviceId, true));
+      ? await Video.createLocalVideoTrack(constraintsFor('video', deviceId))
+      : await Video.createLocalAudioTrack(constraintsFor('audio', deviceId));
     track.on('stopped', () => renderControls());
     if (kind === 'video') {
       state.video = track;
