@@ -97,13 +97,14 @@ def require_browser() -> str:
 
 
 @asynccontextmanager
-async def chromium(fake_ui: bool = True) -> AsyncIterator[Any]:
+async def chromium(fake_ui: bool = True, extra_flags: list[str] | None = None) -> AsyncIterator[Any]:
     """A headless Chromium (Playwright Browser). Without ``fake_ui`` no permission is granted
-    by itself: tests set them per origin (see ``deny_media``)."""
+    by itself: tests set them per origin (see ``deny_media``). ``extra_flags`` are added to
+    the command line (e.g. ``--host-resolver-rules``)."""
     from playwright.async_api import async_playwright
 
     executable = require_browser()
-    flags = BASE_FLAGS + ([FAKE_UI] if fake_ui else [])
+    flags = BASE_FLAGS + ([FAKE_UI] if fake_ui else []) + list(extra_flags or [])
     async with async_playwright() as playwright:
         browser = await playwright.chromium.launch(executable_path=executable, args=flags, headless=True)
         try:
