@@ -148,14 +148,15 @@ async def _dismiss(page: Page) -> None:
 
 async def test_page_shows_errors_during_a_call(server, clients):
     await clients.join("py", "errors", publish="va", receive="packets")
+    await clients.join("py2", "errors", publish="v", receive="packets")
     async with chromium() as browser:
         page = await Page.open(browser, server.http + "/", "web")
         tab = page.page
         try:
             await page.join("errors", "ada")
             await page.wait_tile("py", state="connected")
-            await page.wait("() => [...room.participants.values()][0].videoTracks.values().next().value?.isSubscribed",
-                            message="py's video subscribed")
+            await page.wait("() => room.participants.size === 2 && [...room.participants.values()].every(p => p.videoTracks.values().next().value?.isSubscribed)",
+                            message="py's and py2's video subscribed")
             await page.wait("() => room.localParticipant.videoTracks.size === 1", message="the camera published")
 
             # A signaling error during the call (the server refuses a message): a visible banner,
@@ -171,11 +172,25 @@ async def test_page_shows_errors_during_a_call(server, clients):
             await page.wait("() => document.querySelector('#message').hidden", message="the banner dismissed")
             assert await page.js("() => document.activeElement.id") == "mic-button"  # focus lands somewhere useful
 
-            # py's video cannot be received: the page says whose, what, and why.
-            cam = await page.js("() => [...room.participants.values()][0].videoTracks.keys().next().value")
-            fail_subscription(session_of(server, "ada"), cam)
+            # py's video cannot be received: the page says whose, what, and why, also on the tile.
+            video = "(identity) => [...room.participants.values()].find(p => p.identity === identity).videoTracks.keys().next().value"
+            py_cam = await page.js(video, "py")
+            fail_subscription(session_of(server, "ada"), py_cam)
             text = await _wait_banner(page, "53404")
             assert "py's video can't be shown: your browser lacks the room's video codec" in text and "H264" in text, text
+            await page.wait_tile("py", camera="unsupported")
+            assert await page.page.locator('#tiles li.tile[data-identity="py"] .badge.cam').text_content() == "Video unsupported"
+            await page.wait_tile("py2", camera="on")
+            await _dismiss(page)
+            # In a room whose codec the browser lacks that is everyone's video: one message names them all.
+            state = session_of(server, "ada").participant.subscribed_state()
+            py2_cam = await page.js(video, "py2")
+            failed = [{"sid": sid, "error": CODEC_ERROR} for sid in (py_cam, py2_cam)]
+            tracks = [e for e in state["tracks"] if e["sid"] not in (py_cam, py2_cam)] + failed
+            session_of(server, "ada").send({"type": "update", "subscribed": {"revision": state["revision"] + 1, "tracks": tracks}})
+            text = await _wait_banner(page, "py2")
+            assert "py's video and py2's video can't be shown: your browser lacks the room's video codec" in text, text
+            await page.wait_tile("py2", camera="unsupported")
             await _dismiss(page)
 
             # Our own camera cannot be sent into the room.

@@ -52,6 +52,7 @@ const state = {
   draining: false, // the server said it is shutting down: the call ends soon
   unread: 0, // chat messages that arrived while the chat was out of sight
   shown: new WeakSet(), // errors already explained by a more specific message
+  codecFailures: new Map(), // track SID -> {identity, publication}: subscriptions without a codec in common
 };
 
 const MAX_CHAT_ENTRIES = 500;
@@ -174,6 +175,20 @@ function describeSubscriptionFailure(error, publication, participant) {
     return `${what} can't be ${verb}: your browser lacks the room's ${codec} (${error.message}, error 53404). The rest of the call goes on; another browser may be able to show it.`;
   }
   return `${what} can't be ${verb}: ${error.message} (error ${error.code}).`;
+}
+
+/** All the subscriptions that failed for want of a codec, in one message (in a room whose
+ * video codec this browser lacks, that is everyone's video). */
+function describeCodecFailures(error) {
+  const failures = [...state.codecFailures.values()];
+  if (failures.length === 1) return describeSubscriptionFailure(error, failures[0].publication, failures[0]);
+  const kinds = new Set(failures.map((f) => f.publication.kind));
+  const names = failures.map((f) => `${f.identity}'s ${describeTrack(f.publication.trackName, f.publication.kind)}`);
+  const list = names.length > 4 ? `${names.slice(0, 3).join(', ')} and ${names.length - 3} more` : `${names.slice(0, -1).join(', ')} and ${names.at(-1)}`;
+  const only = kinds.size === 1 ? [...kinds][0] : '';
+  const verb = only === 'audio' ? 'heard' : only === 'video' ? 'shown' : 'received';
+  const codec = only === 'audio' || only === 'video' ? `${only} codec` : 'codecs';
+  return `${list} can't be ${verb}: your browser lacks the room's ${codec} (${error.message}, error 53404). The rest of the call goes on; another browser may be able to show them.`;
 }
 
 /** A track of ours the room did not take (trackPublicationFailed). */
@@ -446,8 +461,12 @@ function enterRoom(room) {
   });
   room.on('participantReconnecting', (p) => renderParticipant(p));
   room.on('participantReconnected', (p) => renderParticipant(p));
-  room.on('trackSubscribed', (track, publication, p) => trackSubscribed(track, p));
+  room.on('trackSubscribed', (track, publication, p) => {
+    state.codecFailures.delete(publication.trackSid);
+    trackSubscribed(track, p);
+  });
   room.on('trackUnsubscribed', (track, publication, p) => trackUnsubscribed(track, p));
+  room.on('trackUnpublished', (publication) => state.codecFailures.delete(publication.trackSid));
   for (const event of ['trackPublished', 'trackUnpublished']) room.on(event, (publication, p) => renderParticipant(p));
   for (const event of ['trackEnabled', 'trackDisabled']) room.on(event, (track, p) => renderParticipant(p));
   room.on('trackMessage', (data, track, p) => {
@@ -464,7 +483,13 @@ function enterRoom(room) {
   });
   room.on('trackSubscriptionFailed', (error, publication, p) => {
     state.shown.add(error);
-    showError(describeSubscriptionFailure(error, publication, p));
+    if (error.code === 53404) {
+      state.codecFailures.set(publication.trackSid, { identity: p.identity, publication });
+      showError(describeCodecFailures(error));
+    } else {
+      showError(describeSubscriptionFailure(error, publication, p));
+    }
+    renderParticipant(p);
   });
   room.localParticipant.on('trackPublicationFailed', (error, track) => {
     state.shown.add(error);
@@ -494,6 +519,7 @@ function leaveRoom(error) {
   ui.join.hidden = false;
   document.body.classList.remove('in-call');
   state.draining = false;
+  state.codecFailures.clear();
   setUnread(0);
   document.title = 'Video rooms';
   if (state.video) state.video.attach(ui.preview);
@@ -590,8 +616,11 @@ function renderParticipant(p) {
   const cameras = [...p.videoTracks.values()].filter((pub) => !/^screen/i.test(pub.trackName));
   const micOn = audio.some((pub) => pub.isTrackEnabled);
   const camOn = cameras.some((pub) => pub.isTrackEnabled);
+  // A video this browser cannot decode: say so on the tile, not just "Camera on" over an avatar.
+  const unplayable = cameras.length > 0 && cameras.every((pub) => state.codecFailures.has(pub.trackSid));
   setBadge(tile, 'mic', !audio.length ? 'No mic' : micOn ? 'Mic on' : 'Muted', !audio.length ? 'none' : micOn ? 'on' : 'muted');
-  setBadge(tile, 'cam', !cameras.length ? 'No camera' : camOn ? 'Camera on' : 'Camera off', !cameras.length ? 'none' : camOn ? 'on' : 'off');
+  setBadge(tile, 'cam', !cameras.length ? 'No camera' : unplayable ? 'Video unsupported' : camOn ? 'Camera on' : 'Camera off',
+    !cameras.length ? 'none' : unplayable ? 'unsupported' : camOn ? 'on' : 'off');
   const hasVideo = Boolean(tile.querySelector('video'));
   tile.classList.toggle('camera-off', !(camOn && hasVideo));
   setBadge(tile, 'conn', p.state === 'reconnecting' ? 'Reconnecting…' : 'Connected', p.state);
