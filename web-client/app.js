@@ -119,7 +119,9 @@ function describeError(error, roomName) {
       return `The room "${roomName}" is full: it has reached its maximum number of participants (error 53105).`;
     case 53000:
     case 53001:
-      return /reach|lost|closed/i.test(detail) ? unreachable() : `Signaling failed: ${detail} (error ${code}).`;
+      if (/reach|lost|closed/i.test(detail)) return unreachable();
+      if (/shut|restart/i.test(detail)) return `The server is restarting: ${detail} (error ${code}). Try again in a moment.`;
+      return `Signaling failed: ${detail} (error ${code}).`;
     case 53100:
     case 53101:
     case 53102:
