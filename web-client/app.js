@@ -315,7 +315,10 @@ async function renderDevices() {
 
 /** The person picked another camera or microphone before joining: open it instead. */
 async function switchDevice(kind) {
-  if (state.room) return; // the lists belong to the join form
+  if (state.room || ui.joinForm.getAttribute('aria-busy') === 'true') {
+    renderDevices(); // joining (or in the call) with the current devices: the list shows them
+    return;
+  }
   const select = kind === 'video' ? ui.cameraSelect : ui.micSelect;
   const deviceId = select.value;
   const current = kind === 'video' ? state.video : state.audio;
