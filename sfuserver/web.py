@@ -6,6 +6,10 @@ answers ``{"token": ...}``: an access token minted with the server's own API key
 bundled page works without an application server. It is for development only: anyone who can
 reach it can join any room as anyone. It is on when the server listens on loopback, or when
 the operator enables it explicitly (``sfu serve --dev-tokens``); otherwise it answers 403.
+Even when it is on, it answers only requests whose ``Host`` is ``localhost``, ``127.0.0.1`` or
+``[::1]`` with the port the request arrived on, and whose ``Origin`` (when sent) is that same
+origin: a page elsewhere, or one reached through DNS rebinding (a name of the attacker's that
+resolves to 127.0.0.1, so ``Host`` names the attacker's domain), gets 403 and no token.
 """
 
 from __future__ import annotations
@@ -37,6 +41,11 @@ _TYPES = {
     ".json": "application/json",
 }
 _FILE = re.compile(r"^[A-Za-z0-9_-][A-Za-z0-9_.-]*$")
+# The Host names /dev/token answers (with the server's own port): loopback only, by name.
+_LOOPBACK_HOST = re.compile(r"^(localhost|127\.0\.0\.1|\[::1\])(?::([0-9]{1,5}))?$", re.IGNORECASE)
+# A Host safe to write into the Content-Security-Policy: a DNS name or an IP literal, a port.
+_SAFE_HOST = re.compile(r"^(?:[A-Za-z0-9](?:[A-Za-z0-9.-]{0,252})|\[[0-9A-Fa-f:.]{2,45}\])(?::[0-9]{1,5})?$")
+_DEFAULT_PORTS = {"http": 80, "https": 443}
 
 
 def is_loopback(host: str | None) -> bool:
@@ -94,7 +103,7 @@ class WebClient:
         if suffix == ".html":
             headers["Content-Security-Policy"] = (
                 "default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' data: blob:; "
-                f"media-src 'self' blob: mediastream:; connect-src 'self' ws://{request.host} wss://{request.host}; "
+                f"media-src 'self' blob: mediastream:; connect-src {_connect_sources(request.host)}; "
                 "frame-ancestors 'none'; base-uri 'none'; form-action 'none'; object-src 'none'"
             )
             headers["X-Frame-Options"] = "DENY"
@@ -113,6 +122,10 @@ class WebClient:
                 "Development tokens are off on this server: it does not listen on loopback and was not "
                 "started with --dev-tokens. Mint access tokens on your application's server.",
             )
+        refusal = _dev_token_refusal(request)
+        if refusal is not None:
+            logger.warning("development token refused: %s", refusal)
+            return _problem(403, refusal)
         # JSON only: a cross-site form or text/plain POST would need no CORS preflight.
         if request.content_type != "application/json":
             return _problem(415, "Send JSON: {\"identity\": ..., \"room\": ...}")
@@ -134,6 +147,55 @@ class WebClient:
             return _problem(400, str(exc))
         logger.info("development token minted for identity %r (room %r)", identity, room)
         return web.json_response({"token": token, "identity": identity.strip(), "room": room, "ttl": DEV_TOKEN_TTL})
+
+
+def _connect_sources(host: str | None) -> str:
+    """connect-src for the page: 'self' (which CSP Level 3 browsers extend to ws: and wss: of
+    the same host), plus explicit ws:/wss: sources for older ones, but only for a Host that is
+    a plain host name or IP literal with a port. The raw header is never echoed: `Host: x;
+    script-src *` would otherwise add a directive to the policy."""
+    if host and _SAFE_HOST.match(host):
+        return f"'self' ws://{host} wss://{host}"
+    return "'self'"
+
+
+def _server_port(request: web.Request) -> int | None:
+    """The local port this request arrived on (the real one, also when configured as 0)."""
+    transport = request.transport
+    sockname = transport.get_extra_info("sockname") if transport is not None else None
+    if isinstance(sockname, tuple) and len(sockname) >= 2 and isinstance(sockname[1], int):
+        return sockname[1]
+    return None
+
+
+def _dev_token_refusal(request: web.Request) -> str | None:
+    """Why a /dev/token request must be refused (DNS rebinding, another site), or None.
+
+    Host must be localhost, 127.0.0.1 or [::1] with the port the request came in on (a
+    missing port means the scheme's default), and Origin, when present, the same origin."""
+    port = _server_port(request)
+    hint = (
+        f"Development tokens are only handed out to the page opened as http://localhost:{port or 'PORT'}/ "
+        f"(or 127.0.0.1 / [::1]) on this machine. From elsewhere, paste an access token from your "
+        "application's server (or `sfu token`)."
+    )
+    host = request.headers.get("Host", "")
+    match = _LOOPBACK_HOST.match(host)
+    if match is None:
+        return f"Host {host[:100]!r} is not a loopback name. {hint}"
+    host_port = int(match.group(2)) if match.group(2) else _DEFAULT_PORTS.get(request.scheme)
+    if port is None or host_port != port:
+        return f"Host {host[:100]!r} does not name this server's port. {hint}"
+    origin = request.headers.get("Origin")
+    if origin is not None:
+        scheme = request.scheme
+        expected = {f"{scheme}://{host.lower()}"}
+        if match.group(2) is None or host_port == _DEFAULT_PORTS.get(scheme):
+            name = match.group(1).lower()
+            expected |= {f"{scheme}://{name}", f"{scheme}://{name}:{host_port}"}
+        if origin.lower() not in expected:
+            return f"Origin {origin[:100]!r} is not this server's own page. {hint}"
+    return None
 
 
 def _problem(status: int, message: str) -> web.Response:

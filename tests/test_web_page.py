@@ -133,15 +133,16 @@ async def test_keyboard_only_on_a_phone_sized_screen(server, clients):
             await page.wait_preview()
             await tab.screenshot(path=str(_artifact("join-360px.png")), full_page=True)
             assert await page.js("() => document.documentElement.scrollWidth") <= 360  # no sideways scrolling
-            # Tab order: skip link, room, name, token disclosure, toggles, Join; all labelled.
+            # Tab order: skip link, room, name, token disclosure, toggles, devices, Join; all labelled.
             order = []
-            for _ in range(7):
+            for _ in range(9):
                 await tab.keyboard.press("Tab")
                 order.append(await page.js("""() => {
                     const el = document.activeElement;
                     return el.labels && el.labels.length ? el.labels[0].textContent.trim() : (el.getAttribute('aria-label') || el.textContent.trim());
                 }"""))
-            assert order == ["Skip to content", "Room name", "Your name", "I have an access token", "Microphone on", "Camera on", "Join"], order
+            assert order == ["Skip to content", "Room name", "Your name", "I have an access token", "Microphone on", "Camera on",
+                             "Camera", "Microphone", "Join"], order
             assert await tab.get_by_label("Room name").input_value() == "keys"  # from ?room=
             await tab.get_by_label("Your name").focus()
             await tab.keyboard.type("Kay")
@@ -170,5 +171,32 @@ async def test_keyboard_only_on_a_phone_sized_screen(server, clients):
             await page.wait("() => !document.querySelector('#join').hidden", message="back at the join form")
             assert await page.js("() => document.activeElement.id") == "join-button"
             assert not page.errors, page.errors
+        finally:
+            await page.close()
+
+
+async def test_dev_token_refused_to_a_rebound_name(server):
+    """A page reached through a name that resolves to 127.0.0.1 (DNS rebinding: an attacker's
+    domain) gets no development token, and says what to do instead; by a loopback name it joins."""
+    port = int(server.http.rsplit(":", 1)[1])
+    async with chromium(extra_flags=["--host-resolver-rules=MAP rebound.test 127.0.0.1"]) as browser:
+        page = await Page.open(browser, f"http://rebound.test:{port}/", "web")
+        try:
+            await page.fill_join("standup", "ada")
+            await page.page.get_by_role("button", name="Join").click()
+            message = await page.wait_message()
+            assert "does not hand out development tokens to this page" in message and "rebound.test" in message, message
+            assert f"http://localhost:{port}/" in message and "I have an access token" in message, message
+            assert await page.page.locator("#call").is_hidden()
+            # A token from elsewhere still works there (the page, its CSP and signaling do).
+            await page.page.get_by_text("I have an access token", exact=True).click()
+            await page.page.get_by_label("Access token").fill(server.token("ada"))
+            await page.page.get_by_role("button", name="Join").click()
+            await page.wait("() => !document.querySelector('#call').hidden", message="the call")
+        finally:
+            await page.close()
+        page = await Page.open(browser, f"http://localhost:{port}/", "web")
+        try:
+            await page.join("standup", "bob")  # a development token for a loopback name
         finally:
             await page.close()

@@ -151,3 +151,98 @@ async def test_sfu_serve_serves_the_page_with_dev_tokens_on_loopback(tmp_path: P
         process.terminate()
         _, stderr = await process.communicate()
     assert b"/dev/token is on" in stderr and b"not for production" in stderr, stderr.decode()[-2000:]
+
+
+async def post_token_as(base: str, host: str | None, origin: str | None = None) -> tuple[int, dict]:
+    """POST /dev/token with the given raw Host (and Origin) headers, as a browser that reached
+    the server under that name would send them."""
+    headers = {"Content-Type": "application/json"}
+    if host is not None:
+        headers["Host"] = host
+    if origin is not None:
+        headers["Origin"] = origin
+    async with aiohttp.ClientSession() as http:
+        async with http.post(base + "/dev/token", data='{"identity": "ada"}', headers=headers) as response:
+            return response.status, await response.json(content_type=None)
+
+
+@pytest.mark.parametrize("bind", ["127.0.0.1", "0.0.0.0"])
+async def test_dev_tokens_refuse_dns_rebinding_and_other_origins(tmp_path: Path, bind: str) -> None:
+    """Only a loopback Host with this server's port, and a same-origin Origin, get a token: a
+    rebound name (evil.example resolving to 127.0.0.1) or another site's page gets 403. The
+    rule holds for a server bound to every interface with --dev-tokens too."""
+    async with running(tmp_path, bind, dev_tokens=True) as (base, credentials):
+        port = int(base.rsplit(":", 1)[1])
+        allowed = [
+            (f"127.0.0.1:{port}", None),
+            (f"localhost:{port}", None),
+            (f"LOCALHOST:{port}", f"http://localhost:{port}"),
+            (f"[::1]:{port}", f"http://[::1]:{port}"),
+            (f"127.0.0.1:{port}", f"http://127.0.0.1:{port}"),
+        ]
+        for host, origin in allowed:
+            status, body = await post_token_as(base, host, origin)
+            assert status == 200, (host, origin, body)
+            assert verify_token(body["token"], credentials).identity == "ada"
+        refused = [
+            (f"evil.example:{port}", None),  # DNS rebinding: the page's own name in Host
+            (f"evil.example:{port}", f"http://evil.example:{port}"),
+            ("evil.example", None),
+            (f"127.0.0.2:{port}", None),
+            (f"192.168.1.5:{port}", None),  # the LAN address of a 0.0.0.0 server: not loopback by name
+            (f"127.0.0.1:{port + 1}", None),  # another port: another origin
+            ("127.0.0.1", None),  # port 80 implied
+            (f"localhost.:{port}", None),
+            (f"localhost:{port}@evil.example", None),
+            (f"127.0.0.1:{port}", "http://evil.example"),  # another site's page posting here
+            (f"127.0.0.1:{port}", "null"),
+            (f"127.0.0.1:{port}", f"http://localhost:{port}"),  # same machine, other origin
+            (f"127.0.0.1:{port}", f"https://127.0.0.1:{port}"),
+            (f"127.0.0.1:{port}", f"http://127.0.0.1:{port + 1}"),
+        ]
+        for host, origin in refused:
+            status, body = await post_token_as(base, host, origin)
+            assert status == 403, (host, origin, body)
+            assert set(body) == {"status", "message"} and body["status"] == 403, body  # the JSON problem shape
+            assert "token" not in body and "localhost" in body["message"], body
+
+
+async def test_csp_never_echoes_an_injected_host(tmp_path: Path) -> None:
+    """The page's Content-Security-Policy is not built from a raw Host: `Host: x; script-src *`
+    must not add a directive (nor a comma a second policy)."""
+    async with running(tmp_path, "127.0.0.1") as (base, _), aiohttp.ClientSession() as http:
+        port = int(base.rsplit(":", 1)[1])
+        for host in ("x; script-src *", "x, script-src *", "x script-src *", "x;script-src 'unsafe-inline'",
+                     f"127.0.0.1:{port} 'unsafe-eval'", "a\tb", f"127.0.0.1:{port}", f"[::1]:{port}", "sfu.example.com"):
+            async with http.get(base + "/", headers={"Host": host}) as response:
+                assert response.status == 200, host
+                csp = response.headers["Content-Security-Policy"]
+            assert "," not in csp and "*" not in csp and "unsafe" not in csp, (host, csp)
+            directives = [d.strip().split() for d in csp.split(";")]
+            names = [d[0] for d in directives]
+            assert len(names) == len(set(names)), (host, csp)
+            assert names == ["default-src", "script-src", "style-src", "img-src", "media-src", "connect-src",
+                             "frame-ancestors", "base-uri", "form-action", "object-src"], (host, csp)
+            assert dict((d[0], d[1:]) for d in directives)["script-src"] == ["'self'"], (host, csp)
+            connect = dict((d[0], d[1:]) for d in directives)["connect-src"]
+            assert connect[0] == "'self'", (host, csp)
+            assert connect[1:] in ([], [f"ws://{host}", f"wss://{host}"]), (host, csp)
+            if host in (f"127.0.0.1:{port}", f"[::1]:{port}", "sfu.example.com"):
+                assert connect[1:] == [f"ws://{host}", f"wss://{host}"], (host, csp)
+
+
+async def test_serves_a_favicon(tmp_path: Path) -> None:
+    """Browsers ask for /favicon.ico on every load: it exists (a real ICO), and the page links it
+    and an SVG version."""
+    async with running(tmp_path, "127.0.0.1") as (base, _), aiohttp.ClientSession() as http:
+        async with http.get(base + "/favicon.ico") as response:
+            assert response.status == 200
+            assert response.headers["Content-Type"] == "image/x-icon"
+            icon = await response.read()
+        assert icon[:4] == b"\x00\x00\x01\x00" and int.from_bytes(icon[4:6], "little") >= 1  # ICO header, some images
+        async with http.get(base + "/favicon.svg") as response:
+            assert response.status == 200 and response.headers["Content-Type"] == "image/svg+xml"
+            assert "<svg" in await response.text()
+        async with http.get(base + "/") as response:
+            html = await response.text()
+        assert '<link rel="icon" href="favicon.ico"' in html and '<link rel="icon" href="favicon.svg" type="image/svg+xml">' in html

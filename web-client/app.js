@@ -5,6 +5,8 @@ import * as Video from './sdk.js';
 const $ = (id) => document.getElementById(id);
 const ui = {
   message: $('message'),
+  messageText: $('message-text'),
+  messageDismiss: $('message-dismiss'),
   notice: $('notice'),
   join: $('join'),
   joinForm: $('join-form'),
@@ -14,6 +16,9 @@ const ui = {
   tokenInput: $('token-input'),
   joinMic: $('join-mic'),
   joinCam: $('join-cam'),
+  devices: $('devices'),
+  cameraSelect: $('camera-select'),
+  micSelect: $('mic-select'),
   preview: $('preview'),
   previewOff: $('preview-off'),
   previewStatus: $('preview-status'),
@@ -25,7 +30,11 @@ const ui = {
   micButton: $('mic-button'),
   camButton: $('cam-button'),
   screenButton: $('screen-button'),
+  chatButton: $('chat-button'),
+  chatCount: $('chat-count'),
   leaveButton: $('leave-button'),
+  controls: document.querySelector('.controls'),
+  chat: $('chat'),
   chatLog: $('chat-log'),
   chatForm: $('chat-form'),
   chatInput: $('chat-input'),
@@ -40,6 +49,10 @@ const state = {
   chat: null, // LocalDataTrack named "chat", one per call
   screen: null, // LocalVideoTrack named "screen" while sharing
   tiles: new Map(), // key -> tile element ("local", participant SID, or "<SID>/<track SID>")
+  draining: false, // the server said it is shutting down: the call ends soon
+  unread: 0, // chat messages that arrived while the chat was out of sight
+  shown: new WeakSet(), // errors already explained by a more specific message
+  codecFailures: new Map(), // track SID -> {identity, publication}: subscriptions without a codec in common
 };
 
 const MAX_CHAT_ENTRIES = 500;
@@ -48,14 +61,23 @@ class UiError extends Error {}
 
 // --- messages -------------------------------------------------------------------------
 
-function showError(text) {
-  ui.message.textContent = text;
+/** The banner under the header: sticks to the top of the screen until dismissed or replaced.
+ * `kind` is 'error' or 'warning' (the call goes on, but something needs attention). */
+function showError(text, kind = 'error') {
+  ui.messageText.textContent = text;
+  ui.message.dataset.kind = kind;
   ui.message.hidden = false;
 }
 
 function clearError() {
-  ui.message.textContent = '';
+  ui.messageText.textContent = '';
   ui.message.hidden = true;
+}
+
+function dismissError() {
+  const hadFocus = ui.message.contains(document.activeElement);
+  clearError();
+  if (hadFocus) (state.room ? ui.micButton : ui.joinButton).focus();
 }
 
 let noticeTimer = null;
@@ -97,11 +119,15 @@ function describeError(error, roomName) {
       return `The room "${roomName}" is full: it has reached its maximum number of participants (error 53105).`;
     case 53000:
     case 53001:
-      return /reach|lost|closed/i.test(detail) ? unreachable() : `Signaling failed: ${detail} (error ${code}).`;
+      if (/reach|lost|closed/i.test(detail)) return unreachable();
+      if (/shut|restart/i.test(detail)) return `The server is restarting: ${detail} (error ${code}). Try again in a moment.`;
+      return `Signaling failed: ${detail} (error ${code}).`;
     case 53100:
     case 53101:
     case 53102:
       return `That room name can't be used: ${detail} (error ${code}).`;
+    case 53006:
+      return `The server is restarting and takes no new calls right now (error 53006). Try again in a moment.`;
     case 53118:
       return `The room "${roomName}" has ended (error 53118).`;
     case 53200:
@@ -115,24 +141,123 @@ function describeError(error, roomName) {
   }
 }
 
+/** Why the call ended, when the server or the network ended it. Only 53118 means the room
+ * itself ended; a server shutting down, restarting or gone is something to retry. */
+function describeDisconnect(error, roomName) {
+  const code = error && error.code;
+  if (code === 53000 || code === 53001 || code === 53002) {
+    return `The server is restarting or unreachable, so you left "${roomName}" (error ${code}). The room may still be going on: join again in a moment.`;
+  }
+  return describeError(error, roomName);
+}
+
+/** Errors the server (or the browser) reports during a call: the call goes on. */
+function describeCallError(error) {
+  const code = error && typeof error.code === 'number' && error.code ? ` (error ${error.code})` : '';
+  const detail = (error && error.message) || 'unknown error';
+  if (error && (error.code === 53400 || error.code === 53402 || error.code === 53403 || error.code === 53404)) {
+    return `The media connection hit a problem: ${detail}${code}. Some audio or video may be missing; leaving and joining again may help.`;
+  }
+  return `The server reported a problem: ${detail}${code}. The call goes on.`;
+}
+
+function describeTrack(name, kind) {
+  if (/^screen/i.test(name || '')) return 'screen share';
+  if (kind === 'audio') return 'microphone';
+  if (kind === 'video') return 'video';
+  return `"${name}" messages`;
+}
+
+/** A subscription this browser could not take (trackSubscriptionFailed). */
+function describeSubscriptionFailure(error, publication, participant) {
+  const what = `${participant.identity}'s ${describeTrack(publication.trackName, publication.kind)}`;
+  const verb = publication.kind === 'audio' ? 'heard' : publication.kind === 'video' ? 'shown' : 'received';
+  if (error.code === 53404) {
+    const codec = publication.kind === 'audio' || publication.kind === 'video' ? `${publication.kind} codec` : 'codec';
+    return `${what} can't be ${verb}: your browser lacks the room's ${codec} (${error.message}, error 53404). The rest of the call goes on; another browser may be able to show it.`;
+  }
+  return `${what} can't be ${verb}: ${error.message} (error ${error.code}).`;
+}
+
+/** All the subscriptions that failed for want of a codec, in one message (in a room whose
+ * video codec this browser lacks, that is everyone's video). */
+function describeCodecFailures(error) {
+  const failures = [...state.codecFailures.values()];
+  if (failures.length === 1) return describeSubscriptionFailure(error, failures[0].publication, failures[0]);
+  const kinds = new Set(failures.map((f) => f.publication.kind));
+  const names = failures.map((f) => `${f.identity}'s ${describeTrack(f.publication.trackName, f.publication.kind)}`);
+  const list = names.length > 4 ? `${names.slice(0, 3).join(', ')} and ${names.length - 3} more` : `${names.slice(0, -1).join(', ')} and ${names.at(-1)}`;
+  const only = kinds.size === 1 ? [...kinds][0] : '';
+  const verb = only === 'audio' ? 'heard' : only === 'video' ? 'shown' : 'received';
+  const codec = only === 'audio' || only === 'video' ? `${only} codec` : 'codecs';
+  return `${list} can't be ${verb}: your browser lacks the room's ${codec} (${error.message}, error 53404). The rest of the call goes on; another browser may be able to show them.`;
+}
+
+/** A track of ours the room did not take (trackPublicationFailed). */
+function describePublicationFailure(error, track) {
+  const what = track.kind === 'video' && !isScreen(track) ? 'camera' : track.kind === 'audio' ? 'microphone' : track.name;
+  if (error.code === 53404) {
+    const codec = track.kind === 'audio' || track.kind === 'video' ? `${track.kind} codec` : 'codec';
+    return `Your ${what} can't be sent: your browser lacks the room's ${codec} (${error.message}, error 53404). The others can't ${track.kind === 'audio' ? 'hear' : 'see'} it; the rest of the call goes on.`;
+  }
+  return `Could not share your ${what}: ${error.message} (error ${error.code}).`;
+}
+
 // --- camera and microphone ------------------------------------------------------------
 
 const VIDEO_CONSTRAINTS = { name: 'camera', width: { ideal: 640 }, height: { ideal: 480 }, frameRate: { ideal: 24 } };
 
+const DEVICE_KEYS = { audio: 'sfu.microphone', video: 'sfu.camera' };
+
+function savedDevice(kind) {
+  try {
+    return localStorage.getItem(DEVICE_KEYS[kind]) || '';
+  } catch {
+    return ''; // storage refused (privacy settings): no remembered choice
+  }
+}
+
+function saveDevice(kind, deviceId) {
+  try {
+    localStorage.setItem(DEVICE_KEYS[kind], deviceId);
+  } catch {
+    // not remembered: still used for this visit
+  }
+}
+
+/** Constraints for one kind: the camera settings, and exactly the chosen device, if any
+ * (browsers may ignore a device that is only `ideal`). */
+function constraintsFor(kind, deviceId) {
+  const base = kind === 'video' ? { ...VIDEO_CONSTRAINTS } : { name: 'microphone' };
+  if (deviceId) base.deviceId = { exact: deviceId };
+  return base;
+}
+
+/** One kind on its own: the remembered device, or any if that one is gone. */
+async function openDevice(kind) {
+  const create = kind === 'video' ? Video.createLocalVideoTrack : Video.createLocalAudioTrack;
+  const saved = savedDevice(kind);
+  try {
+    return await create(constraintsFor(kind, saved));
+  } catch (error) {
+    if (!saved || !['OverconstrainedError', 'NotFoundError'].includes(error && error.name)) throw error;
+    return create(constraintsFor(kind, ''));
+  }
+}
+
 async function acquireMedia() {
   let audioError = null;
   let videoError = null;
+  const audioConstraints = constraintsFor('audio', savedDevice('audio'));
+  const videoConstraints = constraintsFor('video', savedDevice('video'));
   try {
-    for (const track of await Video.createLocalTracks({ audio: { name: 'microphone' }, video: VIDEO_CONSTRAINTS })) {
+    for (const track of await Video.createLocalTracks({ audio: audioConstraints, video: videoConstraints })) {
       if (track.kind === 'audio') state.audio = track;
       else state.video = track;
     }
   } catch {
     // Find out which of the two is refused: a person may allow one and not the other.
-    const [audio, video] = await Promise.allSettled([
-      Video.createLocalAudioTrack({ name: 'microphone' }),
-      Video.createLocalVideoTrack(VIDEO_CONSTRAINTS),
-    ]);
+    const [audio, video] = await Promise.allSettled([openDevice('audio'), openDevice('video')]);
     if (audio.status === 'fulfilled') state.audio = audio.value;
     else audioError = audio.reason;
     if (video.status === 'fulfilled') state.video = video.value;
@@ -156,6 +281,78 @@ async function acquireMedia() {
     showError(parts.join(' '));
   }
   renderControls();
+  await renderDevices();
+}
+
+function deviceOf(track) {
+  if (!track || track.isStopped) return '';
+  const settings = track.mediaStreamTrack.getSettings ? track.mediaStreamTrack.getSettings() : {};
+  return settings.deviceId || '';
+}
+
+/** Fill the camera and microphone lists (labels are known once access was granted). */
+async function renderDevices() {
+  let devices = [];
+  try {
+    devices = navigator.mediaDevices && navigator.mediaDevices.enumerateDevices ? await navigator.mediaDevices.enumerateDevices() : [];
+  } catch {
+    devices = [];
+  }
+  for (const [select, kind, inputKind, what] of [
+    [ui.cameraSelect, 'video', 'videoinput', 'camera'],
+    [ui.micSelect, 'audio', 'audioinput', 'microphone'],
+  ]) {
+    const track = kind === 'video' ? state.video : state.audio;
+    const found = devices.filter((d) => d.kind === inputKind && d.deviceId);
+    const options = found.map((d, i) => new Option(d.label || `${what[0].toUpperCase()}${what.slice(1)} ${i + 1}`, d.deviceId));
+    if (!options.length) options.push(new Option(track ? `This ${what}` : `No ${what} available`, ''));
+    select.replaceChildren(...options);
+    const current = deviceOf(track);
+    if (current && found.some((d) => d.deviceId === current)) select.value = current;
+    select.disabled = !found.length || !track || select.dataset.busy === 'true';
+  }
+}
+
+/** The person picked another camera or microphone before joining: open it instead. */
+async function switchDevice(kind) {
+  if (state.room || ui.joinForm.getAttribute('aria-busy') === 'true') {
+    renderDevices(); // joining (or in the call) with the current devices: the list shows them
+    return;
+  }
+  const select = kind === 'video' ? ui.cameraSelect : ui.micSelect;
+  const deviceId = select.value;
+  const current = kind === 'video' ? state.video : state.audio;
+  if (!deviceId || deviceId === deviceOf(current)) return;
+  select.dataset.busy = 'true';
+  select.disabled = true;
+  ui.joinButton.disabled = true;
+  ui.previewStatus.textContent = `Switching ${kind === 'video' ? 'camera' : 'microphone'}…`;
+  // One at a time: many cameras (and phones) cannot be open twice.
+  if (current) current.stop();
+  try {
+    const track = kind === 'video'
+      ? await Video.createLocalVideoTrack(constraintsFor('video', deviceId))
+      : await Video.createLocalAudioTrack(constraintsFor('audio', deviceId));
+    track.on('stopped', () => renderControls());
+    if (kind === 'video') {
+      state.video = track;
+      track.attach(ui.preview);
+    } else {
+      state.audio = track;
+    }
+    saveDevice(kind, deviceId);
+    clearError();
+  } catch (error) {
+    if (kind === 'video') state.video = null;
+    else state.audio = null;
+    showError(`${describeMediaError(error, kind === 'video' ? 'Camera' : 'Microphone')} Pick another one, or reload the page.`);
+  } finally {
+    delete select.dataset.busy;
+    ui.joinButton.disabled = false;
+    renderPreview();
+    renderControls();
+    await renderDevices();
+  }
 }
 
 function renderPreview() {
@@ -191,8 +388,9 @@ async function devToken(identity, room) {
     // not JSON: fall through with the status
   }
   if (response.status === 403) {
+    const why = body.message && /loopback|origin|localhost/i.test(body.message) ? ` ${body.message}` : '';
     throw new UiError(
-      'This server does not hand out development tokens. Paste an access token from your application\'s server under "I have an access token".',
+      `This server does not hand out development tokens${why ? ' to this page' : ''}.${why} Paste an access token from your application's server under "I have an access token".`,
     );
   }
   if (!response.ok || !body.token) {
@@ -246,8 +444,10 @@ function setJoining(joining) {
 function enterRoom(room) {
   state.room = room;
   window.room = room; // handy from the browser console
+  state.draining = false;
   ui.join.hidden = true;
   ui.call.hidden = false;
+  document.body.classList.add('in-call');
   ui.callTitle.hidden = false;
   ui.roomName.textContent = room.name;
   document.title = `${room.name} · Video rooms`;
@@ -266,8 +466,12 @@ function enterRoom(room) {
   });
   room.on('participantReconnecting', (p) => renderParticipant(p));
   room.on('participantReconnected', (p) => renderParticipant(p));
-  room.on('trackSubscribed', (track, publication, p) => trackSubscribed(track, p));
+  room.on('trackSubscribed', (track, publication, p) => {
+    state.codecFailures.delete(publication.trackSid);
+    trackSubscribed(track, p);
+  });
   room.on('trackUnsubscribed', (track, publication, p) => trackUnsubscribed(track, p));
+  room.on('trackUnpublished', (publication) => state.codecFailures.delete(publication.trackSid));
   for (const event of ['trackPublished', 'trackUnpublished']) room.on(event, (publication, p) => renderParticipant(p));
   for (const event of ['trackEnabled', 'trackDisabled']) room.on(event, (track, p) => renderParticipant(p));
   room.on('trackMessage', (data, track, p) => {
@@ -276,8 +480,29 @@ function enterRoom(room) {
   room.on('reconnecting', () => renderRoomState());
   room.on('reconnected', () => renderRoomState());
   room.on('disconnected', (r, error) => leaveRoom(error));
+  room.on('serverDraining', (seconds) => {
+    state.draining = true;
+    const within = typeof seconds === 'number' ? `within ${Math.ceil(seconds)} s` : 'soon';
+    showError(`The server is restarting: this call will end ${within}. You can join again once it is back.`, 'warning');
+    renderRoomState();
+  });
+  room.on('trackSubscriptionFailed', (error, publication, p) => {
+    state.shown.add(error);
+    if (error.code === 53404) {
+      state.codecFailures.set(publication.trackSid, { identity: p.identity, publication });
+      showError(describeCodecFailures(error));
+    } else {
+      showError(describeSubscriptionFailure(error, publication, p));
+    }
+    renderParticipant(p);
+  });
   room.localParticipant.on('trackPublicationFailed', (error, track) => {
-    showError(`Could not share your ${track.name}: ${error.message} (error ${error.code}).`);
+    state.shown.add(error);
+    showError(describePublicationFailure(error, track));
+  });
+  // Any other error during the call: never silent while the header says "Connected".
+  room.on('error', (error) => {
+    if (!state.shown.has(error)) showError(describeCallError(error));
   });
   renderRoomState();
   renderControls();
@@ -297,10 +522,15 @@ function leaveRoom(error) {
   ui.call.hidden = true;
   ui.callTitle.hidden = true;
   ui.join.hidden = false;
+  document.body.classList.remove('in-call');
+  state.draining = false;
+  state.codecFailures.clear();
+  setUnread(0);
   document.title = 'Video rooms';
   if (state.video) state.video.attach(ui.preview);
   renderPreview();
-  if (error) showError(describeError(error, room.name));
+  renderDevices();
+  if (error) showError(describeDisconnect(error, room.name));
   else notice(`You left ${room.name}.`);
   ui.joinButton.focus();
 }
@@ -391,8 +621,11 @@ function renderParticipant(p) {
   const cameras = [...p.videoTracks.values()].filter((pub) => !/^screen/i.test(pub.trackName));
   const micOn = audio.some((pub) => pub.isTrackEnabled);
   const camOn = cameras.some((pub) => pub.isTrackEnabled);
+  // A video this browser cannot decode: say so on the tile, not just "Camera on" over an avatar.
+  const unplayable = cameras.length > 0 && cameras.every((pub) => state.codecFailures.has(pub.trackSid));
   setBadge(tile, 'mic', !audio.length ? 'No mic' : micOn ? 'Mic on' : 'Muted', !audio.length ? 'none' : micOn ? 'on' : 'muted');
-  setBadge(tile, 'cam', !cameras.length ? 'No camera' : camOn ? 'Camera on' : 'Camera off', !cameras.length ? 'none' : camOn ? 'on' : 'off');
+  setBadge(tile, 'cam', !cameras.length ? 'No camera' : unplayable ? 'Video unsupported' : camOn ? 'Camera on' : 'Camera off',
+    !cameras.length ? 'none' : unplayable ? 'unsupported' : camOn ? 'on' : 'off');
   const hasVideo = Boolean(tile.querySelector('video'));
   tile.classList.toggle('camera-off', !(camOn && hasVideo));
   setBadge(tile, 'conn', p.state === 'reconnecting' ? 'Reconnecting…' : 'Connected', p.state);
@@ -452,8 +685,8 @@ function renderRoomState() {
   const room = state.room;
   if (!room) return;
   const reconnecting = room.state === 'reconnecting';
-  ui.roomState.textContent = reconnecting ? 'Reconnecting…' : 'Connected';
-  ui.roomState.dataset.state = room.state;
+  ui.roomState.textContent = reconnecting ? 'Reconnecting…' : state.draining ? 'Server restarting' : 'Connected';
+  ui.roomState.dataset.state = state.draining && !reconnecting ? 'draining' : room.state;
   if (reconnecting) notice('Connection lost: reconnecting…');
   renderLocal();
 }
@@ -553,6 +786,47 @@ function addChat(from, text, mine) {
   ui.chatLog.append(item);
   while (ui.chatLog.childElementCount > MAX_CHAT_ENTRIES) ui.chatLog.firstElementChild.remove();
   ui.chatLog.scrollTop = ui.chatLog.scrollHeight;
+  if (!mine && !chatInSight()) {
+    setUnread(state.unread + 1);
+    notice(`${from}: ${text.length > 80 ? `${text.slice(0, 80)}…` : text}`);
+  }
+}
+
+/** True when the person can see the chat: the tab is shown and the message list is on screen
+ * (not scrolled away, nor under the call controls that stay at the bottom of small screens). */
+function chatInSight() {
+  if (document.visibilityState === 'hidden' || ui.call.hidden) return false;
+  const box = ui.chatLog.getBoundingClientRect();
+  const controls = ui.controls.getBoundingClientRect();
+  const bottom = getComputedStyle(ui.controls).position === 'fixed' ? controls.top : window.innerHeight;
+  return Math.min(box.bottom, bottom) - Math.max(box.top, 0) >= 40;
+}
+
+function setUnread(count) {
+  state.unread = count;
+  ui.chatCount.textContent = count > 99 ? '99+' : String(count);
+  ui.chatCount.hidden = count === 0;
+  if (count) ui.chatButton.setAttribute('aria-label', `Chat, ${count} unread`);
+  else ui.chatButton.removeAttribute('aria-label');
+  const title = state.room ? `${state.room.name} · Video rooms` : 'Video rooms';
+  document.title = count ? `(${count}) ${title}` : title;
+}
+
+function markChatRead() {
+  if (state.unread && chatInSight()) setUnread(0);
+}
+
+function openChat() {
+  ui.chat.scrollIntoView({ block: 'end' });
+  ui.chatInput.focus({ preventScroll: true });
+  setUnread(0);
+}
+
+/** The height of the call controls, for the layout that keeps them at the bottom. */
+function trackControlsHeight() {
+  const update = () => document.documentElement.style.setProperty('--controls-h', `${Math.ceil(ui.controls.getBoundingClientRect().height)}px`);
+  if (typeof ResizeObserver !== 'undefined') new ResizeObserver(update).observe(ui.controls);
+  update();
 }
 
 function sendChat(event) {
@@ -579,6 +853,22 @@ function start() {
   ui.screenButton.addEventListener('click', toggleScreenShare);
   ui.leaveButton.addEventListener('click', () => state.room && state.room.disconnect());
   ui.chatForm.addEventListener('submit', sendChat);
+  ui.chatButton.addEventListener('click', openChat);
+  ui.messageDismiss.addEventListener('click', dismissError);
+  ui.message.addEventListener('keydown', (event) => {
+    if (event.key === 'Escape') dismissError();
+  });
+  ui.cameraSelect.addEventListener('change', () => switchDevice('video'));
+  ui.micSelect.addEventListener('change', () => switchDevice('audio'));
+  if (navigator.mediaDevices && navigator.mediaDevices.addEventListener) {
+    navigator.mediaDevices.addEventListener('devicechange', () => renderDevices());
+  }
+  window.addEventListener('scroll', markChatRead, { passive: true });
+  window.addEventListener('resize', markChatRead, { passive: true });
+  document.addEventListener('visibilitychange', markChatRead);
+  ui.chatLog.addEventListener('scroll', markChatRead, { passive: true });
+  ui.chatInput.addEventListener('focus', () => setUnread(0));
+  trackControlsHeight();
   if (!Video.isSupported()) showError('This browser does not support WebRTC: use a current Chrome, Edge, Firefox or Safari.');
   state.mediaReady = acquireMedia();
 }

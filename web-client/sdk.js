@@ -392,7 +392,8 @@ export class LocalTrackPublication {
   }
 }
 
-/** Events: `subscribed` (track), `unsubscribed` (track), `trackEnabled`, `trackDisabled`. */
+/** Events: `subscribed` (track), `unsubscribed` (track), `subscriptionFailed` (error),
+ * `trackEnabled`, `trackDisabled`. */
 export class RemoteTrackPublication extends EventEmitter {
   constructor(sid, name, kind, enabled) {
     super();
@@ -438,7 +439,9 @@ class Participant extends EventEmitter {
 }
 
 /** Events: `trackPublished` (publication), `trackUnpublished` (publication), `trackSubscribed`
- * (track, publication), `trackUnsubscribed` (track, publication), `trackEnabled` / `trackDisabled`
+ * (track, publication), `trackUnsubscribed` (track, publication), `trackSubscriptionFailed`
+ * (error, publication: this browser could not take the track, e.g. 53404 no supported codec,
+ * and it stays unsubscribed), `trackEnabled` / `trackDisabled`
  * (track, or the publication when not subscribed; publication), `trackMessage` (data, track),
  * `reconnecting`, `reconnected`, `disconnected`. */
 export class RemoteParticipant extends Participant {
@@ -448,7 +451,9 @@ export class RemoteParticipant extends Participant {
   }
 }
 
-/** Events: `trackPublished` (LocalTrackPublication), `trackPublicationFailed` (error, track). */
+/** Events: `trackPublished` (LocalTrackPublication), `trackPublicationFailed` (error, track: the
+ * server refused it, or the room could not carry it, e.g. 53404 when the room's codec is not
+ * one this browser can send; a pending publishTrack() rejects with the same error). */
 export class LocalParticipant extends Participant {
   constructor(room, sid, identity) {
     super(sid, identity);
@@ -547,6 +552,9 @@ export class LocalParticipant extends Participant {
       track._participant = null;
       if (track instanceof LocalDataTrack) track._unbind();
     }
+    const publication = [...this.tracks.values()].find((p) => p.track === track);
+    if (publication) this._removePublication(publication);
+    track._ready = false;
     this._settle(track.id, null, error);
     this.emit('trackPublicationFailed', error, track);
   }
@@ -589,8 +597,13 @@ function openSocket(url) {
  * `participantReconnected` (participant); `trackPublished` / `trackUnpublished` (publication,
  * participant); `trackSubscribed` / `trackUnsubscribed` (track, publication, participant);
  * `trackEnabled` / `trackDisabled` (track or publication, participant, publication);
- * `trackMessage` (data, track, participant); `reconnecting` (error), `reconnected`;
- * `disconnected` (room, error: a TwilioError when the server or the network ended it). */
+ * `trackMessage` (data, track, participant); `trackSubscriptionFailed` (error, publication,
+ * participant); `reconnecting` (error), `reconnected`; `error` (a TwilioError the server or
+ * this client reported during the call; the call goes on); `serverDraining` (seconds: the
+ * server is shutting down or restarting and the call ends within that many seconds);
+ * `disconnected` (room, error: a TwilioError when the server or the network ended it: 53118
+ * the room ended, 53001 the server shut down or could not be reached again, 53002 the server
+ * no longer knew this session, 53205 the same identity joined elsewhere). */
 export class Room extends EventEmitter {
   constructor(token, options, tracks, createdTracks) {
     super();
@@ -610,6 +623,7 @@ export class Room extends EventEmitter {
     this._connectWaiter = null;
     this._closing = false;
     this._subscribed = new Map();
+    this._subscriptionFailures = new Map(); // track SID -> {error, reported}
     this._announced = new Set();
     this._remoteTracks = new Map();
     this._midRole = new Map();
@@ -716,6 +730,12 @@ export class Room extends EventEmitter {
         }
         break;
       }
+      case 'draining': {
+        // Not an error: the call goes on until the server ends it (disconnected 53001).
+        const timeout = Number(message.timeout);
+        this.emit('serverDraining', Number.isFinite(timeout) && timeout >= 0 ? timeout : null);
+        break;
+      }
       case 'disconnected': {
         const error = message.code ? new TwilioError(Number(message.code), String(message.message || '')) : null;
         if (!this._connected) this._rejectConnect(error || new TwilioError(53000, 'Disconnected while connecting'));
@@ -820,6 +840,7 @@ export class Room extends EventEmitter {
         p.emit('trackPublished', pub);
         this.emit('trackPublished', pub, p);
         this._maybeSubscribed(t.sid);
+        this._maybeSubscriptionFailed(t.sid);
       } else if (pub.isTrackEnabled !== t.enabled) {
         pub.isTrackEnabled = t.enabled;
         if (pub.track) pub.track._setEnabled(t.enabled, true);
@@ -846,7 +867,10 @@ export class Room extends EventEmitter {
       const track = lp._local.get(entry.id);
       if (!track) continue;
       track.sid = entry.sid;
-      if (entry.state === 'ready' && !track._ready) {
+      if (entry.state === 'failed') {
+        // The room cannot carry it (e.g. 53404: no codec in common); it is no longer ours to send.
+        lp._fail(track, twilioError(entry.error, 53300, `Track ${track.name} could not be published`));
+      } else if (entry.state === 'ready' && !track._ready) {
         track._ready = true;
         lp._published(track);
       }
@@ -855,8 +879,17 @@ export class Room extends EventEmitter {
 
   _applySubscribed(subscribed) {
     if (!subscribed) return;
-    const current = new Map((subscribed.tracks || []).map((t) => [t.sid, t]));
+    const entries = subscribed.tracks || [];
+    // An entry with `error` is a subscription this browser could not take: not subscribed.
+    const current = new Map(entries.filter((t) => !t.error).map((t) => [t.sid, t]));
+    const failed = new Map(entries.filter((t) => t.error).map((t) => [t.sid, t.error]));
     for (const sid of [...this._subscribed.keys()]) if (!current.has(sid)) this._unsubscribe(sid);
+    for (const sid of [...this._subscriptionFailures.keys()]) if (!failed.has(sid)) this._subscriptionFailures.delete(sid);
+    for (const [sid, error] of failed) {
+      if (this._subscriptionFailures.has(sid)) continue; // reported once per failure
+      this._subscriptionFailures.set(sid, { error: twilioError(error, 53400, 'Track subscription failed'), reported: false });
+      this._maybeSubscriptionFailed(sid);
+    }
     for (const [sid, entry] of current) {
       if (!this._subscribed.has(sid)) {
         this._subscribed.set(sid, entry);
@@ -894,6 +927,19 @@ export class Room extends EventEmitter {
     pub.emit('subscribed', track);
     p.emit('trackSubscribed', track, pub);
     this.emit('trackSubscribed', track, pub, p);
+  }
+
+  /** Report a failed subscription once its publication is known. */
+  _maybeSubscriptionFailed(sid) {
+    const failure = this._subscriptionFailures.get(sid);
+    if (!failure || failure.reported) return;
+    const found = this._findPublication(sid);
+    if (!found) return;
+    failure.reported = true;
+    const [p, pub] = found;
+    pub.emit('subscriptionFailed', failure.error);
+    p.emit('trackSubscriptionFailed', failure.error, pub);
+    this.emit('trackSubscriptionFailed', failure.error, pub, p);
   }
 
   _unsubscribe(sid) {
@@ -1116,6 +1162,12 @@ export class Room extends EventEmitter {
     for (const track of this._createdTracks) track.stop();
     if (this._connected) this.emit('disconnected', this, error);
   }
+}
+
+/** A TwilioError from a protocol `{code, message}` object (defaults when a field is missing). */
+function twilioError(error, code, message) {
+  const e = error && typeof error === 'object' ? error : {};
+  return new TwilioError(Number(e.code) || code, String(e.message || message));
 }
 
 function isPublicationError(code) {

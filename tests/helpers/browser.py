@@ -37,7 +37,7 @@ BASE_FLAGS = [
     "--disable-domain-reliability",
     "--disable-breakpad",
     "--metrics-recording-only",
-    "--use-fake-device-for-media-stream",
+    "--use-fake-device-for-media-stream=device-count=2",  # two cameras (and three microphones) to pick from
 ]
 FAKE_UI = "--use-fake-ui-for-media-stream"  # grants camera, microphone and screen capture
 
@@ -59,7 +59,8 @@ const summary = (x) => {
 };
 const EVENTS = ['participantConnected', 'participantDisconnected', 'participantReconnecting', 'participantReconnected',
   'trackPublished', 'trackUnpublished', 'trackSubscribed', 'trackUnsubscribed', 'trackEnabled', 'trackDisabled',
-  'trackMessage', 'trackPublicationFailed', 'reconnecting', 'reconnected', 'disconnected', 'message', 'enabled', 'disabled', 'error'];
+  'trackMessage', 'trackPublicationFailed', 'trackSubscriptionFailed', 'subscriptionFailed', 'serverDraining',
+  'reconnecting', 'reconnected', 'disconnected', 'message', 'enabled', 'disabled', 'error'];
 window.record = (emitter, label) => {
   for (const name of EVENTS) emitter.on(name, (...args) => window.log.push({on: label, name, args: args.map(summary)}));
   return emitter;
@@ -96,13 +97,14 @@ def require_browser() -> str:
 
 
 @asynccontextmanager
-async def chromium(fake_ui: bool = True) -> AsyncIterator[Any]:
+async def chromium(fake_ui: bool = True, extra_flags: list[str] | None = None) -> AsyncIterator[Any]:
     """A headless Chromium (Playwright Browser). Without ``fake_ui`` no permission is granted
-    by itself: tests set them per origin (see ``deny_media``)."""
+    by itself: tests set them per origin (see ``deny_media``). ``extra_flags`` are added to
+    the command line (e.g. ``--host-resolver-rules``)."""
     from playwright.async_api import async_playwright
 
     executable = require_browser()
-    flags = BASE_FLAGS + ([FAKE_UI] if fake_ui else [])
+    flags = BASE_FLAGS + ([FAKE_UI] if fake_ui else []) + list(extra_flags or [])
     async with async_playwright() as playwright:
         browser = await playwright.chromium.launch(executable_path=executable, args=flags, headless=True)
         try:
