@@ -321,11 +321,6 @@ class Peer(AsyncIOEventEmitter):
         transceiver.direction = direction
         return transceiver
 
-    @property
-    def media_sections(self) -> int:
-        """Audio/video m-sections this peer connection has (live, retired and free)."""
-        return len(self.pc.getTransceivers())
-
     @staticmethod
     def _codec_preferences(producer: Producer) -> list[RTCRtpCodecCapability]:
         keys = {c.key for c in producer.codecs.values()}
