@@ -292,6 +292,7 @@ async def test_a_publisher_rejecting_its_video_in_an_h264_room_still_publishes_a
     carol.local_participant.on("track_publication_failed", lambda *args: failed.append(args))
     await wait_for(lambda: getattr(cam, "error", None) is not None, message="carol told her cam failed")
     assert cam.error is not None and cam.error.code == 53404
+    assert [(error.code, track) for error, track in failed] == [(53404, cam)]
     assert rejected
     # Her audio is published and heard.
     await read_audio(await subscribed_media(dave, "carol", "mic"), 5)
