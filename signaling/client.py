@@ -623,6 +623,7 @@ class Room(AsyncIOEventEmitter):
                     transceiver.direction = "inactive"
                 elif section["role"] == "publish":
                     track = self.local_participant.tracks.get(section.get("id", ""))
+                    self._mid_role[str(transceiver.mid)] = ("publish", str(section.get("id", "")))
                     transceiver.direction = "sendonly"
                     if isinstance(track, LocalMediaTrack) and transceiver.sender.track is not track.media:
                         transceiver.sender.replaceTrack(track.media)
@@ -642,37 +643,42 @@ class Room(AsyncIOEventEmitter):
             }
         )
         self.offers_answered += 1
-        await self._renew_retired_receivers(previous, by_mid)
+        await self._renew_retired_sections(previous, by_mid)
         if not self._negotiated_once:
             self._negotiated_once = True
             for track in self._data_queue:
                 self._open_data_channel(track)
             self._data_queue.clear()
 
-    async def _renew_retired_receivers(self, previous: dict[str, tuple[str, str]], by_mid: dict[str, dict[str, Any]]) -> None:
-        """Give each m-section that stopped carrying its subscription a fresh receiver.
+    async def _renew_retired_sections(self, previous: dict[str, tuple[str, str]], by_mid: dict[str, dict[str, Any]]) -> None:
+        """Give each m-section that stopped carrying its track a fresh receiver or sender.
 
         The server reuses an m-section for another track once it has been ``inactive`` for
         one negotiation. aiortc's receiver keeps the first stream's state for good (the
         registered SSRCs, jitter buffer, decoder, the track and its queue of frames), so a
-        reused mid would show the old track's last frames, or nothing when the SSRC changes.
-        Done after the answer is set, while the section is negotiated inactive: nothing
-        starts the new receiver until an offer reuses the mid, and then aiortc gives it a new
-        track with the new msid and registers the new SSRCs (see hooks.renew_receiver)."""
+        reused mid would show the old track's last frames, or nothing when the SSRC changes;
+        its sender keeps one encoder, which fails on the next track's timestamps. Done after
+        the answer is set, while the section is negotiated inactive: nothing starts the new
+        receiver or sender until an offer reuses the mid, and then aiortc gives it a new
+        track and registers the new SSRCs (see hooks.renew_receiver and hooks.renew_sender)."""
         for transceiver in self.pc.getTransceivers():
             mid = str(transceiver.mid)
             was = previous.get(mid)
             if was is None:
                 continue
+            role, ident = was
             section = by_mid.get(mid)
-            if section is None or section.get("role") != "subscribe":
-                self._mid_role.pop(mid, None)
-                try:
-                    await hooks.renew_receiver(transceiver)
-                except Exception:
-                    logger.exception("client: could not renew the receiver of m-section %s", mid)
-            elif section.get("track_sid") != was[1]:
-                logger.warning("client: m-section %s switched tracks without going inactive: frames may mix", mid)
+            key = "track_sid" if role == "subscribe" else "id"
+            if section is not None and section.get("role") == role:
+                if str(section.get(key)) != ident:
+                    logger.warning("client: m-section %s switched tracks without going inactive", mid)
+                continue
+            if self._mid_role.get(mid) == was:
+                del self._mid_role[mid]
+            try:
+                await (hooks.renew_receiver if role == "subscribe" else hooks.renew_sender)(transceiver)
+            except Exception:
+                logger.exception("client: could not renew the m-section %s", mid)
 
     def _media_section(self, transceiver: RTCRtpTransceiver, section: dict[str, Any]) -> None:
         sid, mid = section["track_sid"], str(transceiver.mid)

@@ -14,6 +14,7 @@ import pytest
 from aiortc.mediastreams import MediaStreamError
 from av import VideoFrame
 
+from sfu.media.producer import Producer
 from sfu.participant import Participant
 from signaling.client import LocalAudioTrack, LocalVideoTrack, RemoteMediaTrack, Room, SignalingError
 
@@ -78,13 +79,21 @@ async def test_publish_unpublish_cycles_keep_both_sdps_bounded(server: Server, c
     alice = await clients.join("alice", publish="")
     bob = await clients.join("bob", publish="", receive="packets")
     publisher, subscriber = live(server, "alice"), live(server, "bob")
+    retired: list[tuple[Producer, int]] = []
     for cycle in range(25):
         cam = await alice.local_participant.publish_track(LocalVideoTrack(CounterVideoTrack(), f"cam{cycle}"))
-        await wait_for(lambda: any(s.media is not None and not s.media.paused for s in subscriber.subscriptions.values()),
+        await wait_for(lambda: any(s.media is not None and s.media.stats.packets > 10 for s in subscriber.subscriptions.values()),
                        message=f"cycle {cycle}: bob receives cam{cycle}")
+        # The section (and the publisher's SSRC) carried earlier tracks: none of their
+        # producers gets a packet of this one.
+        assert all(old.stats.packets == count for old, count in retired), f"cycle {cycle}: an old producer got packets"
+        track = publisher.track_by_client_id(cam.id)
+        assert track is not None and isinstance(track.producer, Producer)
+        producer = track.producer
         await alice.local_participant.unpublish_track(cam)
         await wait_for(lambda: settled(publisher) and settled(subscriber) and not subscriber.subscriptions and not publisher.published,
                        message=f"cycle {cycle}: cam{cycle} retired")
+        retired.append((producer, producer.stats.packets))
         assert len(publisher.peer.pc.getTransceivers()) <= 2 and len(subscriber.peer.pc.getTransceivers()) <= 2, (
             f"cycle {cycle}: {len(publisher.peer.pc.getTransceivers())} / {len(subscriber.peer.pc.getTransceivers())} m-sections"
         )

@@ -13,8 +13,9 @@ aiortc terminates ICE, DTLS and SRTP for us; everything after decryption is ours
 * ``rtp_writer`` returns a synchronous function that SRTP-protects a packet with the
   subscriber's keys and writes it to the selected ICE pair's socket.
 * ``renew_sender_ssrcs`` gives a reused m-section's sender new SSRCs (server), and
-  ``renew_receiver`` gives a reused m-section a fresh receiver (Python client): aiortc has
-  no public way to start a second stream on an m-section (see their docstrings).
+  ``renew_receiver`` / ``renew_sender`` give a reused m-section a fresh receiver / sender
+  (Python client): aiortc has no public way to start a second stream on an m-section
+  (see their docstrings).
 
 ``check_compatibility`` fails loudly if an aiortc upgrade moves any of these hooks.
 """
@@ -103,6 +104,10 @@ def _inspect_aiortc() -> None:
         raise HookError("RTCRtpTransceiver no longer keeps its receiver in __receiver")
     if "return self.__receiver" not in inspect.getsource(RTCRtpTransceiver):
         raise HookError("RTCRtpTransceiver.receiver no longer reads __receiver")
+    if "self.__sender = sender" not in inspect.getsource(RTCRtpTransceiver.__init__) or "return self.__sender" not in inspect.getsource(RTCRtpTransceiver):
+        raise HookError("RTCRtpTransceiver no longer keeps its sender in __sender")
+    if "self._stream_id = " not in inspect.getsource(RTCRtpSender.__init__):
+        raise HookError("RTCRtpSender no longer sets _stream_id in __init__")
     for owner, attribute in ((RTCRtpSender, "self._ssrc = "), (RTCRtpSender, "self._rtx_ssrc = "), (RTCRtpReceiver, "self._track: ")):
         if attribute not in inspect.getsource(owner.__init__):
             raise HookError(f"{owner.__name__} no longer sets {attribute.split()[0]} in __init__")
@@ -308,6 +313,23 @@ async def renew_receiver(transceiver: RTCRtpTransceiver) -> None:
     transceiver._RTCRtpTransceiver__receiver = fresh  # type: ignore[attr-defined]
     old.transport._unregister_rtp_receiver(old)  # (a receiver hooked by packet_receiver never started)
     await old.stop()  # ends the old track: its reader gets MediaStreamError, never a new frame
+
+
+async def renew_sender(transceiver: RTCRtpTransceiver) -> None:
+    """Give ``transceiver`` a fresh, unstarted sender and stop the old one (client side).
+
+    Call it once the m-section has been negotiated ``inactive``. aiortc's sender starts once
+    (``send()``), with one encoder for good: a later track on the same sender (its frames'
+    timestamps start again at zero) makes libvpx refuse the input and the sender's RTP loop
+    end for ever, silently. A fresh sender also announces new SSRCs and a new msid track id.
+    """
+    old = transceiver.sender
+    fresh = RTCRtpSender(transceiver.kind, old.transport)
+    fresh._stream_id = old._stream_id
+    transceiver._RTCRtpTransceiver__sender = fresh  # type: ignore[attr-defined]
+    transceiver.receiver._set_rtcp_ssrc(fresh._ssrc)
+    old.replaceTrack(None)  # stopping the sender would stop its track (a LocalTrack may be published again)
+    await old.stop()
 
 
 def set_sender_msid(sender: RTCRtpSender, stream_id: str, track_id: str) -> None:
