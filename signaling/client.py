@@ -618,7 +618,7 @@ class Room(AsyncIOEventEmitter):
             await self.pc.setRemoteDescription(RTCSessionDescription(sdp=description["sdp"], type="offer"))
             by_mid = {s["mid"]: s for s in sections}
             for transceiver in self.pc.getTransceivers():
-                section = by_mid.get(transceiver.mid)
+                section = by_mid.get(str(transceiver.mid))
                 if section is None:
                     transceiver.direction = "inactive"
                 elif section["role"] == "publish":
