@@ -300,11 +300,8 @@ class Peer(AsyncIOEventEmitter):
             del table[transceiver]  # type: ignore[arg-type]
             self._sections.pop(transceiver, None)
             transceiver.direction = "inactive"
-            if transceiver.mid is None:
-                self._free.append(transceiver)  # never offered: nobody has seen it
-            else:
-                self._retired[transceiver] = None
-                self.request_negotiation()
+            self._retired[transceiver] = None
+            self.request_negotiation()
         return transceiver
 
     def _transceiver(self, kind: str, direction: Literal["sendonly", "recvonly"]) -> RTCRtpTransceiver:
@@ -367,14 +364,17 @@ class Peer(AsyncIOEventEmitter):
     async def _negotiate(self) -> None:
         while self._negotiation_needed and not self.closed:
             self._negotiation_needed = False
+            # createOffer reads every direction before it first yields: the sections retired
+            # by now are the ones this offer carries inactive (not those retired meanwhile).
+            retiring = [t for t, revision in self._retired.items() if revision is None]
             offer = await self.pc.createOffer()
             await self.pc.setLocalDescription(offer)
             if self.closed:
                 return
             self.revision += 1
-            for transceiver, revision in self._retired.items():
-                if revision is None and transceiver.mid is not None:
-                    self._retired[transceiver] = self.revision  # inactive in this offer
+            for transceiver in retiring:
+                if transceiver in self._retired and transceiver.mid is not None:
+                    self._retired[transceiver] = self.revision
             waiter: asyncio.Future[None] = asyncio.get_running_loop().create_future()
             self._pending_answer = (self.revision, waiter)
             self.emit("offer", Offer(self._announce(self.pc.localDescription.sdp), self.revision, self.sections()))
