@@ -22,6 +22,7 @@ if TYPE_CHECKING:
 logger = logging.getLogger(__name__)
 
 KINDS = ("audio", "video", "data")
+NO_SUPPORTED_CODEC = 53404  # Twilio: the answer rejected the m-section (no codec in common)
 MAX_PENDING_CHANNELS = 16  # data channels held, one per label, for tracks not published yet
 
 
@@ -49,6 +50,7 @@ class PublishedTrack:
     producer: Producer | DataProducer | None = None
     ready: bool = False
     unpublished: bool = False
+    error: tuple[int, str] | None = None  # the publication failed (code, message); kept for the client
 
     def ref(self) -> subscribe_rules.TrackRef:
         return subscribe_rules.TrackRef(self.sid, self.name, self.kind, self.publisher.sid, self.publisher.identity)
@@ -85,6 +87,9 @@ class Participant(AsyncIOEventEmitter):
         self.disconnected_at: datetime | None = None
         self.published: dict[str, PublishedTrack] = {}
         self.subscriptions: dict[str, Subscription] = {}
+        # Tracks this participant could not subscribe to (its answer rejected the m-section):
+        # track SID -> (code, message). Not retried while the track stays wanted.
+        self.failed_subscriptions: dict[str, tuple[int, str]] = {}
         self.rules: list[dict[str, Any]] = [dict(r) for r in subscribe_rules.DEFAULT_RULES]
         self.rules_updated_at = now
         self.subscribed_revision = 1
@@ -92,6 +97,8 @@ class Participant(AsyncIOEventEmitter):
         self._pending_channels: dict[str, RTCDataChannel] = {}
         peer.on("offer", lambda offer: self.emit("offer", offer))
         peer.on("publication_ready", self._on_publication_ready)
+        peer.on("publication_failed", lambda producer, reason: room.publication_failed(self, producer, reason))
+        peer.on("subscription_failed", lambda consumer, reason: room.subscription_failed(self, consumer, reason))
         peer.on("datachannel", self._on_datachannel)
 
     # --- state as the others see it -----------------------------------------------------
@@ -108,11 +115,17 @@ class Participant(AsyncIOEventEmitter):
     def published_state(self) -> dict[str, Any]:
         return {
             "revision": self.published_revision,
-            "tracks": [
-                {"id": t.client_id, "sid": t.sid, "kind": t.kind, "name": t.name, "state": "ready" if t.ready else "pending"}
-                for t in self.published.values()
-            ],
+            "tracks": [self._published_entry(t) for t in self.published.values()],
         }
+
+    @staticmethod
+    def _published_entry(t: PublishedTrack) -> dict[str, Any]:
+        entry: dict[str, Any] = {"id": t.client_id, "sid": t.sid, "kind": t.kind, "name": t.name}
+        if t.error is not None:
+            entry.update(state="failed", error={"code": t.error[0], "message": t.error[1]})
+        else:
+            entry["state"] = "ready" if t.ready else "pending"
+        return entry
 
     def subscribed_state(self) -> dict[str, Any]:
         tracks = []
@@ -121,6 +134,8 @@ class Participant(AsyncIOEventEmitter):
             if sub.label is not None:
                 entry["label"] = sub.label
             tracks.append(entry)
+        for sid, (code, message) in self.failed_subscriptions.items():
+            tracks.append({"sid": sid, "error": {"code": code, "message": message}})
         return {"revision": self.subscribed_revision, "tracks": tracks}
 
     def track_by_client_id(self, client_id: str) -> PublishedTrack | None:

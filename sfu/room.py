@@ -16,7 +16,8 @@ from . import sids
 from .media.datatrack import DataConsumer, DataProducer, DataTrackOptions
 from .media.peer import Peer
 from .media.producer import Producer
-from .participant import KINDS, Participant, ParticipantError, PublishedTrack, Subscription
+from .media.consumer import Consumer
+from .participant import KINDS, NO_SUPPORTED_CODEC, Participant, ParticipantError, PublishedTrack, Subscription
 
 if TYPE_CHECKING:
     from .registry import RoomRegistry
@@ -153,6 +154,7 @@ class Room(AsyncIOEventEmitter):
         for sub in list(participant.subscriptions.values()):
             self._drop_subscription(participant, sub)
         participant.subscriptions.clear()
+        participant.failed_subscriptions.clear()
         participant.close_pending_channels()
         participant.emit("removed", code, message)
         await participant.peer.close()
@@ -271,6 +273,10 @@ class Room(AsyncIOEventEmitter):
 
     def _unpublish(self, participant: Participant, track: PublishedTrack, notify: bool) -> None:
         if track.unpublished:
+            if track.error is not None and participant.published.pop(track.sid, None) is not None:
+                participant.published_revision += 1  # the client dropped its failed track
+                if notify:
+                    participant.emit("published_changed")
             return
         track.unpublished = True
         was_ready = track.ready
@@ -290,6 +296,46 @@ class Room(AsyncIOEventEmitter):
             participant.emit("published_changed")
             if was_ready:
                 self.emit("participant_updated", participant)
+
+    def publication_failed(self, participant: Participant, producer: Producer, reason: str) -> None:
+        """The publisher's answer rejected the track's m-section (say, the room's only video
+        codec is one its browser lacks). The track is unpublished from the room but stays in
+        the publisher's list as ``failed``, so the client's track list does not publish it
+        again; it leaves when the client drops it."""
+        track = participant.published.get(producer.track_sid)
+        if track is None or track.producer is not producer or track.unpublished:
+            return
+        code, message = NO_SUPPORTED_CODEC, f"No supported codec: {reason}"
+        logger.warning(
+            "%s (%s) in %s: publication of track %s (%s) failed: %d %s",
+            participant.identity, participant.sid, self.unique_name, track.sid, track.kind, code, message,
+        )
+        was_ready = track.ready
+        self._unpublish(participant, track, notify=False)
+        track.error = (code, message)
+        participant.published[track.sid] = track
+        participant.published_revision += 1
+        participant.emit("published_changed")
+        if was_ready:
+            self.emit("participant_updated", participant)
+
+    def subscription_failed(self, subscriber: Participant, consumer: Consumer, reason: str) -> None:
+        """The subscriber's answer rejected the track's m-section: the track counts as not
+        subscribed for it, and is not offered again while it stays wanted."""
+        sid = consumer.producer.track_sid
+        sub = subscriber.subscriptions.get(sid)
+        if sub is None or sub.consumer is not consumer:
+            return
+        code, message = NO_SUPPORTED_CODEC, f"No supported codec: {reason}"
+        logger.warning(
+            "%s (%s) in %s: subscription to track %s (%s) failed: %d %s",
+            subscriber.identity, subscriber.sid, self.unique_name, sid, sub.track.kind, code, message,
+        )
+        del subscriber.subscriptions[sid]
+        self._drop_subscription(subscriber, sub)
+        subscriber.failed_subscriptions[sid] = (code, message)
+        subscriber.subscribed_revision += 1
+        subscriber.emit("subscriptions_changed")
 
     def set_track_enabled(self, participant: Participant, track: PublishedTrack, enabled: bool) -> None:
         if track.enabled == enabled:
@@ -332,11 +378,14 @@ class Room(AsyncIOEventEmitter):
                 if track.ready and not track.unpublished and subscribe_rules.subscribes(subscriber.rules, track.ref()):
                     wanted[track.sid] = track
         changed = False
+        for sid in [s for s in subscriber.failed_subscriptions if s not in wanted]:
+            del subscriber.failed_subscriptions[sid]  # unpublished or no longer wanted: may be tried again later
+            changed = True
         for sid in [s for s in subscriber.subscriptions if s not in wanted]:
             self._drop_subscription(subscriber, subscriber.subscriptions.pop(sid))
             changed = True
         for sid, track in wanted.items():
-            if sid not in subscriber.subscriptions:
+            if sid not in subscriber.subscriptions and sid not in subscriber.failed_subscriptions:
                 sub = self._subscribe(subscriber, track)
                 if sub is not None:
                     subscriber.subscriptions[sid] = sub
@@ -379,10 +428,12 @@ class Room(AsyncIOEventEmitter):
             sub.consumer.detach()
 
     def _unsubscribe(self, subscriber: Participant, track_sid: str) -> None:
-        """Drop one subscription and tell the subscriber."""
+        """Drop one subscription (or failed subscription) and tell the subscriber."""
         sub = subscriber.subscriptions.pop(track_sid, None)
+        failed = subscriber.failed_subscriptions.pop(track_sid, None)
         if sub is not None:
             self._drop_subscription(subscriber, sub)
+        if sub is not None or failed is not None:
             subscriber.subscribed_revision += 1
             subscriber.emit("subscriptions_changed")
 

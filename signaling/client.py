@@ -63,6 +63,7 @@ class LocalTrack(AsyncIOEventEmitter):
         self.name = name or self.id
         self.sid: str | None = None
         self.enabled = True
+        self.error: SignalingError | None = None  # why the server could not publish it (53404)
         self._participant: LocalParticipant | None = None
 
     def enable(self) -> None:
@@ -179,22 +180,27 @@ class RemoteTrack(AsyncIOEventEmitter):
 
 
 class RemoteMediaTrack(RemoteTrack):
-    """``await recv()`` gives decoded frames, or ``aiortc.rtp.RtpPacket`` in packet mode."""
+    """``await recv()`` gives decoded frames, or ``aiortc.rtp.RtpPacket`` in packet mode.
+
+    It keeps the receiver its m-section had when it was subscribed: once the server retires
+    the m-section, the client gives it a fresh receiver for the next track, and this track
+    ends (``recv`` raises ``MediaStreamError``) instead of showing the next one's frames."""
 
     def __init__(self, sid: str, kind: str, name: str, transceiver: RTCRtpTransceiver, packets: bool) -> None:
         super().__init__(sid, kind, name)
         self.transceiver = transceiver
+        self.receiver = transceiver.receiver
         self.packet_mode = packets
         self.packets_received = 0
         self._packets: asyncio.Queue[RtpPacket] = asyncio.Queue(maxsize=2048)
         self._last_ssrc: int | None = None
         if packets:
-            hooks.packet_receiver(transceiver.receiver, self._on_packet)
+            hooks.packet_receiver(self.receiver, self._on_packet)
 
     @property
     def media(self) -> MediaStreamTrack:
         """The aiortc track of decoded frames (frame mode only)."""
-        return self.transceiver.receiver.track
+        return self.receiver.track
 
     def _on_packet(self, packet: RtpPacket) -> None:
         self.packets_received += 1
@@ -211,7 +217,7 @@ class RemoteMediaTrack(RemoteTrack):
 
     async def request_keyframe(self) -> None:
         if self._last_ssrc is not None:
-            await hooks.request_keyframe(self.transceiver.receiver, self._last_ssrc)
+            await hooks.request_keyframe(self.receiver, self._last_ssrc)
 
 
 class RemoteDataTrack(RemoteTrack):
@@ -241,7 +247,8 @@ class RemoteTrackPublication:
 
 class RemoteParticipant(AsyncIOEventEmitter):
     """Events: ``track_published``, ``track_unpublished``, ``track_subscribed``,
-    ``track_unsubscribed``, ``track_enabled``, ``track_disabled``, ``reconnecting``, ``reconnected``."""
+    ``track_unsubscribed``, ``track_enabled``, ``track_disabled`` (publication),
+    ``track_subscription_failed`` (SignalingError, publication), ``reconnecting``, ``reconnected``."""
 
     def __init__(self, sid: str, identity: str) -> None:
         super().__init__()
@@ -253,7 +260,9 @@ class RemoteParticipant(AsyncIOEventEmitter):
 
 
 class LocalParticipant(AsyncIOEventEmitter):
-    """Events: ``track_published`` (LocalTrack), ``track_publication_failed`` (SignalingError)."""
+    """Events: ``track_published`` (LocalTrack), ``track_publication_failed`` (SignalingError,
+    LocalTrack or None): the server refused the track list (no track), or could not carry the
+    track (``error.code`` 53404: its answer rejected the m-section, e.g. no common codec)."""
 
     def __init__(self, room: "Room", sid: str, identity: str) -> None:
         super().__init__()
@@ -275,12 +284,12 @@ class LocalParticipant(AsyncIOEventEmitter):
             if t is track and not published.done():
                 published.set_result(t)
 
-        def on_failed(error: SignalingError) -> None:
-            if not published.done():
+        def on_failed(error: SignalingError, failed: LocalTrack | None = None) -> None:
+            if not published.done() and failed in (None, track):
                 published.set_exception(error)
 
         self.on("track_published", on_published)
-        self.once("track_publication_failed", on_failed)
+        self.on("track_publication_failed", on_failed)
         try:
             self._send_tracks()
             if isinstance(track, LocalDataTrack):
@@ -312,7 +321,9 @@ class Room(AsyncIOEventEmitter):
     """Events: ``participant_connected``, ``participant_disconnected``,
     ``participant_reconnecting``, ``participant_reconnected`` (p); ``track_published``,
     ``track_unpublished``, ``track_enabled``, ``track_disabled`` (publication, p);
-    ``track_subscribed``, ``track_unsubscribed`` (track, publication, p); ``reconnecting``,
+    ``track_subscribed``, ``track_unsubscribed`` (track, publication, p);
+    ``track_subscription_failed`` (SignalingError, publication, p): the server could not
+    subscribe us to the track (53404: our answer rejected its m-section); ``reconnecting``,
     ``reconnected``; ``error`` (SignalingError); ``disconnected`` (SignalingError | None)."""
 
     def __init__(self, url: str, token: str, ice_servers: list[RTCIceServer], packets: bool) -> None:
@@ -335,6 +346,8 @@ class Room(AsyncIOEventEmitter):
         self._connected: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         self._subscribed: dict[str, dict[str, Any]] = {}
         self._announced: set[str] = set()
+        self._failed: dict[str, SignalingError] = {}  # track SID -> why we are not subscribed to it
+        self._failures_announced: set[str] = set()
         self._remote_tracks: dict[str, RemoteTrack] = {}
         self._mid_role: dict[str, tuple[str, str]] = {}
         self._data_queue: list[LocalDataTrack] = []
@@ -497,6 +510,7 @@ class Room(AsyncIOEventEmitter):
                 p.emit("track_published", pub)
                 self.emit("track_published", pub, p)
                 self._maybe_subscribed(t["sid"])
+                self._maybe_failed(t["sid"])
             elif known.enabled != t["enabled"]:
                 known.enabled = t["enabled"]
                 if known.track is not None:
@@ -520,14 +534,28 @@ class Room(AsyncIOEventEmitter):
             if track is None:
                 continue
             track.sid = entry["sid"]
+            if entry["state"] == "failed":
+                if track.error is None:
+                    error = entry.get("error") or {}
+                    track.error = SignalingError(int(error.get("code", 0)), str(error.get("message", "")))
+                    lp.emit("track_publication_failed", track.error, track)
+                continue
             if entry["state"] == "ready" and not getattr(track, "_ready", False):
                 track._ready = True  # type: ignore[attr-defined]
                 lp.emit("track_published", track)
 
     def _apply_subscribed(self, subscribed: dict[str, Any]) -> None:
-        current = {t["sid"]: t for t in subscribed["tracks"]}
+        current = {t["sid"]: t for t in subscribed["tracks"] if "error" not in t}
+        failed = {t["sid"]: t["error"] for t in subscribed["tracks"] if "error" in t}
         for sid in [s for s in self._subscribed if s not in current]:
             self._unsubscribe(sid)
+        for sid in [s for s in self._failed if s not in failed]:
+            del self._failed[sid]
+            self._failures_announced.discard(sid)
+        for sid, error in failed.items():
+            if sid not in self._failed:
+                self._failed[sid] = SignalingError(int(error.get("code", 0)), str(error.get("message", "")))
+                self._maybe_failed(sid)
         for sid, entry in current.items():
             if sid not in self._subscribed:
                 self._subscribed[sid] = entry
@@ -557,6 +585,17 @@ class Room(AsyncIOEventEmitter):
         p.emit("track_subscribed", track, pub)
         self.emit("track_subscribed", track, pub, p)
 
+    def _maybe_failed(self, sid: str) -> None:
+        """Announce a failed subscription once the server lists it and we know the track."""
+        error = self._failed.get(sid)
+        found = self._find_publication(sid)
+        if error is None or found is None or sid in self._failures_announced:
+            return
+        self._failures_announced.add(sid)
+        p, pub = found
+        p.emit("track_subscription_failed", error, pub)
+        self.emit("track_subscription_failed", error, pub, p)
+
     def _unsubscribe(self, sid: str) -> None:
         self._subscribed.pop(sid, None)
         track = self._remote_tracks.pop(sid, None)
@@ -573,15 +612,18 @@ class Room(AsyncIOEventEmitter):
 
     async def _answer(self, description: dict[str, Any], sections: list[dict[str, Any]]) -> None:
         revision = description["revision"]
+        previous = dict(self._mid_role)
+        by_mid: dict[str, dict[str, Any]] = {}
         try:
             await self.pc.setRemoteDescription(RTCSessionDescription(sdp=description["sdp"], type="offer"))
             by_mid = {s["mid"]: s for s in sections}
             for transceiver in self.pc.getTransceivers():
-                section = by_mid.get(transceiver.mid)
+                section = by_mid.get(str(transceiver.mid))
                 if section is None:
                     transceiver.direction = "inactive"
                 elif section["role"] == "publish":
                     track = self.local_participant.tracks.get(section.get("id", ""))
+                    self._mid_role[str(transceiver.mid)] = ("publish", str(section.get("id", "")))
                     transceiver.direction = "sendonly"
                     if isinstance(track, LocalMediaTrack) and transceiver.sender.track is not track.media:
                         transceiver.sender.replaceTrack(track.media)
@@ -601,11 +643,42 @@ class Room(AsyncIOEventEmitter):
             }
         )
         self.offers_answered += 1
+        await self._renew_retired_sections(previous, by_mid)
         if not self._negotiated_once:
             self._negotiated_once = True
             for track in self._data_queue:
                 self._open_data_channel(track)
             self._data_queue.clear()
+
+    async def _renew_retired_sections(self, previous: dict[str, tuple[str, str]], by_mid: dict[str, dict[str, Any]]) -> None:
+        """Give each m-section that stopped carrying its track a fresh receiver or sender.
+
+        The server reuses an m-section for another track once it has been ``inactive`` for
+        one negotiation. aiortc's receiver keeps the first stream's state for good (the
+        registered SSRCs, jitter buffer, decoder, the track and its queue of frames), so a
+        reused mid would show the old track's last frames, or nothing when the SSRC changes;
+        its sender keeps one encoder, which fails on the next track's timestamps. Done after
+        the answer is set, while the section is negotiated inactive: nothing starts the new
+        receiver or sender until an offer reuses the mid, and then aiortc gives it a new
+        track and registers the new SSRCs (see hooks.renew_receiver and hooks.renew_sender)."""
+        for transceiver in self.pc.getTransceivers():
+            mid = str(transceiver.mid)
+            was = previous.get(mid)
+            if was is None:
+                continue
+            role, ident = was
+            section = by_mid.get(mid)
+            key = "track_sid" if role == "subscribe" else "id"
+            if section is not None and section.get("role") == role:
+                if str(section.get(key)) != ident:
+                    logger.warning("client: m-section %s switched tracks without going inactive", mid)
+                continue
+            if self._mid_role.get(mid) == was:
+                del self._mid_role[mid]
+            try:
+                await (hooks.renew_receiver if role == "subscribe" else hooks.renew_sender)(transceiver)
+            except Exception:
+                logger.exception("client: could not renew the m-section %s", mid)
 
     def _media_section(self, transceiver: RTCRtpTransceiver, section: dict[str, Any]) -> None:
         sid, mid = section["track_sid"], str(transceiver.mid)
@@ -678,18 +751,33 @@ class Room(AsyncIOEventEmitter):
             return
         self.state = "reconnecting"
         self.emit("reconnecting")
+        # disconnect() may run at any await below: it closes the HTTP session under us
+        # (ws_connect then raises "Session is closed"), and nothing may reopen the call.
         for attempt in range(8):
             await asyncio.sleep(min(0.1 * 2**attempt, 1.0))
+            if self._closing:
+                return
             try:
                 assert self._http is not None
                 ws = await self._http.ws_connect(self.url, heartbeat=protocol.HEARTBEAT_INTERVAL, max_msg_size=0)
             except (aiohttp.ClientError, OSError):
                 continue
+            except RuntimeError:
+                if self._closing:
+                    return
+                raise
+            if self._closing:
+                await ws.close()
+                return
             self._ws = ws
             self._reader = asyncio.create_task(self._read(ws))
-            await ws.send_str(protocol.encode({"type": "sync", "version": protocol.VERSION, "token": self.token, "session": self.session}))
+            try:
+                await ws.send_str(protocol.encode({"type": "sync", "version": protocol.VERSION, "token": self.token, "session": self.session}))
+            except ConnectionError:
+                pass  # closed again at once: its reader starts the next reconnect
             return
-        await self._close(SignalingError(53001, "Signaling connection lost"))
+        if not self._closing:
+            await self._close(SignalingError(53001, "Signaling connection lost"))
 
     async def _close(self, error: SignalingError | None) -> None:
         if self.state == "disconnected":

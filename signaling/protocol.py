@@ -29,8 +29,20 @@ Server -> client
   error      {code, message, request?}
   heartbeat  {}
   Participant = {sid, identity, state, revision, tracks: [{sid, name, kind, enabled}]}
-  published  = {revision, tracks: [{id, sid, kind, name, state: pending|ready}]}
-  subscribed = {revision, tracks: [{sid, kind, publisher, label?}]}
+  published  = {revision, tracks: [{id, sid, kind, name, state: pending|ready}
+               | {id, sid, kind, name, state: "failed", error: {code, message}}]}
+  subscribed = {revision, tracks: [{sid, kind, publisher, label?} | {sid, error: {code, message}}]}
+
+Failed tracks (Twilio's trackPublicationFailed / trackSubscriptionFailed). When a client's
+answer rejects an m-section (port 0: say the room's only video codec is H264 and the browser
+has none), the rest of the session goes on and the server reports that one track:
+- a publish section: the track stays in ``published`` with ``state: "failed"`` and
+  ``error.code`` 53404 ("No supported codec: ..."); it is not published to the room (nobody
+  sees it) and stays listed, not published again, until the client drops it from its list;
+- a subscribe section: ``subscribed`` lists ``{sid, error: {code: 53404, message}}``
+  instead of the subscription; the room counts the track as not subscribed (REST
+  SubscribedTracks leaves it out) and does not offer it again while the subscriber's rules
+  keep wanting it. The entry goes when the track is unpublished or no longer wanted.
 
 Participants carry revisions: a client applies a participant's state only if its revision
 is newer than the one it holds, and derives the events (connected, disconnected, track

@@ -42,3 +42,17 @@ def test_a_changed_turn_send_path_fails_loudly(monkeypatch: pytest.MonkeyPatch) 
     monkeypatch.setattr(hooks, "_compatible_with", None)
     with pytest.raises(hooks.HookError, match="TurnTransport.sendto"):
         hooks.check_compatibility()
+
+
+def test_a_moved_transceiver_receiver_fails_loudly(monkeypatch: pytest.MonkeyPatch) -> None:
+    """renew_receiver / renew_sender (the client's reused m-sections) swap RTCRtpTransceiver's
+    private receiver and sender slots: an aiortc that keeps them elsewhere must be refused."""
+    from aiortc import RTCRtpTransceiver
+
+    def __init__(self, kind, receiver, sender, direction="sendrecv") -> None:  # type: ignore[no-untyped-def]
+        self._receiver_slot = receiver
+
+    monkeypatch.setattr(RTCRtpTransceiver, "__init__", __init__)
+    monkeypatch.setattr(hooks, "_compatible_with", None)
+    with pytest.raises(hooks.HookError, match="__receiver"):
+        hooks.check_compatibility()

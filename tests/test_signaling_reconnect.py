@@ -232,3 +232,37 @@ async def test_messages_still_arriving_on_a_replaced_websocket_are_ignored(serve
         if new is not None:
             await new.send({"type": "disconnect", "version": 1})
             await new.close()
+
+
+async def test_disconnect_during_a_reconnect_ends_the_client_cleanly(server: Server, clients: Clients) -> None:
+    """The server drops the websocket; the user leaves while the client is reconnecting.
+    The reconnect loop used to crash with RuntimeError('Session is closed')."""
+    alice = await clients.join("alice", publish="")
+    events = EventLog(alice)
+    entered, gate = asyncio.Event(), asyncio.Event()
+    assert alice._http is not None
+
+    class Held(GatedHttp):
+        async def ws_connect(self, *args: Any, **kwargs: Any) -> aiohttp.ClientWebSocketResponse:
+            entered.set()
+            return await super().ws_connect(*args, **kwargs)
+
+    alice._http = Held(alice._http, gate)  # type: ignore[assignment]
+    reader = alice._reader
+    assert reader is not None
+    session = next(s for s in server.signaling.sessions.values() if s.participant.identity == "alice")
+    assert session.ws is not None
+    await session.ws.close()  # the server drops the websocket
+    await events.wait("reconnecting")
+    await asyncio.wait_for(entered.wait(), DEADLINE)  # the client is inside its reconnect attempt
+
+    await alice.disconnect()
+    gate.set()  # the attempt goes on, on the HTTP session disconnect() closed
+
+    await asyncio.wait_for(reader, DEADLINE)  # the reconnect loop ends without an exception
+    assert alice.state == "disconnected"
+    (error,) = await events.wait("disconnected")
+    assert error is None
+    assert events.find("reconnected") is None
+    # Nothing resumed the session behind the user's back: the server sees her go at the end of the grace period.
+    await wait_for(lambda: server.registry.find_in_progress("room") is None, message="alice gone from the room")

@@ -12,6 +12,10 @@ aiortc terminates ICE, DTLS and SRTP for us; everything after decryption is ours
   and routes subscriber RTCP (NACK, PLI, FIR, REMB, receiver reports) to the SFU.
 * ``rtp_writer`` returns a synchronous function that SRTP-protects a packet with the
   subscriber's keys and writes it to the selected ICE pair's socket.
+* ``renew_sender_ssrcs`` gives a reused m-section's sender new SSRCs (server), and
+  ``renew_receiver`` / ``renew_sender`` give a reused m-section a fresh receiver / sender
+  (Python client): aiortc has no public way to start a second stream on an m-section
+  (see their docstrings).
 
 ``check_compatibility`` fails loudly if an aiortc upgrade moves any of these hooks.
 """
@@ -31,6 +35,7 @@ from aiortc import RTCPeerConnection, RTCRtpReceiver, RTCRtpSender, RTCRtpTransc
 from aiortc.rtcdtlstransport import RTCDtlsTransport, State
 from aiortc.rtcrtpparameters import RTCRtpReceiveParameters, RTCRtpSendParameters
 from aiortc.rtp import AnyRtcpPacket, RtpPacket
+from aiortc.utils import random32
 
 logger = logging.getLogger(__name__)
 
@@ -96,6 +101,21 @@ def _inspect_aiortc() -> None:
         RTCDtlsTransport._register_rtp_sender
     ):
         raise HookError("RTCDtlsTransport._register_rtp_sender changed")
+    if "self.__receiver = receiver" not in inspect.getsource(RTCRtpTransceiver.__init__):
+        raise HookError("RTCRtpTransceiver no longer keeps its receiver in __receiver")
+    if "return self.__receiver" not in inspect.getsource(RTCRtpTransceiver):
+        raise HookError("RTCRtpTransceiver.receiver no longer reads __receiver")
+    if "self.__sender = sender" not in inspect.getsource(RTCRtpTransceiver.__init__) or "return self.__sender" not in inspect.getsource(RTCRtpTransceiver):
+        raise HookError("RTCRtpTransceiver no longer keeps its sender in __sender")
+    if "self._stream_id = " not in inspect.getsource(RTCRtpSender.__init__):
+        raise HookError("RTCRtpSender no longer sets _stream_id in __init__")
+    for owner, attribute in ((RTCRtpSender, "self._ssrc = "), (RTCRtpSender, "self._rtx_ssrc = "), (RTCRtpReceiver, "self._track: ")):
+        if attribute not in inspect.getsource(owner.__init__):
+            raise HookError(f"{owner.__name__} no longer sets {attribute.split()[0]} in __init__")
+    if not hasattr(RTCRtpReceiver, "_set_rtcp_ssrc"):
+        raise HookError("RTCRtpReceiver._set_rtcp_ssrc is gone")
+    if "and not transceiver.receiver.track" not in inspect.getsource(RTCPeerConnection.setRemoteDescription):
+        raise HookError("RTCPeerConnection.setRemoteDescription no longer creates a track for a receiver without one")
     if not hasattr(RTCPeerConnection, "_RTCPeerConnection__connect"):
         raise HookError("RTCPeerConnection.__connect is gone")
     if not hasattr(RTCPeerConnection, "_RTCPeerConnection__createSctpTransport"):
@@ -253,6 +273,65 @@ def unhook_sender(sender: RTCRtpSender) -> None:
 def sender_ssrcs(sender: RTCRtpSender) -> tuple[int, int]:
     """The (media, RTX) SSRCs aiortc chose and announced for ``sender``."""
     return sender._ssrc, sender._rtx_ssrc
+
+
+def renew_sender_ssrcs(transceiver: RTCRtpTransceiver) -> tuple[int, int]:
+    """New (media, RTX) SSRCs for a reused m-section's sender, announced in the next offer.
+
+    A subscriber then sees a new stream on the reused mid: its receiver does not splice
+    the new track's packets onto the old one's jitter buffer or decoder state. The RTCP
+    this transceiver sends (receiver reports, PLI, NACK, when it receives) uses the new
+    media SSRC too.
+    """
+    sender = transceiver.sender
+    old = {sender._ssrc, sender._rtx_ssrc}
+    ssrcs: list[int] = []
+    while len(ssrcs) < 2:
+        ssrc = random32()
+        if ssrc not in old and ssrc not in ssrcs:
+            ssrcs.append(ssrc)
+    sender._ssrc, sender._rtx_ssrc = ssrcs
+    transceiver.receiver._set_rtcp_ssrc(sender._ssrc)
+    return sender._ssrc, sender._rtx_ssrc
+
+
+async def renew_receiver(transceiver: RTCRtpTransceiver) -> None:
+    """Give ``transceiver`` a fresh, unstarted receiver and stop the old one (client side).
+
+    Call it once the m-section has been negotiated ``inactive`` (after the answer is set),
+    so that a later offer reusing the mid for another track starts from scratch. aiortc's
+    receiver keeps everything keyed by the first stream it received: ``receive()`` starts
+    only once (the new SSRCs are never registered for routing, RTX is never mapped), the
+    jitter buffer, NACK generator and timestamp mapper hold the old stream's sequence
+    numbers and timestamps, the decoder its reference frames, and the track its queue of
+    frames nobody read. ``setRemoteDescription`` makes a new track (and a ``track`` event)
+    only for a receiver without one. With a fresh receiver the reused mid behaves as a new
+    m-section would: new track, new SSRC registration, empty jitter buffer and decoder.
+    aiortc 1.16 has no public API for any of this (``stop()`` is irreversible).
+    """
+    old = transceiver.receiver
+    fresh = RTCRtpReceiver(transceiver.kind, old.transport)
+    fresh._set_rtcp_ssrc(transceiver.sender._ssrc)
+    transceiver._RTCRtpTransceiver__receiver = fresh  # type: ignore[attr-defined]
+    old.transport._unregister_rtp_receiver(old)  # (a receiver hooked by packet_receiver never started)
+    await old.stop()  # ends the old track: its reader gets MediaStreamError, never a new frame
+
+
+async def renew_sender(transceiver: RTCRtpTransceiver) -> None:
+    """Give ``transceiver`` a fresh, unstarted sender and stop the old one (client side).
+
+    Call it once the m-section has been negotiated ``inactive``. aiortc's sender starts once
+    (``send()``), with one encoder for good: a later track on the same sender (its frames'
+    timestamps start again at zero) makes libvpx refuse the input and the sender's RTP loop
+    end for ever, silently. A fresh sender also announces new SSRCs and a new msid track id.
+    """
+    old = transceiver.sender
+    fresh = RTCRtpSender(transceiver.kind, old.transport)
+    fresh._stream_id = old._stream_id
+    transceiver._RTCRtpTransceiver__sender = fresh  # type: ignore[attr-defined]
+    transceiver.receiver._set_rtcp_ssrc(fresh._ssrc)
+    old.replaceTrack(None)  # stopping the sender would stop its track (a LocalTrack may be published again)
+    await old.stop()
 
 
 def set_sender_msid(sender: RTCRtpSender, stream_id: str, track_id: str) -> None:

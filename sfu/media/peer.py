@@ -5,6 +5,18 @@ the offerer: publishing adds a ``recvonly`` m-section, subscribing a ``sendonly`
 one offer at a time is outstanding (requests made meanwhile are coalesced into the next
 offer), so there is never glare and aiortc's missing rollback does not matter. The first
 offer always carries an SCTP m-section, so data channels open without renegotiation.
+
+M-sections are reused, as Janus, mediasoup and LiveKit do: an unpublished or unsubscribed
+track's m-section goes ``inactive`` in the next offer, and once the answer to that offer
+is applied it is free for the next publication or subscription of the same kind, with a new
+msid and new sender SSRCs. A browser fires ``track`` only when an m-section starts
+receiving, and a receiver must not splice two streams: hence the one negotiated round as
+``inactive`` in between. A peer's SDP therefore holds at most as many m-sections as it ever
+had live at once (plus the SCTP one).
+
+A section the answer rejects (port 0, e.g. Firefox without the room's video codec) is
+applied as ``inactive`` (aiortc cannot apply it as such), its subscription or publication
+fails (``subscription_failed`` / ``publication_failed``), and it is reused like any other.
 """
 
 from __future__ import annotations
@@ -109,7 +121,8 @@ class Offer:
 
 class Peer(AsyncIOEventEmitter):
     """Events: ``offer`` (Offer), ``publication_ready`` (Producer), ``subscription_ready``
-    (Consumer), ``datachannel`` (RTCDataChannel), ``failed`` (reason str)."""
+    (Consumer), ``publication_failed`` (Producer, reason str), ``subscription_failed``
+    (Consumer, reason str), ``datachannel`` (RTCDataChannel), ``failed`` (reason str)."""
 
     def __init__(self, name: str, config: MediaConfig) -> None:
         super().__init__()
@@ -130,6 +143,10 @@ class Peer(AsyncIOEventEmitter):
         self._publications: dict[RTCRtpTransceiver, Producer] = {}
         self._subscriptions: dict[RTCRtpTransceiver, Consumer] = {}
         self._sections: dict[RTCRtpTransceiver, tuple[Role, str]] = {}
+        # Retired m-sections: the revision of the first offer that carried them inactive
+        # (None until one does). Free once the answer to that offer is applied.
+        self._retired: dict[RTCRtpTransceiver, int | None] = {}
+        self._free: list[RTCRtpTransceiver] = []
         self._by_ssrc: dict[int, Producer] = {}
         self._unknown_ssrcs: dict[int, None] = {}  # SSRCs that matched nothing (bounded, oldest out)
         self._remote_candidates = 0
@@ -147,13 +164,13 @@ class Peer(AsyncIOEventEmitter):
     def add_publication(self, track_sid: str, kind: str, codecs: list[str] | None = None) -> Producer:
         """Offer a ``recvonly`` m-section for a track; ``codecs`` (e.g. ["H264"]) limits what
         the publisher may send (a room's VideoCodecs)."""
-        transceiver = self.pc.addTransceiver(kind, direction="recvonly")
+        transceiver = self._transceiver(kind, "recvonly")
+        preferences: list[RTCRtpCodecCapability] = []
         if codecs:
             wanted = {f"{kind}/{name.lower()}" for name in codecs}
             capabilities = RTCRtpSender.getCapabilities(kind).codecs
-            transceiver.setCodecPreferences(
-                [c for c in capabilities if c.mimeType.lower() in wanted or c.mimeType.lower().endswith("/rtx")]
-            )
+            preferences = [c for c in capabilities if c.mimeType.lower() in wanted or c.mimeType.lower().endswith("/rtx")]
+        transceiver.setCodecPreferences(preferences)  # (empty: aiortc's defaults, also on a reused section)
         rtcp_ssrc = hooks.sender_ssrcs(transceiver.sender)[0]
         producer = Producer(
             track_sid,
@@ -191,7 +208,8 @@ class Peer(AsyncIOEventEmitter):
             producer.set_ssrcs(encoding.ssrc, encoding.rtx.ssrc if encoding.rtx else None)
         for ssrc in (producer.ssrc, producer.rtx_ssrc):
             if ssrc is not None:
-                self._by_ssrc[ssrc] = producer
+                self._by_ssrc[ssrc] = producer  # (a reused section's publisher may keep its SSRC)
+        self._unknown_ssrcs.clear()  # an SSRC refused before this publication may be its own now
         transport = transceiver.receiver.transport
         if id(transport) not in self._sinks:
             self._sinks.add(id(transport))
@@ -228,7 +246,9 @@ class Peer(AsyncIOEventEmitter):
     def _learn_ssrc(self, ssrc: int, data: bytes) -> Producer | None:
         """Map an SSRC the SDP did not announce to its producer: by MID, else by a payload
         type only one publication negotiated. Only an SSRC the SDP left open is learned, so
-        a stray or hostile SSRC never takes over a stream that is already known."""
+        a stray or hostile SSRC never takes over a stream that is already known; and only
+        for a publication whose answer is applied, so the tail of a removed publication's
+        stream never lands in the new one on a reused m-section."""
         mid_id = next((p.mid_id for p in self._publications.values() if p.mid_id), 0)
         try:
             packet, mid = rtp.parse(data, 0, mid_id)
@@ -236,7 +256,8 @@ class Peer(AsyncIOEventEmitter):
             return None
         pt = packet.payload_type
         if mid is not None:
-            candidates = [p for t, p in self._publications.items() if t.mid == mid.decode(errors="replace")]
+            name = mid.decode(errors="replace")
+            candidates = [p for t, p in self._publications.items() if t.mid == name and p.codecs]
         else:
             candidates = [p for p in self._publications.values() if pt in p.codecs or pt in p.rtx_apt]
         if len(candidates) != 1:
@@ -263,7 +284,7 @@ class Peer(AsyncIOEventEmitter):
     # --- subscribing -------------------------------------------------------------------
 
     def add_subscription(self, producer: Producer, stream_id: str) -> Consumer:
-        transceiver = self.pc.addTransceiver(producer.kind, direction="sendonly")
+        transceiver = self._transceiver(producer.kind, "sendonly")
         transceiver.setCodecPreferences(self._codec_preferences(producer))
         hooks.set_sender_msid(transceiver.sender, stream_id, producer.track_sid)
         ssrc, rtx_ssrc = hooks.sender_ssrcs(transceiver.sender)
@@ -285,13 +306,28 @@ class Peer(AsyncIOEventEmitter):
             hooks.unhook_sender(transceiver.sender)
 
     def _retire(self, table: dict[RTCRtpTransceiver, Producer] | dict[RTCRtpTransceiver, Consumer], endpoint: object) -> RTCRtpTransceiver | None:
-        """Make the m-section of ``endpoint`` inactive in the next offer."""
+        """Make the m-section of ``endpoint`` inactive in the next offer (then reusable)."""
         transceiver = next((t for t, e in table.items() if e is endpoint), None)
         if transceiver is not None:
             del table[transceiver]  # type: ignore[arg-type]
             self._sections.pop(transceiver, None)
             transceiver.direction = "inactive"
+            self._retired[transceiver] = None
             self.request_negotiation()
+        return transceiver
+
+    def _transceiver(self, kind: str, direction: Literal["sendonly", "recvonly"]) -> RTCRtpTransceiver:
+        """A free m-section of ``kind`` (inactive in a negotiated offer), else a new one.
+
+        A reused section gets new sender SSRCs, so neither side's receiver mistakes the new
+        stream for the old one (a subscriber's jitter buffer and decoder, the publisher's
+        feedback); the caller sets its msid, codecs and hooks as for a new one."""
+        transceiver = next((t for t in self._free if t.kind == kind), None)
+        if transceiver is None:
+            return self.pc.addTransceiver(kind, direction=direction)
+        self._free.remove(transceiver)
+        hooks.renew_sender_ssrcs(transceiver)
+        transceiver.direction = direction
         return transceiver
 
     @staticmethod
@@ -340,11 +376,17 @@ class Peer(AsyncIOEventEmitter):
     async def _negotiate(self) -> None:
         while self._negotiation_needed and not self.closed:
             self._negotiation_needed = False
+            # createOffer reads every direction before it first yields: the sections retired
+            # by now are the ones this offer carries inactive (not those retired meanwhile).
+            retiring = [t for t, revision in self._retired.items() if revision is None]
             offer = await self.pc.createOffer()
             await self.pc.setLocalDescription(offer)
             if self.closed:
                 return
             self.revision += 1
+            for transceiver in retiring:
+                if transceiver in self._retired and transceiver.mid is not None:
+                    self._retired[transceiver] = self.revision
             waiter: asyncio.Future[None] = asyncio.get_running_loop().create_future()
             self._pending_answer = (self.revision, waiter)
             self.emit("offer", Offer(self._announce(self.pc.localDescription.sdp), self.revision, self.sections()))
@@ -368,10 +410,28 @@ class Peer(AsyncIOEventEmitter):
         pending = self._pending_answer
         if pending is None or pending[0] != revision:
             raise NegotiationError(53000, f"no offer with revision {revision} is waiting for an answer")
+        sdp, rejected = self._accept_rejected_sections(sdp)
         try:
             await self.pc.setRemoteDescription(RTCSessionDescription(sdp=sdp, type="answer"))
         except Exception as exc:  # aiortc raises ValueError, OperationError, InvalidStateError...
             raise NegotiationError(53403, f"unable to apply the answer: {exc}") from None
+        for transceiver, when in list(self._retired.items()):
+            if when is not None and when <= revision:
+                del self._retired[transceiver]
+                self._free.append(transceiver)
+        failures: list[tuple[str, Consumer | Producer, str]] = []
+        for transceiver in self.pc.getTransceivers():
+            reason = rejected.get(str(transceiver.mid))
+            if reason is None:
+                continue
+            consumer = self._subscriptions.get(transceiver)
+            producer = self._publications.get(transceiver)
+            if consumer is not None:
+                self.remove_subscription(consumer)
+                failures.append(("subscription_failed", consumer, reason))
+            elif producer is not None:
+                self.remove_publication(producer)
+                failures.append(("publication_failed", producer, reason))
         for transceiver, consumer in self._subscriptions.items():
             if consumer._attached:
                 media, rtx = codec_infos(hooks.negotiated_codecs(transceiver))
@@ -381,6 +441,48 @@ class Peer(AsyncIOEventEmitter):
                 self._configure_producer(transceiver, producer)
         if not pending[1].done():
             pending[1].set_result(None)
+        for event, endpoint, reason in failures:
+            self.emit(event, endpoint, reason)
+
+    def _accept_rejected_sections(self, sdp: str) -> tuple[str, dict[str, str]]:
+        """Rewrite each audio/video m-section the answer rejects (port 0) as an ``inactive``
+        one aiortc can apply; returns the SDP and {mid: reason} of the rejected sections.
+
+        A rejected section may carry no ICE credentials, no DTLS setup and no codecs (Firefox
+        without the room's codec answers ``m=video 0 ... a=inactive``), which aiortc refuses
+        or trips over. The replacement takes our offer's codecs for that section and the
+        bundle's transport attributes from an accepted section of the same answer.
+        """
+        offer = self.pc.localDescription
+        if offer is None or not re.search(r"^m=\S+ 0 ", sdp, flags=re.MULTILINE):
+            return sdp, {}
+        session, answer_blocks = _sdp_blocks(sdp)
+        _, offer_blocks = _sdp_blocks(offer.sdp)
+        accepted = next((b for b in answer_blocks if b[0].split()[1:2] != ["0"]), None)
+        if accepted is None or len(offer_blocks) != len(answer_blocks):
+            return sdp, {}  # nothing to take the transport from: let aiortc refuse it
+        transport = [
+            line for line in accepted
+            if line.startswith(("a=ice-ufrag:", "a=ice-pwd:", "a=fingerprint:", "a=setup:", "a=candidate:", "a=end-of-candidates"))
+        ]
+        rejected: dict[str, str] = {}
+        blocks = []
+        for answered, offered in zip(answer_blocks, offer_blocks):
+            m_line = offered[0].split()
+            kind = m_line[0][2:]
+            if answered[0].split()[1:2] != ["0"] or kind not in ("audio", "video"):
+                blocks.append(answered)
+                continue
+            mid = next((line[6:] for line in offered if line.startswith("a=mid:")), "")
+            codecs = [line.split(" ", 1)[1].split("/")[0] for line in offered if line.startswith("a=rtpmap:")]
+            offered_codecs = ", ".join(c for c in dict.fromkeys(codecs) if c.lower() != "rtx")
+            rejected[mid] = f"the answer rejected the {kind} m-section {mid} (offered {offered_codecs})"
+            blocks.append(
+                [f"m={kind} 9 {' '.join(m_line[2:])}", "c=IN IP4 0.0.0.0", "a=inactive", f"a=mid:{mid}", "a=rtcp-mux"]
+                + [line for line in offered if line.startswith(("a=rtpmap:", "a=fmtp:", "a=rtcp-fb:"))]
+                + transport
+            )
+        return "\r\n".join(session + [line for block in blocks for line in block]) + "\r\n", rejected
 
     async def add_ice_candidate(self, candidate: str | None, sdp_mid: str | None, sdp_mline_index: int | None) -> None:
         """A trickled remote candidate (``None`` or empty: end of candidates).
@@ -515,4 +617,22 @@ class Peer(AsyncIOEventEmitter):
             producer.close()
         self._subscriptions.clear()
         self._publications.clear()
+        self._retired.clear()
+        self._free.clear()
         await self.pc.close()
+
+
+def _sdp_blocks(sdp: str) -> tuple[list[str], list[list[str]]]:
+    """The session lines and the lines of each m-section (each block starts with its m=)."""
+    session: list[str] = []
+    blocks: list[list[str]] = []
+    for line in sdp.splitlines():
+        if not line:
+            continue
+        if line.startswith("m="):
+            blocks.append([line])
+        elif blocks:
+            blocks[-1].append(line)
+        else:
+            session.append(line)
+    return session, blocks
