@@ -41,6 +41,7 @@ import aiohttp
 import pytest
 
 from ..conftest import DEADLINE
+from .browser import Page
 
 logger = logging.getLogger(__name__)
 
@@ -357,3 +358,105 @@ async def firefox(prefs: dict[str, bool | int | str] | None = None) -> AsyncIter
         yield browser
     finally:
         await browser.close()
+
+
+# --- the bundled page ---------------------------------------------------------------------
+
+# Records every event the page's Room, participants and publications emit into window.sdkEvents
+# ({on, name, args} with arguments summarised), by wrapping sdk.js's shared EventEmitter.emit:
+# the page imported /sdk.js already, so this import is the same module instance. Installed
+# before joining, it sees what happens during connect too.
+RECORD_SDK_EVENTS = """async () => {
+  const Video = await import('/sdk.js');
+  const proto = Object.getPrototypeOf(Video.Room.prototype);
+  if (proto.emit.recording) return true;
+  window.sdkEvents = [];
+  const summary = (x) => {
+    if (x === null || x === undefined || typeof x !== 'object') return x === undefined ? null : x;
+    if ('code' in x && 'message' in x) return {code: x.code, message: x.message};
+    if ('trackSid' in x) return {trackSid: x.trackSid, trackName: x.trackName, kind: x.kind};
+    if ('identity' in x) return {identity: x.identity, sid: x.sid};
+    if ('kind' in x) return {sid: x.sid || null, name: x.name, kind: x.kind};
+    return String(x);
+  };
+  const emit = proto.emit;
+  proto.emit = function (name, ...args) {
+    const on = this instanceof Video.Room ? 'room' : this instanceof Video.LocalParticipant ? 'local'
+      : this instanceof Video.RemoteParticipant ? this.identity : null;
+    if (on !== null) window.sdkEvents.push({on, name, args: args.map(summary)});
+    return emit.call(this, name, ...args);
+  };
+  proto.emit.recording = true;
+  return true;
+}"""
+
+
+class CallPage(Page):
+    """The bundled page (web-client/) in a Firefox tab, with the Chromium tests' Page helpers
+    (``wait_tile``, ``wait_video_playing``, ``wait_audio_flowing``...): they only need
+    ``evaluate``. Joining and leaving go through the page's own form and buttons."""
+
+    def __init__(self, tab: FirefoxPage) -> None:  # noqa: super().__init__ wires Playwright events
+        self.page = tab  # type: ignore[assignment]
+        self.name = tab.name
+
+    @property  # type: ignore[override]
+    def console(self) -> list[str]:
+        return self.page.console
+
+    @property  # type: ignore[override]
+    def errors(self) -> list[str]:
+        return self.page.errors
+
+    @classmethod
+    async def open_in(cls, browser: Firefox, url: str, name: str) -> "CallPage":
+        page = cls(await browser.new_page(name))
+        await page.page.goto(url)
+        await page.wait("() => document.querySelector('#preview-status') !== null", message="the bundled page")
+        await page.wait_preview()
+        await page.js(RECORD_SDK_EVENTS)
+        return page
+
+    async def join(self, room: str, identity: str, token: str | None = None) -> None:  # type: ignore[override]
+        """Fill the form, submit it, and wait until the call is shown."""
+        await self.wait_preview()
+        await self.js(
+            """([room, identity, token]) => {
+                document.getElementById('room-input').value = room;
+                document.getElementById('identity-input').value = identity;
+                if (token) document.getElementById('token-input').value = token;
+                document.getElementById('join-form').requestSubmit();
+            }""",
+            [room, identity, token],
+        )
+        await self.wait(
+            "() => !document.querySelector('#call').hidden || !document.querySelector('#message').hidden",
+            timeout=2 * DEADLINE,
+            message="the call or an error",
+        )
+        joined = await self.js("() => !document.querySelector('#call').hidden")
+        assert joined, f"{self.name} could not join: {await self.message()}\n{self.diagnostics()}"
+
+    async def leave(self) -> None:
+        await self.js("() => document.getElementById('leave-button').click()")
+        await self.wait("() => !document.querySelector('#join').hidden", message=f"{self.name} back at the join form")
+
+    async def sdk_events(self, name: str | None = None) -> list[dict[str, Any]]:
+        """What RECORD_SDK_EVENTS saw, optionally one kind of event."""
+        events = await self.js("() => window.sdkEvents")
+        return [e for e in events if name is None or e["name"] == name]
+
+    async def send_chat(self, text: str) -> None:
+        await self.js(
+            """(text) => {
+                document.getElementById('chat-input').value = text;
+                document.getElementById('chat-form').requestSubmit();
+            }""",
+            text,
+        )
+
+    async def close(self) -> None:
+        await self.page.close()
+
+    def diagnostics(self) -> str:
+        return self.page.diagnostics()
