@@ -75,6 +75,14 @@ async def hear(room: Room, identity: str, name: str = "microphone", count: int =
     await read_audio(track, count)
 
 
+# The codecs of every video RTP stream a page sends and receives (from the peer connection's stats).
+VIDEO_CODECS = """async () => {
+    const stats = await window.room._pc.getStats();
+    const streams = [...stats.values()].filter(s => (s.type === 'inbound-rtp' || s.type === 'outbound-rtp') && s.kind === 'video');
+    return streams.map(s => (stats.get(s.codecId) || {}).mimeType || 'unknown');
+}"""
+
+
 def failures(events: list[dict[str, Any]], name: str, code: int) -> list[dict[str, Any]]:
     return [e for e in events if e["name"] == name and e["args"] and (e["args"][0] or {}).get("code") == code]
 
@@ -94,6 +102,11 @@ async def test_firefox_chromium_and_python_client_decode_each_other(server, clie
             for page, others in ((carol, ("alice", "py")), (alice, ("carol", "py"))):
                 for other in others:
                     await wait_sees_and_hears(page, other)
+
+            # A room without VideoCodecs: everyone ends up on VP8, the one codec all three have.
+            for page in (carol, alice):
+                codecs = await page.js(VIDEO_CODECS)
+                assert len(codecs) == 3 and set(codecs) == {"video/VP8"}, (page.name, codecs)  # 2 received, 1 sent
 
             # The Python client decodes both browsers' video and audio.
             for identity in ("carol", "alice"):
