@@ -166,6 +166,7 @@ class Firefox:
         self.process = await asyncio.create_subprocess_exec(
             executable, "--headless", "--no-remote", "--remote-debugging-port", "0", "--profile", str(self.profile), "about:blank",
             stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.PIPE, env=env,
+            limit=1 << 20,  # stderr lines can be long (a page's console output)
         )
         try:
             url = await asyncio.wait_for(self._read_listening(), STARTUP_TIMEOUT)
@@ -396,8 +397,9 @@ class CallPage(Page):
     (``wait_tile``, ``wait_video_playing``, ``wait_audio_flowing``...): they only need
     ``evaluate``. Joining and leaving go through the page's own form and buttons."""
 
-    def __init__(self, tab: FirefoxPage) -> None:  # noqa: super().__init__ wires Playwright events
-        self.page = tab  # type: ignore[assignment]
+    def __init__(self, tab: FirefoxPage) -> None:
+        # Not super().__init__: that wires Playwright's console events; the tab collects its own.
+        self.page = tab
         self.name = tab.name
 
     @property  # type: ignore[override]
