@@ -197,20 +197,31 @@ async def test_firefox_leaves_and_rejoins(server, clients):
 
 
 @pytest.mark.xfail(strict=True, reason="needs the msection and web branches")
-async def test_firefox_in_an_h264_room_keeps_audio_and_data(server, clients):
+@pytest.mark.parametrize("firefox_joins", [
+    # Checked on a trial merge of msection and web: Firefox then never starts ICE (gathering
+    # stays "new", its answer has no candidate), so nobody hears it.
+    pytest.param("last", marks=pytest.mark.xfail(strict=True, reason="needs the server to cope with a rejected BUNDLE-tagged first m-section")),
+    "first",
+])
+async def test_firefox_in_an_h264_room_keeps_audio_and_data(server, clients, firefox_joins):
     """Debian's Firefox has no H264: it rejects every video m-section of an H264-only room.
     Its video fails with 53404 (subscriptions and its own camera), the page says so, and its
-    audio and data, and everyone else's media, carry on."""
+    audio and data, and everyone else's media, carry on. Joining ``last``, the first m-section
+    of its first offer (the BUNDLE-tagged one) is another's H264 video, which it rejects;
+    joining ``first``, that offer starts with its own microphone and the video comes later."""
     room = "h264"
     status, created = await raw(server.http, server.credentials, "POST", "/v1/Rooms", data={"UniqueName": room, "VideoCodecs": "H264"})
     assert status == 201 and created["video_codecs"] == ["H264"], created
-    py = await clients.join("py", room, publish="vad")
     async with firefox() as ff, chromium() as browser:
         carol = await CallPage.open_in(ff, server.http + "/", "carol")
         alice = await Page.open(browser, server.http + "/", "alice")
         try:
+            if firefox_joins == "first":
+                await carol.join(room, "carol")
+            py = await clients.join("py", room, publish="vad")
             await alice.join(room, "alice")
-            await carol.join(room, "carol")
+            if firefox_joins == "last":
+                await carol.join(room, "carol")
 
             # Firefox's audio reaches Chromium and Python; Firefox hears both.
             await wait_audio_flowing(alice, "carol")
