@@ -26,7 +26,6 @@ import asyncio
 import contextlib
 import itertools
 import json
-import logging
 import os
 import re
 import shutil
@@ -42,8 +41,6 @@ import pytest
 
 from ..conftest import DEADLINE
 from .browser import Page
-
-logger = logging.getLogger(__name__)
 
 STARTUP_TIMEOUT = 90.0  # a cold Firefox on a loaded 2-core machine takes a while
 COMMAND_TIMEOUT = 60.0  # one BiDi command (navigation, a script) must answer within this
