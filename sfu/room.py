@@ -169,7 +169,9 @@ class Room(AsyncIOEventEmitter):
 
     def _on_empty(self) -> None:
         if not self.settings.created_via_rest:
-            asyncio.ensure_future(self.end())
+            # Not end(): a join waiting on the membership lock (say, the same identity
+            # replacing itself, 53205) may fill the room again before this runs.
+            asyncio.ensure_future(self._end_if_empty())
             return
         self._schedule_end(self.settings.empty_room_timeout * 60)
 
@@ -178,20 +180,20 @@ class Room(AsyncIOEventEmitter):
         self._empty_timer = self.registry.call_later(delay, lambda: asyncio.ensure_future(self._end_if_empty()))
 
     async def _end_if_empty(self) -> None:
-        if not self.participants:
-            await self.end()
+        await self.end(only_if_empty=True)
 
     def _cancel_empty_timer(self) -> None:
         if self._empty_timer is not None:
             self._empty_timer.cancel()
             self._empty_timer = None
 
-    async def end(self, status: str = "completed") -> None:
-        """End the room: every participant is disconnected at once (53118)."""
+    async def end(self, status: str = "completed", only_if_empty: bool = False) -> None:
+        """End the room: every participant is disconnected at once (53118). With
+        ``only_if_empty``, only if nobody is in it once the membership lock is ours."""
         if not self.in_progress:
             return
         async with self._membership:
-            if not self.in_progress:
+            if not self.in_progress or (only_if_empty and self.participants):
                 return
             self._cancel_empty_timer()
             self._lifetime_timer.cancel()

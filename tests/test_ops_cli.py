@@ -223,11 +223,14 @@ def test_every_serve_option_reads_its_variable_and_flags_win() -> None:
     args = parse(["serve"], {})
     assert (args.port, args.ice_server, args.dev_tokens, args.log_level) == (8080, [], None, "INFO")
     # An option another part of the program adds gets its variable with no extra code.
-    def drain(serve: cli.argparse.ArgumentParser) -> None:
-        serve.add_argument("--drain-timeout", type=float, default=30.0)
+    def extra(serve: cli.argparse.ArgumentParser) -> None:
+        serve.add_argument("--some-later-option", type=float, default=30.0)
 
-    assert parse(["serve"], {"SFU_DRAIN_TIMEOUT": "5"}, drain).drain_timeout == 5.0
-    assert parse(["serve", "--drain-timeout", "9"], {"SFU_DRAIN_TIMEOUT": "5"}, drain).drain_timeout == 9.0
+    assert parse(["serve"], {"SFU_SOME_LATER_OPTION": "5"}, extra).some_later_option == 5.0
+    assert parse(["serve", "--some-later-option", "9"], {"SFU_SOME_LATER_OPTION": "5"}, extra).some_later_option == 9.0
+    # ... such as the drain and admission options.
+    args = parse(["serve"], {"SFU_DRAIN_TIMEOUT": "5", "SFU_ALLOWED_ORIGINS": "https://a.example,https://b.example"})
+    assert (args.drain_timeout, args.allowed_origins) == (5.0, ["https://a.example", "https://b.example"])
     # The credential variables keep their meaning: no option is called after them.
     names = {cli.env_name(a) for a in cli._env_actions(cli._subparser(cli.parser(), "serve"))}
     assert not names & set(ENV_VARS.values())

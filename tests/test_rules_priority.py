@@ -38,13 +38,18 @@ def test_overlong_publisher_or_track_is_refused() -> None:
 
 
 async def test_rest_and_signaling_refuse_a_bad_priority(server: Server) -> None:
-    bad = [{"type": "include", "kind": "audio", "priority": HUGE}]
+    # Before connect a message may hold 64 KiB (a 900 KB one closes the socket, 1009): the
+    # largest priority that fits is refused by the rules themselves.
+    bad = [{"type": "include", "kind": "audio", "priority": "h" * 60_000}]
     refused = await connect_refusal(server.url, server.token("carol"), "room", subscribe={"rules": bad})  # fatal
     assert refused["code"] == 53215, refused["message"]
     bob = await connect(server.url, server.token("bob"), name="room")
     try:
         with pytest.raises(SignalingError) as info:  # mid-call
             await bob.set_subscribe_rules([{"type": "include", "all": True}, {"type": "exclude", "kind": "data", "priority": "urgent"}])
+        assert info.value.code == 53215 and bob.state == "connected"
+        with pytest.raises(SignalingError) as info:  # 900 KB fits a connected socket's 1 MiB
+            await bob.set_subscribe_rules([{"type": "include", "kind": "audio", "priority": HUGE}])
         assert info.value.code == 53215 and bob.state == "connected"
         path = f"/v1/Rooms/{bob.sid}/Participants/{bob.local_participant.sid}/SubscribeRules"
         # REST bodies stop at 64 KiB (413) before any rule is read: 60 KB is what fits.

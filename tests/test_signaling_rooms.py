@@ -134,3 +134,20 @@ async def test_server_option_sizes_rooms_created_on_connect(tmp_path) -> None:
     registry = build_app(ServerConfig(data_dir=tmp_path, max_participants=500), generate())[REGISTRY]
     assert registry.room_for_connect("big").settings.max_participants == 500
     assert registry.create_room("rest", RoomSettings(created_via_rest=True)).settings.max_participants == 50
+
+
+async def test_alone_in_a_room_a_participant_replacing_itself_keeps_the_room(server: Server, clients: Clients) -> None:
+    """The older participant's removal empties an ad-hoc room for a moment: the room must not
+    end under the newer one, which joined while the removal was still settling."""
+    old = await clients.join("alice", "solo", publish="")
+    old_events = EventLog(old)
+    room = server.registry.find_in_progress("solo")
+    new = await clients.join("alice", "solo", publish="")
+    (error,) = await old_events.wait("disconnected")
+    assert isinstance(error, SignalingError) and error.code == 53205
+    assert new.sid == room.sid  # type: ignore[union-attr]
+    # Whatever was scheduled when the room emptied has run by now: let the loop turn a while.
+    for _ in range(50):
+        await asyncio.sleep(0)
+    assert server.registry.find_in_progress("solo") is room and new.state == "connected"
+    assert [p.identity for p in room.participants.values()] == ["alice"]  # type: ignore[union-attr]
