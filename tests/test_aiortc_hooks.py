@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 from aiortc.rtcdtlstransport import RTCDtlsTransport
+from aiortc import RTCPeerConnection, RTCSessionDescription
 
 from sfu.media import aiortc_hooks as hooks
 
@@ -56,3 +57,41 @@ def test_a_moved_transceiver_receiver_fails_loudly(monkeypatch: pytest.MonkeyPat
     monkeypatch.setattr(hooks, "_compatible_with", None)
     with pytest.raises(hooks.HookError, match="__receiver"):
         hooks.check_compatibility()
+
+
+async def test_the_data_section_comes_first_in_every_offer() -> None:
+    """The first m-section carries the BUNDLE tag: it must be one no browser rejects for a codec
+    (Firefox without H264 otherwise never starts ICE), so the data section goes first."""
+    from aiortc import RTCConfiguration
+    from aiortc.rtcconfiguration import RTCBundlePolicy
+
+    pc = RTCPeerConnection(RTCConfiguration(bundlePolicy=RTCBundlePolicy.MAX_BUNDLE))
+    try:
+        hooks.create_sctp_transport_first(pc)
+        video = pc.addTransceiver("video", direction="sendonly")
+        audio = pc.addTransceiver("audio", direction="recvonly")
+        offer = hooks.data_section_first(pc, await pc.createOffer())
+        await pc.setLocalDescription(offer)
+        lines = pc.localDescription.sdp.splitlines()
+        kinds = [line.split()[0] for line in lines if line.startswith("m=")]
+        assert kinds == ["m=application", "m=video", "m=audio"]
+        bundle = next(line for line in lines if line.startswith("a=group:BUNDLE"))
+        assert bundle.split()[1] == pc.sctp.mid  # type: ignore[union-attr]
+        assert (video.mid, audio.mid) == ("0", "1")  # mids kept, m-line order changed
+        # A later offer keeps the order and appends new sections after the old ones.
+        pc.addTransceiver("video", direction="sendonly")
+        await pc.setRemoteDescription(await _answer_for(pc.localDescription))
+        second = hooks.data_section_first(pc, await pc.createOffer())
+        assert [line.split()[0] for line in second.sdp.splitlines() if line.startswith("m=")] == ["m=application", "m=video", "m=audio", "m=video"]
+    finally:
+        await pc.close()
+
+
+async def _answer_for(offer: RTCSessionDescription) -> RTCSessionDescription:
+    answerer = RTCPeerConnection()
+    try:
+        await answerer.setRemoteDescription(offer)
+        await answerer.setLocalDescription(await answerer.createAnswer())
+        return answerer.localDescription
+    finally:
+        await answerer.close()

@@ -196,13 +196,7 @@ async def test_firefox_leaves_and_rejoins(server, clients):
             await alice.close()
 
 
-@pytest.mark.xfail(strict=True, reason="needs the msection and web branches")
-@pytest.mark.parametrize("firefox_joins", [
-    # Checked on a trial merge of msection and web: Firefox then never starts ICE (gathering
-    # stays "new", its answer has no candidate), so nobody hears it.
-    pytest.param("last", marks=pytest.mark.xfail(strict=True, reason="needs the server to cope with a rejected BUNDLE-tagged first m-section")),
-    "first",
-])
+@pytest.mark.parametrize("firefox_joins", ["last", "first"])
 async def test_firefox_in_an_h264_room_keeps_audio_and_data(server, clients, firefox_joins):
     """Debian's Firefox has no H264: it rejects every video m-section of an H264-only room.
     Its video fails with 53404 (subscriptions and its own camera), the page says so, and its

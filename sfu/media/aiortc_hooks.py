@@ -31,7 +31,7 @@ from typing import Any
 import aioice.ice
 import aioice.turn
 import pylibsrtp
-from aiortc import RTCPeerConnection, RTCRtpReceiver, RTCRtpSender, RTCRtpTransceiver
+from aiortc import RTCPeerConnection, RTCRtpReceiver, RTCRtpSender, RTCRtpTransceiver, RTCSessionDescription
 from aiortc.rtcdtlstransport import RTCDtlsTransport, State
 from aiortc.rtcrtpparameters import RTCRtpReceiveParameters, RTCRtpSendParameters
 from aiortc.rtp import AnyRtcpPacket, RtpPacket
@@ -101,6 +101,11 @@ def _inspect_aiortc() -> None:
         RTCDtlsTransport._register_rtp_sender
     ):
         raise HookError("RTCDtlsTransport._register_rtp_sender changed")
+    offer_source = inspect.getsource(RTCPeerConnection.createOffer)
+    if "self.__sctp_mline_index = next_mline_index()" not in offer_source or "transceiver._set_mline_index(i)" not in offer_source:
+        raise HookError("RTCPeerConnection.createOffer no longer places sections by m-line index (data_section_first)")
+    if "self.__getTransceiverByMLineIndex(i)" not in inspect.getsource(RTCPeerConnection.setLocalDescription):
+        raise HookError("RTCPeerConnection.setLocalDescription no longer maps sections by m-line index (data_section_first)")
     if "self.__receiver = receiver" not in inspect.getsource(RTCRtpTransceiver.__init__):
         raise HookError("RTCRtpTransceiver no longer keeps its receiver in __receiver")
     if "return self.__receiver" not in inspect.getsource(RTCRtpTransceiver):
@@ -154,6 +159,39 @@ def create_sctp_transport_first(pc: RTCPeerConnection) -> None:
         sctp: Any = pc.sctp
         sctp._bundled = True
         guard_rtcp(sctp.transport)
+
+
+def data_section_first(pc: RTCPeerConnection, offer: RTCSessionDescription) -> RTCSessionDescription:
+    """Put the data (SCTP) m-section first in ``pc``'s first offer, and so in every later one.
+
+    aiortc offers the media sections first, and the first section is the one BUNDLE is tagged
+    on (RFC 8843): the whole bundle's transport hangs on it. A subscriber joining a room whose
+    video is in a codec its browser lacks (Firefox without H264) rejects that section, and
+    Firefox then never starts ICE at all. The data section is in every offer and is never
+    rejected for a codec. Later offers keep the order (aiortc lays out the sections it already
+    negotiated in their old order). The transceivers' m-line indexes move with their sections.
+    """
+    sctp = pc.sctp
+    index = pc._RTCPeerConnection__sctp_mline_index  # type: ignore[attr-defined]
+    if sctp is None or sctp.mid is not None or not index:
+        return offer  # already placed by an earlier offer, or first already
+    lines = offer.sdp.split("\r\n")
+    starts = [i for i, line in enumerate(lines) if line.startswith("m=")]
+    if index >= len(starts) or not lines[starts[index]].startswith("m=application"):
+        return offer
+    bounds = [*starts, len(lines) - 1 if lines[-1] == "" else len(lines)]
+    sections = [lines[bounds[i]:bounds[i + 1]] for i in range(len(starts))]
+    sections.insert(0, sections.pop(index))
+    session = lines[: starts[0]]
+    mids = [next(line[6:] for line in section if line.startswith("a=mid:")) for section in sections]
+    session = ["a=group:BUNDLE " + " ".join(mids) if line.startswith("a=group:BUNDLE ") else line for line in session]
+    for transceiver in pc.getTransceivers():
+        position = transceiver._get_mline_index()
+        if position is not None and position < index:
+            transceiver._set_mline_index(position + 1)
+    pc._RTCPeerConnection__sctp_mline_index = 0  # type: ignore[attr-defined]
+    tail = lines[bounds[-1]:]
+    return RTCSessionDescription(sdp="\r\n".join([*session, *(line for s in sections for line in s), *tail]), type="offer")
 
 
 def start_when_connected(pc: RTCPeerConnection) -> None:

@@ -379,7 +379,7 @@ class Peer(AsyncIOEventEmitter):
             # createOffer reads every direction before it first yields: the sections retired
             # by now are the ones this offer carries inactive (not those retired meanwhile).
             retiring = [t for t, revision in self._retired.items() if revision is None]
-            offer = await self.pc.createOffer()
+            offer = hooks.data_section_first(self.pc, await self.pc.createOffer())
             await self.pc.setLocalDescription(offer)
             if self.closed:
                 return
