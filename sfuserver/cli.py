@@ -9,7 +9,6 @@ import importlib.metadata
 import logging
 import os
 import resource
-import signal
 import sys
 import tempfile
 from collections.abc import Mapping, Sequence

@@ -221,23 +221,15 @@ class SfuCollector(Collector):
         yield _by_kind(CounterMetricFamily, "sfu_plis_received", "PLIs (keyframe requests) received from subscribers", total.plis)
         yield _by_kind(CounterMetricFamily, "sfu_retransmissions", "Packets resent to subscribers in answer to NACKs", total.retransmitted)
 
-        counts = getattr(self.signaling, "connection_counts", None)  # the gate helper's method
-        if callable(counts):
-            family = GaugeMetricFamily("sfu_signaling_connections", "Open signaling websockets, by state", labels=["state"])
-            for state, value in sorted(counts().items()):
-                family.add_metric([state], value)
-            yield family
+        family = GaugeMetricFamily("sfu_signaling_connections", "Open signaling websockets, by state", labels=["state"])
+        for state, value in sorted(self.signaling.connection_counts().items()):
+            family.add_metric([state], value)
+        yield family
 
         records = self.registry.records
-        failures = getattr(records, "write_failures", None)  # the records helper's attributes
-        if failures is not None:
-            yield CounterMetricFamily("sfu_store_write_failures", "Failed attempts to write a record to the store", value=failures)
-        pending = getattr(records, "pending", None)
-        if pending is not None:
-            yield _gauge("sfu_store_pending_records", "Records queued and not yet stored", pending)
-        healthy = getattr(records, "healthy", None)
-        if healthy is not None:
-            yield _gauge("sfu_store_healthy", "1 when the last store write succeeded or nothing is pending", int(bool(healthy)))
+        yield CounterMetricFamily("sfu_store_write_failures", "Failed attempts to write a record to the store", value=records.write_failures)
+        yield _gauge("sfu_store_pending_records", "Records queued and not yet stored", records.pending)
+        yield _gauge("sfu_store_healthy", "1 when the last store write succeeded or nothing is pending", int(records.healthy))
 
         yield _gauge("sfu_event_loop_lag_seconds", f"How late the last {self.lag.interval}s sleep woke up", self.lag.last)
         yield _gauge("sfu_event_loop_lag_max_seconds", "The largest event-loop lag in the last 30 seconds", self.lag.worst)
@@ -289,7 +281,7 @@ class Metrics:
         if not authorized(request.headers.get("Authorization"), self.credentials):
             return web.Response(status=401, text="Authenticate\n", headers={"WWW-Authenticate": 'Basic realm="SFU metrics"'})
         started = time.perf_counter()
-        encode, content_type = choose_encoder(request.headers.get("Accept"))  # text, or OpenMetrics if asked
+        encode, content_type = choose_encoder(request.headers.get("Accept", ""))  # text, or OpenMetrics if asked
         body = encode(self.collectors)
         logger.debug("metrics scraped in %.1f ms", (time.perf_counter() - started) * 1000)
         return web.Response(body=body, headers={"Content-Type": content_type})

@@ -96,7 +96,7 @@ class AdmissionWebSocket(web.WebSocketResponse):
         super()._post_start(request, protocol, writer)
         callback = http._data_received_cb
         http._payload_parser = None  # set_parser() installs one reader per connection
-        self._reader = reader_py.WebSocketDataQueue(http, DEFAULT_CHUNK_SIZE, loop=self._loop)
+        self._reader = reader_py.WebSocketDataQueue(http, DEFAULT_CHUNK_SIZE, loop=self._loop)  # type: ignore[arg-type]  # set by prepare()
         self._parser = _Reader(self._reader, self._max_msg_size, compress=bool(self._compress), decode_text=self._decode_text)
         http._message_tail = tail
         http.set_parser(self._parser, data_received_cb=callback)

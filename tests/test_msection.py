@@ -236,7 +236,6 @@ async def test_a_subscriber_rejecting_its_video_section_keeps_audio_and_data_and
     clients.rooms.append(bob)
     failures: list[tuple[Any, ...]] = []
     bob.on("track_subscription_failed", lambda *args: failures.append(args))
-    bob_events = EventLog(bob)
     cam_sid = local_track(alice, "cam").sid
 
     await wait_for(lambda: failures, message="bob told his cam subscription failed")
