@@ -220,7 +220,7 @@ def lock_data_dir(path: Path) -> IO[str]:
         holder = lock.read().strip()
         lock.close()
         by = f" (pid {holder})" if holder.isdigit() else ""
-        raise DataDirLocked(f"data directory {path} is in use by another sfu server{by}") from None
+        raise DataDirLocked(f"data directory {path.resolve()} is in use by another sfu server{by}") from None
     except BaseException:
         lock.close()
         raise
