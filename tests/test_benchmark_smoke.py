@@ -18,6 +18,7 @@ REPO = Path(__file__).resolve().parent.parent
 
 
 @pytest.mark.timeout(280)
+@pytest.mark.bench
 def test_fanout_smoke(tmp_path: Path, netns: None) -> None:
     argv = [sys.executable, "-m", "benchmarks", "run", "--target", "sfu", "--scenario", "fanout",
             "--points", "3", "--warmup", "1", "--duration", "4", "--workers", "3", "--probes", "2",

@@ -251,6 +251,7 @@ def test_server_ice_relay_needs_a_turn_server(tmp_path: Path, capsys: pytest.Cap
     assert "needs a TURN server" in capsys.readouterr().err
 
 
+@pytest.mark.browser
 async def test_relay_only_browsers_through_a_relayed_server(tmp_path: Path, coturn: Coturn) -> None:
     """Issue 14's call: two Chromium pages with ``iceTransportPolicy: 'relay'`` (sdk.js
     options), here with the server relayed too, decode each other's video and audio."""

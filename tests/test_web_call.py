@@ -3,11 +3,15 @@ through the page's own UI, see and hear each other, chat, mute, share a screen a
 
 from __future__ import annotations
 
+import pytest
+
 from signaling.client import RemoteDataTrack, RemoteMediaTrack
 
 from .conftest import wait_for
 from .helpers.browser import ARTIFACTS, Page, chromium
 from .helpers.clients import EventLog, about, subscribed_data, subscribed_media
+
+pytestmark = pytest.mark.browser  # real Chromium: deselect with -m 'not browser'
 
 ROOM = "standup"
 

@@ -9,12 +9,16 @@ signaling session, exactly as signaling/protocol.py documents them."""
 
 from __future__ import annotations
 
+import pytest
+
 from typing import Any
 
 from signaling.server import Session
 
 from .conftest import Server
 from .helpers.browser import Page, chromium, harness_site
+
+pytestmark = pytest.mark.browser  # real Chromium: deselect with -m 'not browser'
 
 CODEC_ERROR = {"code": 53404, "message": "No supported codec: the room's video codec is H264"}
 SHUTDOWN = {"type": "disconnected", "status": "disconnected", "code": 53001, "message": "The server is shutting down",

@@ -5,12 +5,16 @@ be picked before joining (and are then the ones used)."""
 
 from __future__ import annotations
 
+import pytest
+
 from typing import Any
 
 from .conftest import DEADLINE
 from .helpers.browser import ARTIFACTS, Page, chromium
 from .helpers.clients import local_track
 from .test_web_errors import session_of
+
+pytestmark = pytest.mark.browser  # real Chromium: deselect with -m 'not browser'
 
 CONTROLS = ("mic-button", "cam-button", "screen-button", "chat-button", "leave-button")
 

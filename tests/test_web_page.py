@@ -3,6 +3,8 @@ screen: refused tokens, a full room, an unreachable server, a denied camera or m
 
 from __future__ import annotations
 
+import pytest
+
 import time
 from pathlib import Path
 
@@ -17,6 +19,8 @@ from signaling.tokens import mint_token
 from .conftest import wait_for
 from .helpers.browser import ARTIFACTS, Page, chromium, deny_media
 from .helpers.clients import subscribed_media
+
+pytestmark = pytest.mark.browser  # real Chromium: deselect with -m 'not browser'
 
 
 async def test_refusals_show_their_message(server, clients, tmp_path: Path):

@@ -3,11 +3,15 @@ Chromium against the real server, with a Python client on the other side."""
 
 from __future__ import annotations
 
+import pytest
+
 from signaling.client import LocalDataTrack, RemoteDataTrack
 
 from .conftest import wait_for
 from .helpers.browser import Page, chromium, harness_site
 from .helpers.clients import EventLog, about, local_track, subscribed_data, subscribed_media
+
+pytestmark = pytest.mark.browser  # real Chromium: deselect with -m 'not browser'
 
 
 async def test_connect_events_media_data_and_mute(server, clients):
