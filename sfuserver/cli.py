@@ -11,7 +11,7 @@ import os
 import resource
 import sys
 import tempfile
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any, NoReturn
 
@@ -62,24 +62,26 @@ class _Formatter(argparse.ArgumentDefaultsHelpFormatter):
         return super()._get_help_string(action) or ""
 
 
-def _port(value: str) -> int:
-    try:
-        port = int(value)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not a port number: {value!r}") from None
-    if not 1 <= port <= 65535:
-        raise argparse.ArgumentTypeError(f"port must be in 1..65535, not {port}")
-    return port
+def _integer(low: int, high: int | None = None, unit: str = "") -> Callable[[str], int]:
+    """An argparse type: an integer in ``low..high`` (no upper bound when ``high`` is None)."""
+
+    def parse(value: str) -> int:
+        try:
+            number = int(value)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"not an integer: {value!r}") from None
+        if number < low or (high is not None and number > high):
+            bounds = f"{low}..{high}" if high is not None else f"{low} or more"
+            raise argparse.ArgumentTypeError(f"must be {bounds}{unit}, not {number}")
+        return number
+
+    return parse
 
 
-def _positive_int(value: str) -> int:
-    try:
-        number = int(value)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not an integer: {value!r}") from None
-    if number < 1:
-        raise argparse.ArgumentTypeError(f"must be at least 1, not {number}")
-    return number
+_port = _integer(1, 65535)
+_positive_int = _integer(1)
+_non_negative_int = _integer(0)
+_ttl = _integer(1, MAX_TTL, " seconds (at most 24 h)")
 
 
 def _non_negative_float(value: str) -> float:
@@ -90,23 +92,6 @@ def _non_negative_float(value: str) -> float:
     if not number >= 0 or number == float("inf"):
         raise argparse.ArgumentTypeError(f"must be a finite number >= 0, not {value}")
     return number
-
-
-def _non_negative_int(value: str) -> int:
-    try:
-        number = int(value)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not an integer: {value!r}") from None
-    if number < 0:
-        raise argparse.ArgumentTypeError(f"must be 0 or more, not {number}")
-    return number
-
-
-def _ttl(value: str) -> int:
-    ttl = _positive_int(value)
-    if ttl > MAX_TTL:
-        raise argparse.ArgumentTypeError(f"must be at most {MAX_TTL} seconds (24 h), not {ttl}")
-    return ttl
 
 
 def _identity(value: str) -> str:
