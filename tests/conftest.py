@@ -5,7 +5,8 @@ from __future__ import annotations
 import asyncio
 import socket
 from collections.abc import AsyncIterator, Callable
-from dataclasses import dataclass
+from contextlib import asynccontextmanager
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -73,23 +74,36 @@ class Server:
     registry: RoomRegistry
     data_dir: Path
     signaling: SignalingService
+    app: web.Application = field(repr=False, default_factory=web.Application)
 
     def token(self, identity: str, room: str | None = None, ttl: int = 3600) -> str:
         return mint_token(self.credentials, identity, room=room, ttl=ttl)
 
 
-@pytest.fixture
-async def server(tmp_path: Path, netns: None) -> AsyncIterator[Server]:
+@asynccontextmanager
+async def running_server(tmp_path: Path, **settings: Any) -> AsyncIterator[tuple[Server, web.AppRunner]]:
+    """The app built from ``ServerConfig(**settings)`` (defaults: loopback, data in ``tmp_path``,
+    a 3 s reconnect grace), always bound to 127.0.0.1 on a free port; a test may stop the
+    runner itself."""
     credentials = generate()
-    config = ServerConfig(host="127.0.0.1", port=0, data_dir=tmp_path, reconnect_grace=3.0)
-    app = build_app(config, credentials)
+    options: dict[str, Any] = {"host": "127.0.0.1", "port": 0, "data_dir": tmp_path, "reconnect_grace": 3.0, **settings}
+    app = build_app(ServerConfig(**options), credentials)
     runner = web.AppRunner(app, handle_signals=False, access_log=None)
     await runner.setup()
     site = web.TCPSite(runner, "127.0.0.1", 0)
     await site.start()
     port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
-    yield Server(f"ws://127.0.0.1:{port}/signaling", f"http://127.0.0.1:{port}", credentials, app[REGISTRY], tmp_path, app[SIGNALING])
-    await runner.cleanup()
+    try:
+        yield Server(f"ws://127.0.0.1:{port}/signaling", f"http://127.0.0.1:{port}", credentials, app[REGISTRY], tmp_path, app[SIGNALING], app), runner
+    finally:
+        if runner.server is not None:
+            await runner.cleanup()
+
+
+@pytest.fixture
+async def server(tmp_path: Path, netns: None) -> AsyncIterator[Server]:
+    async with running_server(tmp_path) as (running, _):
+        yield running
 
 
 @pytest.fixture

@@ -15,11 +15,10 @@ from aiohttp import web
 
 from rest.app import CALLBACKS
 from rest.callbacks import MAX_RESPONSE_BYTES, is_public_address
-from sfu.credentials import Credentials, generate
-from sfuserver.app import ServerConfig, build_app
+from sfu.credentials import Credentials
 from sfuserver.cli import parser
 
-from .conftest import wait_for
+from .conftest import running_server, wait_for
 from .rest_support import RestServer, raw, rest_server  # noqa: F401
 
 HUGE = 64 << 20  # bytes the receiver offers to send
@@ -107,16 +106,8 @@ def test_public_addresses() -> None:
 @pytest.fixture
 async def public_only_server(tmp_path: Path, netns: None) -> AsyncIterator[tuple[str, Credentials, web.Application]]:
     assert parser().parse_args(["serve", "--status-callback-public-only"]).status_callback_public_only
-    credentials = generate()
-    config = ServerConfig(host="127.0.0.1", port=0, data_dir=tmp_path, status_callback_public_only=True)
-    app = build_app(config, credentials)
-    runner = web.AppRunner(app, handle_signals=False, access_log=None)
-    await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0)
-    await site.start()
-    port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
-    yield f"http://127.0.0.1:{port}", credentials, app
-    await runner.cleanup()
+    async with running_server(tmp_path, status_callback_public_only=True) as (server, _):
+        yield server.http, server.credentials, server.app
 
 
 async def test_public_only_refuses_loopback_callbacks(

@@ -8,20 +8,16 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-from collections.abc import AsyncIterator, Awaitable
-from contextlib import asynccontextmanager
+from collections.abc import Awaitable
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import TypeVar
 
 import aiohttp
 import pytest
-from aiohttp import web
 
-from sfu.credentials import generate
-from sfuserver.app import REGISTRY, SIGNALING, ServerConfig, build_app
 from signaling import protocol
 
-from .conftest import DEADLINE, Server, wait_for
+from .conftest import DEADLINE, Server, running_server, wait_for
 from .helpers.clients import RawSocket, connect_message
 from .helpers.wire import CONTINUATION, TEXT, WireSocket, closed_by_server, frame
 
@@ -30,22 +26,7 @@ KIB = 1 << 10
 MESSAGE_TOO_BIG = 1009
 
 
-@asynccontextmanager
-async def running(tmp_path: Path, **settings: Any) -> AsyncIterator[tuple[Server, web.AppRunner]]:
-    """A server like tests/conftest.py's, with these ServerConfig settings."""
-    credentials = generate()
-    config = ServerConfig(host="127.0.0.1", port=0, data_dir=tmp_path, reconnect_grace=3.0, **settings)
-    app = build_app(config, credentials)
-    runner = web.AppRunner(app, handle_signals=False, access_log=None)
-    await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0)
-    await site.start()
-    port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
-    try:
-        yield Server(f"ws://127.0.0.1:{port}/signaling", f"http://127.0.0.1:{port}", credentials, app[REGISTRY], tmp_path, app[SIGNALING]), runner
-    finally:
-        if runner.server is not None:  # (a test may have stopped it)
-            await runner.cleanup()
+running = running_server  # a server like the `server` fixture's, with these ServerConfig settings
 
 
 async def within(awaitable: Awaitable[T]) -> T:

@@ -9,29 +9,20 @@ from pathlib import Path
 
 import aiohttp
 import pytest
-from aiohttp import web
 
-from sfu.credentials import Credentials, generate
-from sfuserver.app import ServerConfig, build_app
+from sfu.credentials import Credentials
 from sfuserver.cli import parser
 from sfuserver.web import dev_tokens_enabled, is_loopback
 from signaling.tokens import verify_token
+
+from .conftest import running_server
 
 
 @asynccontextmanager
 async def running(tmp_path: Path, host: str, dev_tokens: bool | None = None) -> AsyncIterator[tuple[str, Credentials]]:
     """The app as configured for ``host``, but always bound to 127.0.0.1 for the test."""
-    credentials = generate()
-    app = build_app(ServerConfig(host=host, port=0, data_dir=tmp_path, dev_tokens=dev_tokens), credentials)
-    runner = web.AppRunner(app, handle_signals=False, access_log=None)
-    await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0)
-    await site.start()
-    port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
-    try:
-        yield f"http://127.0.0.1:{port}", credentials
-    finally:
-        await runner.cleanup()
+    async with running_server(tmp_path, host=host, dev_tokens=dev_tokens) as (server, _):
+        yield server.http, server.credentials
 
 
 async def post_token(base: str, body: object, content_type: str = "application/json") -> tuple[int, dict]:
