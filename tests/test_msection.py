@@ -14,6 +14,7 @@ import pytest
 from aiortc.mediastreams import MediaStreamError
 from av import VideoFrame
 
+from sfu.media.peer import sdp_blocks
 from sfu.media.producer import Producer
 from sfu.participant import Participant
 from signaling.client import LocalAudioTrack, LocalVideoTrack, RemoteMediaTrack, Room, SignalingError
@@ -164,16 +165,7 @@ def reject_sections(sdp: str, mids: set[str]) -> str:
     """Reject the m-sections ``mids`` as Firefox does for a codec it lacks: port 0, inactive,
     no ICE credentials or candidates, no DTLS attributes, and out of the BUNDLE group."""
     out = []
-    block_mid: str | None = None
-    blocks: list[list[str]] = []
-    session: list[str] = []
-    for line in sdp.splitlines():
-        if line.startswith("m="):
-            blocks.append([line])
-        elif blocks:
-            blocks[-1].append(line)
-        else:
-            session.append(line)
+    session, blocks = sdp_blocks(sdp)
     for block in blocks:
         block_mid = next((line[6:] for line in block if line.startswith("a=mid:")), None)
         if block_mid not in mids:

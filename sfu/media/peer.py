@@ -456,8 +456,8 @@ class Peer(AsyncIOEventEmitter):
         offer = self.pc.localDescription
         if offer is None or not re.search(r"^m=\S+ 0 ", sdp, flags=re.MULTILINE):
             return sdp, {}
-        session, answer_blocks = _sdp_blocks(sdp)
-        _, offer_blocks = _sdp_blocks(offer.sdp)
+        session, answer_blocks = sdp_blocks(sdp)
+        _, offer_blocks = sdp_blocks(offer.sdp)
         accepted = next((b for b in answer_blocks if b[0].split()[1:2] != ["0"]), None)
         if accepted is None or len(offer_blocks) != len(answer_blocks):
             return sdp, {}  # nothing to take the transport from: let aiortc refuse it
@@ -622,7 +622,7 @@ class Peer(AsyncIOEventEmitter):
         await self.pc.close()
 
 
-def _sdp_blocks(sdp: str) -> tuple[list[str], list[list[str]]]:
+def sdp_blocks(sdp: str) -> tuple[list[str], list[list[str]]]:
     """The session lines and the lines of each m-section (each block starts with its m=)."""
     session: list[str] = []
     blocks: list[list[str]] = []
