@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
 import select
 import shutil
 import socket
@@ -110,6 +109,39 @@ def test_each_of_200_destinations_gets_its_own_packet(impl: Impl, sockets: Calla
     for (data, _), receiver in zip(packets, receivers):
         assert read_exactly(receiver, 1) == [data]
         assert_nothing_more(receiver)
+
+
+def test_a_batch_longer_than_one_system_call_keeps_each_destinations_order(impl: Impl, sockets: Callable[..., socket.socket]) -> None:
+    """2,500 packets span three sendmmsg calls (1,024 each); refused ones sit at the seams."""
+    sender = sockets()
+    receivers = [sockets() for _ in range(20)]
+    refused = {0, 1023, 1024, 2047, 2048, 2499}
+    packets = [
+        (b"bad", ("255.255.255.255", 9)) if i in refused else (b"%d" % i, receivers[i % 20].getsockname())
+        for i in range(2500)
+    ]
+    assert impl.send_many(sender, packets) == 2500 - len(refused)
+    for r, receiver in enumerate(receivers):
+        expected = [b"%d" % i for i in range(r, 2500, 20) if i not in refused]
+        assert read_exactly(receiver, len(expected)) == expected
+        assert_nothing_more(receiver)
+
+
+@pytest.mark.parametrize(
+    ("packet", "error"),
+    [
+        ((b"x", "127.0.0.1"), TypeError),  # the address is not a tuple
+        (("text", ("127.0.0.1", 9)), TypeError),  # str data
+        ((b"x", ("127.0.0.1", "9")), TypeError),  # str port
+        ((b"x", ("127.0.0.1", 70000)), OverflowError),
+    ],
+    ids=["address-not-tuple", "str-data", "str-port", "port-out-of-range"],
+)
+def test_a_malformed_packet_is_a_programming_error_and_raises(
+    impl: Impl, sockets: Callable[..., socket.socket], packet: tuple[object, object], error: type[Exception]
+) -> None:
+    with pytest.raises(error):
+        impl.send_many(sockets(), [packet])
 
 
 def test_an_empty_batch_sends_nothing(impl: Impl, sockets: Callable[..., socket.socket]) -> None:
@@ -232,3 +264,20 @@ def test_a_datagram_longer_than_max_is_dropped_not_cut_short(impl: Impl, sockets
     sender.sendto(b"last", receiver.getsockname())
     received = [data for batch in receive_all(impl, receiver, 2) for data, _ in batch]
     assert received == [whole, b"last"]
+
+
+def test_the_c_extension_is_built_wherever_a_compiler_is() -> None:
+    """`pip install -e .` builds sfu.media._udpio when it can; a silent fallback must not pass CI."""
+    compiler = (sysconfig.get_config_var("CC") or "cc").split()[0]
+    headers = Path(sysconfig.get_paths()["include"], "Python.h")
+    if not (shutil.which(compiler) and headers.exists()):
+        pytest.skip(f"no C compiler ({compiler}) or Python headers: the fallback is expected here")
+    assert udpio.ACCELERATED, "pip install -e . built no sfu.media._udpio (see pip install -v output)"
+    assert udpio.send_many is not udpio.fallback_send_many and udpio.recv_many is not udpio.fallback_recv_many
+
+
+@pytest.mark.skipif(not udpio.ACCELERATED, reason="C extension not built")
+def test_the_extension_and_the_fallback_agree_on_the_longest_datagram() -> None:
+    from sfu.media import _udpio  # type: ignore[attr-defined]
+
+    assert _udpio.MAX_DATAGRAM == udpio.MAX_DATAGRAM
