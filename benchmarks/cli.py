@@ -130,6 +130,13 @@ def options(args: argparse.Namespace, clip: Path) -> Options:
     )
 
 
+def udpio_accelerated() -> bool:
+    """Whether udpio's C extension (sendmmsg) is what the floor target uses in this venv."""
+    from sfu.media import udpio
+
+    return udpio.ACCELERATED
+
+
 def _document(args: argparse.Namespace, o: Options, argv: list[str], started: str, load_before: str) -> dict[str, Any]:
     server_core, peer_cpus = o.server_core, o.peer_cpus
     scenario = SCENARIOS[args.scenario]
@@ -146,6 +153,7 @@ def _document(args: argparse.Namespace, o: Options, argv: list[str], started: st
         "options": {"duration": o.duration, "warmup": o.warmup, "workers": o.workers, "probes": o.probes,
                     "stop_loss_pct": o.stop_loss_pct, "peer_batch_ms": o.peer_batch_ms},
         "load_before": load_before,
+        "udpio_accelerated": udpio_accelerated(),
         "results": [],
     }
 

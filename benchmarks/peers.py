@@ -11,6 +11,8 @@ What a load peer costs is kept well below what the server spends on the same pac
   video stream has arrived, its packets are also decrypted to find that keyframe (time to
   first frame), and, like a browser that cannot decode yet, the subscriber sends a PLI every
   0.3 s; after that, never.
+* the floor target's legs have no peer connection: their RTP arrives unprotected on a plain
+  UDP socket (``Leg.receive_plain``) and goes through the same counting code;
 * a few *probe* subscribers (in a worker of their own, so their loop is idle) also log the
   arrival time of the last packet of every video frame, for latency.
 
