@@ -1,7 +1,7 @@
 """``python -m benchmarks``: the load harness.
 
-    python -m benchmarks run --target sfu|janus|relay --scenario fanout|meeting|rooms|joinstorm [options]
-    python -m benchmarks compare --scenario fanout [--targets sfu,janus,relay] [options]
+    python -m benchmarks run --target sfu|janus|relay|floor --scenario fanout|meeting|rooms|joinstorm [options]
+    python -m benchmarks compare --scenario fanout [--targets sfu,janus,floor,relay] [options]
 
 Before anything runs, the harness installs what it lacks (Janus from Debian's packages when a
 Janus target is asked for; matplotlib and py-spy with pip), encodes the media clip once, and
@@ -43,7 +43,8 @@ def in_namespace() -> bool:
 
 
 def parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python -m benchmarks", description="Load harness: our SFU side by side with Janus and a MediaRelay server")
+    p = argparse.ArgumentParser(prog="python -m benchmarks", description="Load harness: our SFU side by side with Janus, a MediaRelay server and the floor "
+                                "(the same fan-out with no SFU logic)")
     sub = p.add_subparsers(dest="command", required=True)
 
     def common(sp: argparse.ArgumentParser) -> None:
@@ -61,12 +62,12 @@ def parser() -> argparse.ArgumentParser:
         sp.add_argument("--log-level", default="WARNING")
 
     run = sub.add_parser("run", help="one target, every point of a scenario")
-    run.add_argument("--target", choices=["sfu", "janus", "relay"], required=True)
+    run.add_argument("--target", choices=["sfu", "janus", "relay", "floor"], required=True)
     run.add_argument("--profile", action="store_true", help="also profile the server (py-spy) during each measured window")
     common(run)
 
     compare = sub.add_parser("compare", help="several targets one after another on the same scenario")
-    compare.add_argument("--targets", default="sfu,janus,relay")
+    compare.add_argument("--targets", default="sfu,janus,floor,relay")
     compare.add_argument("--no-profile", action="store_true", help="skip the extra profiled sfu point")
     compare.add_argument("--no-results-md", action="store_true", help="do not update benchmarks/RESULTS.md")
     compare.add_argument("--results-dir", type=Path, default=HERE, help=argparse.SUPPRESS)
@@ -129,6 +130,13 @@ def options(args: argparse.Namespace, clip: Path) -> Options:
     )
 
 
+def udpio_accelerated() -> bool:
+    """Whether udpio's C extension (sendmmsg) is what the floor target uses in this venv."""
+    from sfu.media import udpio
+
+    return udpio.ACCELERATED
+
+
 def _document(args: argparse.Namespace, o: Options, argv: list[str], started: str, load_before: str) -> dict[str, Any]:
     server_core, peer_cpus = o.server_core, o.peer_cpus
     scenario = SCENARIOS[args.scenario]
@@ -145,6 +153,7 @@ def _document(args: argparse.Namespace, o: Options, argv: list[str], started: st
         "options": {"duration": o.duration, "warmup": o.warmup, "workers": o.workers, "probes": o.probes,
                     "stop_loss_pct": o.stop_loss_pct, "peer_batch_ms": o.peer_batch_ms},
         "load_before": load_before,
+        "udpio_accelerated": udpio_accelerated(),
         "results": [],
     }
 

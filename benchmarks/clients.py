@@ -12,6 +12,9 @@ pre-encoded clip (``PacketSource``) and whose inbound RTP is counted by the tap 
 * ``relay``: the MediaRelay baseline's own trivial HTTP signaling
   (:mod:`benchmarks.baselines.relay`): publishers post an offer, subscribers get an offer
   with every other publisher's tracks and post their answer.
+* ``floor``: no peer connection at all (:mod:`benchmarks.baselines.floor`): each leg is a
+  plain UDP socket on the test interface that registers with one datagram; the publisher
+  sends the same clip in plain RTP, subscribers count it with the same tap code.
 
 Both baselines use two peer connections for a participant that publishes and subscribes,
 which is how Janus's videoroom is used by browsers too.
@@ -21,7 +24,8 @@ from __future__ import annotations
 
 import asyncio
 import itertools
-from typing import Any
+import random
+from typing import Any, cast
 
 import aiohttp
 from aiortc import RTCConfiguration, RTCPeerConnection, RTCSessionDescription
@@ -39,6 +43,8 @@ def make_client(target: dict[str, Any], clip: Clip) -> "Client":
         return JanusClient(target, clip)
     if kind == "relay":
         return RelayClient(target, clip)
+    if kind == "floor":
+        return FloorClient(target, clip)
     raise ValueError(f"unknown target {kind}")
 
 
@@ -285,3 +291,89 @@ class RelayClient(Client):
         await self._post("/answer", {"id": reply["id"], "sdp": pc.localDescription.sdp})
         await wait_connected(leg)
 
+
+
+class FloorEndpoint(asyncio.DatagramProtocol):
+    """One plain UDP socket of a floor participant: RTP in goes to its leg, ``OK`` answers
+    a registration, ``KEY`` asks the publisher for a keyframe."""
+
+    def __init__(self, leg: Any) -> None:
+        self.leg = leg
+        self.transport: asyncio.DatagramTransport | None = None
+        self.ok = asyncio.Event()
+        self.on_key: Any = None
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = cast(asyncio.DatagramTransport, transport)  # uvloop's is not a subclass
+
+    def datagram_received(self, data: bytes, addr: Any) -> None:
+        if data and data[0] >= 0x80:
+            self.leg.on_rtp(data)
+        elif data == b"OK":
+            self.ok.set()
+        elif data == b"KEY" and self.on_key is not None:
+            self.on_key()
+
+    def send(self, data: bytes) -> bool:
+        assert self.transport is not None
+        self.transport.sendto(data)
+        return True
+
+    async def register(self, message: str, timeout: float = 30.0) -> None:
+        """Send ``message`` until the floor answers OK (UDP: a datagram may be lost)."""
+        deadline = asyncio.get_running_loop().time() + timeout
+        while not self.ok.is_set():
+            self.send(message.encode())
+            left = deadline - asyncio.get_running_loop().time()
+            if left <= 0:
+                raise TimeoutError(f"floor did not answer {message!r}")
+            try:
+                await asyncio.wait_for(self.ok.wait(), min(0.5, left))
+            except asyncio.TimeoutError:
+                pass
+
+
+class FloorClient(Client):
+    """The floor target: one plain UDP socket per leg, no ICE, DTLS or SRTP."""
+
+    PAYLOAD_TYPES = {"audio": 111, "video": 96}
+    MID_ID, LEVEL_ID = 1, 2  # header extension ids, as a browser's offer numbers them
+    SRTP_TAG = bytes(16)  # stands in for the AES-GCM authentication tag of an SRTP packet
+
+    async def _open(self, leg: Any) -> FloorEndpoint:
+        loop = asyncio.get_running_loop()
+        _, endpoint = await loop.create_datagram_endpoint(
+            lambda: FloorEndpoint(leg), local_addr=(self.target["host"], 0), remote_addr=(self.target["host"], self.target["port"]))
+        return endpoint
+
+    async def join(self, p: Participant, phase: str) -> None:
+        spec = p.spec
+        legs = p.handle = p.handle or []
+        if phase == "publish":
+            leg = p.leg("publish")
+            endpoint = await self._open(leg)
+            legs.append(endpoint)
+            await endpoint.register(f"PUB {spec.room} {spec.identity}")
+            leg.mark_connected()
+            audio, video = self.sources(p)
+            endpoint.on_key = video.request_keyframe
+            tag = self.SRTP_TAG
+
+            def write(data: bytes) -> bool:
+                return endpoint.send(data + tag)
+
+            for mid, source in enumerate((audio, video)):
+                source.begin(self.PAYLOAD_TYPES[source.kind], random.getrandbits(32), self.MID_ID, str(mid), self.LEVEL_ID, write)
+            return
+        leg = p.leg("subscribe")
+        endpoint = await self._open(leg)
+        legs.append(endpoint)
+        leg.receive_plain({pt: kind for kind, pt in self.PAYLOAD_TYPES.items()},
+                          lambda ssrc: endpoint.send(f"KEY {spec.room}".encode()))
+        await endpoint.register(f"SUB {spec.room} {spec.identity}")
+        leg.mark_connected()
+
+    async def leave(self, p: Participant) -> None:
+        for endpoint in p.handle or []:
+            if endpoint.transport is not None:
+                endpoint.transport.close()

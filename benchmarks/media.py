@@ -224,17 +224,23 @@ class PacketSource:
         expected = "video/vp8" if self.kind == "video" else "audio/opus"
         if codec.mimeType.lower() != expected:
             raise RuntimeError(f"negotiated {codec.mimeType}, the clip is {expected}")
-        self._pt = codec.payloadType
+        ids = {ext.uri: ext.id for ext in parameters.headerExtensions}
+        self.begin(codec.payloadType, sender._ssrc, ids.get(MID_URI), parameters.muxId, ids.get(AUDIO_LEVEL_URI), write)
+
+    def begin(self, pt: int, ssrc: int, mid_id: int | None, mid: str | None, level_id: int | None,
+              write: Callable[[bytes], bool]) -> None:
+        """Start sending with these RTP parameters: the MID header extension when ``mid_id``
+        and ``mid`` are given, the audio level one (audio only) when ``level_id`` is."""
+        self._pt = pt
         elements = b""
-        for ext in parameters.headerExtensions:
-            if ext.uri == MID_URI and parameters.muxId:
-                mid = parameters.muxId.encode()
-                elements += bytes(((ext.id << 4) | (len(mid) - 1),)) + mid
-            elif ext.uri == AUDIO_LEVEL_URI and self.kind == "audio":
-                elements += bytes(((ext.id << 4), 0x80 | 30))  # voice, -30 dBov
+        if mid_id and mid:
+            encoded = mid.encode()
+            elements += bytes(((mid_id << 4) | (len(encoded) - 1),)) + encoded
+        if level_id and self.kind == "audio":
+            elements += bytes(((level_id << 4), 0x80 | 30))  # voice, -30 dBov
         self._ext = _extension_block(elements)
         self._b0 = 0x90 if self._ext else 0x80
-        self._ssrc = sender._ssrc
+        self._ssrc = ssrc
         self._seq = random.getrandbits(16)
         self._origin = random.getrandbits(32)
         self._write = write

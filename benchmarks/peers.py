@@ -11,6 +11,8 @@ What a load peer costs is kept well below what the server spends on the same pac
   video stream has arrived, its packets are also decrypted to find that keyframe (time to
   first frame), and, like a browser that cannot decode yet, the subscriber sends a PLI every
   0.3 s; after that, never.
+* the floor target's legs have no peer connection: their RTP arrives unprotected on a plain
+  UDP socket (``Leg.receive_plain``) and goes through the same counting code;
 * a few *probe* subscribers (in a worker of their own, so their loop is idle) also log the
   arrival time of the last packet of every video frame, for latency.
 
@@ -33,6 +35,7 @@ import struct
 import time
 import traceback
 from collections import Counter, deque
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -90,6 +93,8 @@ class Leg:
         self.t_start = time.monotonic()
         self.t_connected: float | None = None
         self._pt_kinds: dict[int, str] | None = None
+        self._plain = False
+        self._ask_keyframe: Callable[[int], None] | None = None
         self.connected = asyncio.Event()
 
     def attach(self, pc: Any) -> None:
@@ -97,11 +102,22 @@ class Leg:
         _UNBOUND.append(self)
 
         def on_state() -> None:
-            if pc.connectionState == "connected" and self.t_connected is None:
-                self.t_connected = time.monotonic()
-                self.connected.set()
+            if pc.connectionState == "connected":
+                self.mark_connected()
 
         pc.on("connectionstatechange", on_state)
+
+    def receive_plain(self, kinds: dict[int, str], ask_keyframe: Callable[[int], None]) -> None:
+        """This leg has no peer connection (the floor target): RTP arrives unprotected, with
+        these payload types, and ``ask_keyframe(ssrc)`` stands in for a PLI."""
+        self._pt_kinds = dict(kinds)
+        self._plain = True
+        self._ask_keyframe = ask_keyframe
+
+    def mark_connected(self) -> None:
+        if self.t_connected is None:
+            self.t_connected = time.monotonic()
+            self.connected.set()
 
     def connection(self) -> Any:
         pc = self.pc
@@ -119,7 +135,7 @@ class Leg:
         return dtls.transport._connection
 
     def _kind(self, pt: int) -> str:
-        if self._pt_kinds is None or pt not in self._pt_kinds:
+        if self._pt_kinds is None or (pt not in self._pt_kinds and not self._plain):
             kinds: dict[int, str] = {}
             description = self.pc.remoteDescription if self.pc is not None else None
             for m in re.finditer(r"a=rtpmap:(\d+) ([\w-]+)/", description.sdp if description else ""):
@@ -157,16 +173,22 @@ class Leg:
         if now - st.last_pli > PLI_INTERVAL:
             # like a browser that cannot decode yet: ask for a keyframe until one comes
             st.last_pli = now
-            receivers = self.pc.getReceivers() if self.pc is not None else []
-            if receivers:
-                asyncio.ensure_future(receivers[0]._send_rtcp_pli(st.ssrc))
-        srtp = getattr(self.dtls, "_rx_srtp", None)
-        if srtp is None:
-            return
-        try:
-            plain = srtp.unprotect(data)
-        except Exception:
-            return
+            if self._ask_keyframe is not None:
+                self._ask_keyframe(st.ssrc)
+            else:
+                receivers = self.pc.getReceivers() if self.pc is not None else []
+                if receivers:
+                    asyncio.ensure_future(receivers[0]._send_rtcp_pli(st.ssrc))
+        if self._plain:
+            plain = data
+        else:
+            srtp = getattr(self.dtls, "_rx_srtp", None)
+            if srtp is None:
+                return
+            try:
+                plain = srtp.unprotect(data)
+            except Exception:
+                return
         offset = 12 + 4 * (plain[0] & 0x0F)
         if plain[0] & 0x10 and len(plain) >= offset + 4:
             offset += 4 + 4 * int.from_bytes(plain[offset + 2 : offset + 4], "big")

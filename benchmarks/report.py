@@ -9,8 +9,9 @@ from pathlib import Path
 from typing import Any
 
 HERE = Path(__file__).resolve().parent
-TARGET_ORDER = ["sfu", "janus", "relay"]
-COLORS = {"sfu": "#1f77b4", "janus": "#2ca02c", "relay": "#d62728"}
+TARGET_ORDER = ["sfu", "janus", "floor", "relay"]
+BASELINES = ["janus", "floor", "relay"]  # what the sfu is compared with, in the report's order
+COLORS = {"sfu": "#1f77b4", "janus": "#2ca02c", "floor": "#7f7f7f", "relay": "#d62728"}
 
 
 def machine() -> dict[str, Any]:
@@ -97,7 +98,7 @@ def _ratio(x: float) -> float:
 def ratios(results: list[dict[str, Any]]) -> dict[str, Any]:
     out: dict[str, Any] = {}
     sfu = best_held(results, "sfu")
-    for other in ("janus", "relay"):
+    for other in BASELINES:
         ref = best_held(results, other)
         if sfu is None or ref is None:
             continue
@@ -190,10 +191,11 @@ def _git_commit() -> str:
         return "?"
 
 
-AIMS = """Aims (from issue 5; reported here, not enforced by tests): under 10 µs of server CPU per
+AIMS = """Aims of issue 5 (reported per scenario above, not enforced by tests): under 10 µs of server CPU per
 forwarded output packet on fanout (100k packets/s per core), under 25 µs on meeting; p95 added
 latency under 5 ms below saturation; time to first frame under 300 ms; CPU per packet within 1.5x
-of Janus and at least 100x better than relay."""
+of Janus and at least 100x better than relay. The aims of issue 9 are checked in their own table
+at the top."""
 
 METHOD = """## How the figures are taken
 
@@ -208,6 +210,14 @@ METHOD = """## How the figures are taken
   advice for large deployments is a few static event loops, one per core; its default, a thread
   per handle, spent more CPU switching between hundreds of threads than forwarding in a trial at
   fanout 1->200); rooms created with no bitrate cap and VP8/Opus. Relay: `benchmarks/baselines/relay.py`.
+- **The floor** (`benchmarks/baselines/floor.py`) is what delivering the same output costs with no
+  SFU logic: one process, one UDP socket, a `poll` loop that receives each publisher packet and sends
+  it unchanged to every subscriber socket with one `udpio.send_many` per input packet (`sendmmsg` when
+  udpio's C extension is built, as each scenario's header says; udpio's pure-Python fallback makes one
+  `sendto` per copy). No ICE, DTLS, SRTP, RTCP, rewriting or signaling. Its
+  publisher sends the same clip in plain RTP with 16 bytes in place of the SRTP tag, so the packets
+  have the SRTP packets' sizes; its subscribers are plain UDP sockets on the same interface, counted
+  and timed like the others, and a subscriber's registration makes the floor ask for a keyframe.
 - **Same load for every target.** The same peers and the same media are used against all three
   servers; only signaling differs (our websocket protocol, Janus's HTTP API with the videoroom
   plugin, the relay baseline's trivial HTTP API). Janus and the relay give a participant that
@@ -311,10 +321,155 @@ def aims_check(doc: dict[str, Any]) -> list[str]:
     return rows
 
 
+def _point(doc: dict[str, Any] | None, target: str, load: int) -> dict[str, Any] | None:
+    """``target``'s measured point at ``load`` in ``doc`` (None if not run or failed)."""
+    if doc is None:
+        return None
+    return next((r for r in doc["results"] if r["target"] == target and r["load"] == load and "error" not in r), None)
+
+
+def cpu_by_load(results: list[dict[str, Any]]) -> list[str]:
+    """CPU µs per output packet at every load the sfu ran, beside each baseline's at the same
+    load, and the ratios sfu / baseline (✗: that point was not held)."""
+    bases = [b for b in BASELINES if any(r["target"] == b and "error" not in r for r in results)]
+    loads = sorted({r["load"] for r in results if r["target"] == "sfu" and "error" not in r})
+    if not bases or not loads:
+        return []
+    doc = {"results": results}
+
+    def cell(r: dict[str, Any] | None) -> str:
+        if r is None or r.get("cpu_us_per_packet") is None:
+            return "–"
+        return _fmt(float(r["cpu_us_per_packet"]), 2) + ("" if r.get("held") else " ✗")
+
+    rows = ["| load | " + " | ".join(f"{t} µs / out pkt" for t in ["sfu", *bases]) + " | "
+            + " | ".join(f"sfu / {b}" for b in bases) + " |",
+            "|---|" + "---:|" * (2 * len(bases) + 1)]
+    for load in loads:
+        ours = _point(doc, "sfu", load)
+        assert ours is not None
+        others = [_point(doc, b, load) for b in bases]
+        ratios_ = [f"**{_ratio(ours['cpu_us_per_packet'] / o['cpu_us_per_packet'])}**"
+                   if o and o.get("cpu_us_per_packet") and ours.get("cpu_us_per_packet") else "–" for o in others]
+        rows.append(f"| {ours['label']} | {cell(ours)} | " + " | ".join(cell(o) for o in others) + " | " + " | ".join(ratios_) + " |")
+    return rows
+
+
+def _stopped(doc: dict[str, Any], target: str) -> str:
+    """Where ``target``'s run ended, for a figure that is missing."""
+    runs = [r for r in doc["results"] if r["target"] == target]
+    if not runs:
+        return f"{target} not in this run"
+    last = runs[-1]
+    if "error" in last:
+        return f"{target} failed at {last['label']}"
+    return f"{target} ran up to {last['label']}" + ("" if last.get("held") else " (not held)")
+
+
+def _cpu_ratio_aim(doc: dict[str, Any] | None, scenario: str, load: int, base: str, limit: float) -> tuple[str, bool | None]:
+    """(figure, met?) for "ours/base CPU per output packet at ``load``, ours held there, <= limit"."""
+    if doc is None:
+        return f"no {scenario} run stored", None
+    ours, other = _point(doc, "sfu", load), _point(doc, base, load)
+    if ours is None:
+        runs = [r for r in doc["results"] if r["target"] == "sfu"]
+        failed = bool(runs) and (not runs[-1].get("held")) and runs[-1]["load"] < load
+        return _stopped(doc, "sfu"), (False if failed else None)
+    if not ours.get("held"):
+        return f"ours did not hold {ours['label']} (loss {ours.get('loss_pct')}%, {ours.get('failures')} failures)", False
+    if other is None or not other.get("cpu_us_per_packet"):
+        return f"ours {ours['cpu_us_per_packet']} µs at {ours['label']}; {_stopped(doc, base)}", None
+    ratio = ours["cpu_us_per_packet"] / other["cpu_us_per_packet"]
+    note = "" if other.get("held") else f" ({base} not held there)"
+    return (f"{ours['cpu_us_per_packet']} / {other['cpu_us_per_packet']} µs = **{ratio:.2f}** at {ours['label']}{note}",
+            ratio <= limit)
+
+
+def issue9_aims(docs: dict[str, dict[str, Any]]) -> list[str]:
+    """Issue 9's aims against the stored runs: one row each, met / not met / not measured."""
+    fanout, meeting = docs.get("fanout"), docs.get("meeting")
+    rows = ["| aim | figure | |", "|---|---|---|"]
+
+    def row(aim: str, figure: str, ok: bool | None) -> None:
+        rows.append(f"| {aim} | {figure} | {'met' if ok else 'not met' if ok is not None else 'not measured'} |")
+
+    for base, limit in (("janus", 0.8), ("floor", 1.6)):
+        row(f"fanout: server CPU per output packet at 1->200, ours/{base} <= {limit:g}",
+            *_cpu_ratio_aim(fanout, "fanout", 200, base, limit))
+    if fanout is None:
+        row("fanout: highest fan-out held on one core >= Janus's", "no fanout run stored", None)
+    else:
+        ours, theirs = best_held(fanout["results"], "sfu"), best_held(fanout["results"], "janus")
+        if theirs is None:
+            row("fanout: highest fan-out held on one core >= Janus's", _stopped(fanout, "janus"), None)
+        else:
+            figure = f"ours {ours['label'] if ours else 'none'} ({_stopped(fanout, 'sfu')}), Janus {theirs['label']} ({_stopped(fanout, 'janus')})"
+            janus_last = [r for r in fanout["results"] if r["target"] == "janus"][-1]
+            verdict: bool | None = ours is not None and ours["load"] >= theirs["load"]
+            if verdict and janus_last.get("held") and ours is not None and ours["load"] <= janus_last["load"]:
+                verdict = None  # Janus held every point it ran: its highest is not known
+                figure += "; Janus held every point run, so its highest is not known"
+            row("fanout: highest fan-out held on one core >= Janus's", figure, verdict)
+    for name, doc in (("fanout", fanout), ("meeting", meeting)):
+        aim = f"{name}: p95 added latency at every point held below 75% server CPU <= 5 ms and <= Janus's"
+        points = [r for r in (doc or {"results": []})["results"]
+                  if r["target"] == "sfu" and r.get("held") and r["server_cpu_pct"] < 75 and r["latency_ms"]["p95"] is not None]
+        if not points:
+            row(aim, f"no {name} run stored" if doc is None else "no such point", None)
+            continue
+        figures, ok = [], True
+        for r in points:
+            janus = _point(doc, "janus", r["load"])
+            theirs = janus["latency_ms"]["p95"] if janus else None
+            ok = ok and r["latency_ms"]["p95"] <= 5 and (theirs is None or r["latency_ms"]["p95"] <= theirs)
+            figures.append(f"{r['latency_ms']['p95']} ms at {r['label']} (Janus {_fmt(theirs, 2)})")
+        row(aim, ", ".join(figures), ok)
+    for name, doc in (("fanout", fanout), ("meeting", meeting)):
+        aim = f"{name}: time to first frame p95 < 300 ms at every held point"
+        points = [r for r in (doc or {"results": []})["results"]
+                  if r["target"] == "sfu" and r.get("held") and r["first_frame_ms"]["p95"] is not None]
+        if not points:
+            row(aim, f"no {name} run stored" if doc is None else "no held point", None)
+            continue
+        row(aim, ", ".join(f"{_fmt(r['first_frame_ms']['p95'], 0)} ms at {r['label']}" for r in points),
+            all(r["first_frame_ms"]["p95"] < 300 for r in points))
+    row("meeting: 20 x 20 held on one core, at server CPU per output packet ours/janus <= 0.8",
+        *_cpu_ratio_aim(meeting, "meeting", 20, "janus", 0.8))
+    for name, doc in (("fanout", fanout), ("meeting", meeting)):
+        aim = f"{name}: RSS per participant <= Janus's"
+        if doc is None:
+            row(aim, f"no {name} run stored", None)
+            continue
+        common = sorted({r["load"] for r in doc["results"] if r["target"] == "sfu" and r.get("held")}
+                        & {r["load"] for r in doc["results"] if r["target"] == "janus" and r.get("held")})
+        if not common:
+            row(aim, "no load held by both", None)
+            continue
+        ours, theirs = _point(doc, "sfu", common[-1]), _point(doc, "janus", common[-1])
+        assert ours is not None and theirs is not None
+        row(aim, f"{ours['rss_per_participant_mb']} / {theirs['rss_per_participant_mb']} MB at {ours['label']} (the largest load both held)",
+            ours["rss_per_participant_mb"] <= theirs["rss_per_participant_mb"])
+    return rows
+
+
+def _udpio_line(doc: dict[str, Any]) -> str:
+    """How the floor target sent, when the run has one."""
+    if "udpio_accelerated" not in doc or not any(r["target"] == "floor" for r in doc["results"]):
+        return ""
+    how = ("`sendmmsg` (udpio's C extension)" if doc["udpio_accelerated"]
+           else "one `sendto` per copy (udpio's pure-Python fallback: its C extension was not built)")
+    return f"- The floor sent with {how}\n"
+
+
 def results_md(docs: dict[str, dict[str, Any]], chart_names: dict[str, str], notes: str = "") -> str:
     parts = ["# Benchmark results\n",
              "Generated by `python -m benchmarks compare` (benchmarks/report.py) from an actual run on this machine; "
              "rerun it after any change to the forwarding path. Every figure below comes from that run.\n"]
+    parts.append("## Aims of issue 9\n")
+    parts.append("From the stored runs below (`sfu` is ours; *not measured*: the run lacks the point or the baseline; "
+                 "CPU ratios use each target's figure at that same load).\n")
+    parts.extend(issue9_aims(docs))
+    parts.append("")
     for name, doc in docs.items():
         m = doc["machine"]
         results = doc["results"]
@@ -327,6 +482,7 @@ def results_md(docs: dict[str, dict[str, Any]], chart_names: dict[str, str], not
             f"- Machine load (1/5/15-min load average) before: {doc['load_before']}, after: {doc['load_after']} "
             f"(other work was running on this shared 2-core machine; CPU per packet is the server's own CPU time, so it is "
             f"less affected by that than throughput and latency)\n"
+            + _udpio_line(doc)
         )
         parts.append(f"![{name}]({chart_names[name]})\n")
         parts.append(table(results))
@@ -347,6 +503,11 @@ def results_md(docs: dict[str, dict[str, Any]], chart_names: dict[str, str], not
                 parts.append(f"| highest load held (output pkt/s), sfu vs {other} | {h['sfu']} ({_fmt(h['sfu_out_pps'])}) | "
                              f"{h[other]} ({_fmt(h[f'{other}_out_pps'])}) | **{h['ratio_out_pps']}** |")
             parts.append("")
+        by_load = cpu_by_load(results)
+        if by_load:
+            parts.append("### Server CPU per output packet, load by load\n")
+            parts.extend(by_load)
+            parts.append("\n✗ = that point was not held.\n")
         prof = doc.get("profile")
         if prof and prof.get("samples"):
             parts.append(f"### Where the server's time goes ({prof.get('label', '')})\n")
@@ -363,7 +524,7 @@ def results_md(docs: dict[str, dict[str, Any]], chart_names: dict[str, str], not
             for (a, pa), (b, pb) in zip(prof["self"], prof["inclusive"] + [("", "")] * len(prof["self"])):
                 parts.append(f"| `{a}` | {pa} | {f'`{b}`' if b else ''} | {pb} |")
             parts.append("")
-        parts.append("### Aims\n")
+        parts.append("### Aims of issue 5\n")
         parts.extend(aims_check(doc))
         parts.append("")
     if notes:

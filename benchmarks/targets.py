@@ -2,7 +2,8 @@
 
 ``sfu``: ``python -m sfuserver.cli serve`` (the ``sfu serve`` command) with credentials in
 ``SFU_*`` variables and ``--max-participants`` raised for rooms over Twilio's 50. ``janus``: Debian's Janus 1.1.2 with only its videoroom plugin and its
-HTTP transport, on loopback. ``relay``: :mod:`benchmarks.baselines.relay`.
+HTTP transport, on loopback. ``relay``: :mod:`benchmarks.baselines.relay`. ``floor``:
+:mod:`benchmarks.baselines.floor` (plain UDP fan-out, no SFU logic), on the test interface.
 
 The process is pinned to one core with ``taskset`` when the machine has two or more, and
 its CPU time and RSS are read from ``/proc/PID`` (the kernel's accounting of that process,
@@ -11,10 +12,12 @@ all threads included).
 
 from __future__ import annotations
 
+import fcntl
 import json
 import os
 import shutil
 import socket
+import struct
 import subprocess
 import sys
 import time
@@ -25,6 +28,7 @@ from typing import Any
 JANUS_LIB = Path("/usr/lib/x86_64-linux-gnu/janus")
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 PAGE = os.sysconf("SC_PAGE_SIZE")
+SIOCGIFADDR = 0x8915
 
 
 def free_port() -> int:
@@ -289,4 +293,50 @@ cors: {{
         return {"kind": "janus", "url": f"http://127.0.0.1:{self.port}/janus", "rooms": self.rooms}
 
 
-SERVERS: dict[str, type[Server]] = {"sfu": SfuServer, "janus": JanusServer, "relay": RelayServer}
+def media_address() -> str:
+    """The IPv4 address of the namespace's test interface (``BENCH_ICE_INTERFACE``, default
+    t0), where the other targets' media flows over ICE; 127.0.0.1 when it has none."""
+    interface = os.environ.get("BENCH_ICE_INTERFACE", "t0")
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+        try:
+            request = struct.pack("256s", interface.encode()[:15])
+            return socket.inet_ntoa(fcntl.ioctl(s.fileno(), SIOCGIFADDR, request)[20:24])
+        except OSError:
+            return "127.0.0.1"
+
+
+class FloorServer(Server):
+    """:mod:`benchmarks.baselines.floor`: one UDP socket on the test interface, no HTTP."""
+
+    name = "floor"
+
+    def start(self, rooms: list[str]) -> None:
+        self.host = media_address()
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+            s.bind((self.host, 0))
+            self.port = int(s.getsockname()[1])
+        self._spawn([sys.executable, "-m", "benchmarks.baselines.floor", "--host", self.host, "--port", str(self.port)])
+        self._wait_pong()
+
+    def _wait_pong(self, timeout: float = 30.0) -> None:
+        deadline = time.monotonic() + timeout
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+            s.settimeout(0.2)
+            while True:
+                assert self.process is not None
+                if self.process.poll() is not None:
+                    raise RuntimeError(f"floor exited with {self.process.returncode}; see {self.log_path}")
+                s.sendto(b"PING", (self.host, self.port))
+                try:
+                    if s.recv(16) == b"PONG":
+                        return
+                except OSError:  # timeout, or refused before the floor has bound its port
+                    pass
+                if time.monotonic() > deadline:
+                    raise RuntimeError(f"floor did not answer PING in {timeout:.0f}s; see {self.log_path}")
+
+    def client_info(self) -> dict[str, Any]:
+        return {"kind": "floor", "host": self.host, "port": self.port}
+
+
+SERVERS: dict[str, type[Server]] = {"sfu": SfuServer, "janus": JanusServer, "relay": RelayServer, "floor": FloorServer}
