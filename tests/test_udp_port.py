@@ -364,3 +364,43 @@ async def test_sends_made_while_a_batch_is_handled_leave_in_one_send_many(mux: U
         mux.sendto(b"\x80later", address(them))  # outside a batch: at once, on its own
         assert them.recvfrom(2048)[0] == b"\x80later"
     assert batches == [30]
+
+
+async def test_what_a_full_send_buffer_refuses_waits_in_order(mux: UdpMux, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A burst larger than the kernel's send buffer is not dropped: the rest waits until the
+    socket is writable, and a send made meanwhile queues behind it. The wait is bounded."""
+    send_many = udpio.send_many
+    waiting: list[int] = []
+
+    def filling(sock: socket.socket, packets: Any) -> int:  # the buffer takes 5, then is full once
+        if waiting:
+            return send_many(sock, packets)
+        # Before the socket turns writable again, another send (e.g. an RTCP timer) is made.
+        def meanwhile() -> None:
+            waiting.append(mux.backlog)
+            mux.sendto(b"\x80after", packets[0][1])  # waits too, behind the others
+            mux.sendto(b"\x80overflow", packets[0][1])  # past the bound: dropped
+
+        asyncio.get_running_loop().call_soon(meanwhile)
+        return send_many(sock, packets[:5])
+
+    monkeypatch.setattr(udpio, "send_many", filling)
+    monkeypatch.setattr(udpmux, "MAX_BACKLOG", 26)
+
+    class Burst:
+        def datagram_received(self, data: bytes, addr: tuple[str, int]) -> None:
+            if data[0] >= 128:
+                for i in range(30):
+                    mux.sendto(bytes([0x80, i]), addr)
+
+    mux.register(UFRAG, PASSWORD, Burst())
+    with client() as them:
+        them.sendto(check(), mux.sockname)
+        await settled(mux, 1)
+        them.sendto(RTP, mux.sockname)
+        await settled(mux, 2)
+        await wait_for(lambda: waiting and mux.backlog == 0, message="the backlog sent")
+        received = [them.recvfrom(2048)[0] for _ in range(31)]
+    assert waiting == [25]  # 5 sent at once, 25 waited
+    assert received == [bytes([0x80, i]) for i in range(30)] + [b"\x80after"]
+    assert (mux.backlog, mux.stats.sent, mux.stats.send_dropped) == (0, 31, 1)

@@ -18,16 +18,21 @@ for a datagram that did not authenticate, so garbage and floods cost no memory.
 
 Sends made while the mux hands one received batch to the connections (the SFU forwards
 synchronously inside the datagram handler) are queued and leave in one ``udpio.send_many``
-(``sendmmsg``) after the batch; sends made anywhere else go out at once.
+(``sendmmsg``) after the batch; sends made anywhere else go out at once. What the kernel's
+send buffer cannot take (a keyframe burst to many subscribers) waits in a bounded backlog,
+in order, until the socket is writable again, as asyncio's own datagram transports do; past
+``MAX_BACKLOG`` datagrams, new ones are dropped.
 """
 
 from __future__ import annotations
 
 import asyncio
+import itertools
 import logging
 import secrets
 import socket
 import string
+from collections import deque
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -43,6 +48,7 @@ BATCH = 64  # datagrams read per recv_many (one recvmmsg)
 SOCKET_BUFFER = 4 << 20  # requested SO_RCVBUF / SO_SNDBUF (the kernel may cap it)
 MAX_ADDRESSES = 8  # learned remote addresses per connection (oldest out)
 MAX_TRANSACTIONS = 64  # outstanding STUN requests remembered per connection (oldest out)
+MAX_BACKLOG = 8192  # datagrams waiting for room in the socket's send buffer
 UFRAG_LENGTH = 8
 _UFRAG_CHARS = string.ascii_letters + string.digits
 
@@ -57,7 +63,7 @@ class Endpoint(Protocol):
 class MuxStats:
     received: int = 0
     sent: int = 0
-    send_dropped: int = 0  # full socket buffer, or an error for that destination
+    send_dropped: int = 0  # backlog full, or an error for that destination
     unknown_source: int = 0  # DTLS/RTP/STUN response from an address no connection owns
     unknown_ufrag: int = 0  # binding request for no registered connection
     unauthenticated: int = 0  # binding request whose MESSAGE-INTEGRITY did not verify
@@ -112,6 +118,8 @@ class UdpMux:
         self._by_address: dict[Address, Registration] = {}
         self._by_transaction: dict[bytes, Registration] = {}
         self._queue: list[tuple[bytes, Address]] | None = None  # while a received batch is handled
+        self._backlog: deque[tuple[bytes, Address]] = deque()  # waiting for the socket to be writable
+        self._writing = False  # a writer callback is registered for the backlog
         self._closed = False
         self._loop.add_reader(sock.fileno(), self._on_readable)
 
@@ -135,11 +143,20 @@ class UdpMux:
     def connections(self) -> int:
         return len(self._by_ufrag)
 
+    @property
+    def backlog(self) -> int:
+        """Datagrams waiting for room in the socket's send buffer."""
+        return len(self._backlog)
+
     def close(self) -> None:
         if self._closed:
             return
         self._closed = True
         self._loop.remove_reader(self._sock.fileno())
+        if self._writing:
+            self._loop.remove_writer(self._sock.fileno())
+        self.stats.send_dropped += len(self._backlog)
+        self._backlog.clear()
         self._sock.close()
         for registration in self._by_ufrag.values():
             registration.closed = True
@@ -222,13 +239,56 @@ class UdpMux:
             return
         if self._closed:
             return
+        if self._backlog:
+            self._hold([(data, addr)])  # behind what is already waiting, in order
+            return
         try:
             self._sock.sendto(data, addr)
-        except (OSError, TypeError, ValueError) as exc:  # full buffer, unreachable, bad address
+        except (BlockingIOError, InterruptedError):
+            self._hold([(data, addr)])
+        except (OSError, TypeError, ValueError) as exc:  # unreachable, refused by a filter, bad address
             self.stats.send_dropped += 1
             logger.debug("UDP mux: dropped a %d-byte datagram to %s: %r", len(data), addr, exc)
         else:
             self.stats.sent += 1
+
+    def _flush(self, packets: list[tuple[bytes, Address]]) -> None:
+        if self._closed:
+            return
+        if self._backlog:
+            self._hold(packets)
+            return
+        sent = udpio.send_many(self._sock, packets)
+        self.stats.sent += sent
+        if sent < len(packets):
+            # The send buffer is full (or a destination refused a datagram, which send_many
+            # skipped: then the last datagrams go again, which SRTP's replay check absorbs).
+            self._hold(packets[sent:])
+
+    def _hold(self, packets: list[tuple[bytes, Address]]) -> None:
+        backlog = self._backlog
+        room = MAX_BACKLOG - len(backlog)
+        if len(packets) > room:
+            self.stats.send_dropped += len(packets) - room
+            packets = packets[:room]
+        backlog.extend(packets)
+        if backlog and not self._writing:
+            self._writing = True
+            self._loop.add_writer(self._sock.fileno(), self._on_writable)
+
+    def _on_writable(self) -> None:
+        backlog = self._backlog
+        sent = udpio.send_many(self._sock, list(itertools.islice(backlog, 1024)))
+        if sent:
+            self.stats.sent += sent
+        else:  # writable, yet the first datagram was refused: drop it rather than spin
+            sent = 1
+            self.stats.send_dropped += 1
+        for _ in range(min(sent, len(backlog))):
+            backlog.popleft()
+        if not backlog:
+            self._writing = False
+            self._loop.remove_writer(self._sock.fileno())
 
     # --- receiving ---------------------------------------------------------------------
 
@@ -252,10 +312,8 @@ class UdpMux:
                     logger.exception("UDP mux: handling a %d-byte datagram from %s failed", len(data), addr)
         finally:
             self._queue = None
-            if queue and not self._closed:
-                sent = udpio.send_many(self._sock, queue)
-                self.stats.sent += sent
-                self.stats.send_dropped += len(queue) - sent
+            if queue:
+                self._flush(queue)
 
     def _route(self, data: bytes, addr: Address) -> None:
         if not data:
