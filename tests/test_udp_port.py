@@ -404,3 +404,32 @@ async def test_what_a_full_send_buffer_refuses_waits_in_order(mux: UdpMux, monke
     assert waiting == [25]  # 5 sent at once, 25 waited
     assert received == [bytes([0x80, i]) for i in range(30)] + [b"\x80after"]
     assert (mux.backlog, mux.stats.sent, mux.stats.send_dropped) == (0, 31, 1)
+
+
+@pytest.mark.browser
+async def test_a_browser_calls_through_the_one_port(server: Any, clients: Any) -> None:
+    """Chromium and a Python client in one room: every server-side connection's selected pair
+    is on the mux's port, the mux learned the browser's address from its checks, and no
+    server connection holds a socket of its own."""
+    from .helpers.browser import Page, chromium
+
+    mux = server.registry.media_config.udp_mux
+    assert mux is not None
+    py = await clients.join("py", "standup", publish="va")
+    async with chromium() as browser:
+        page = await Page.open(browser, server.http + "/", "alice")
+        try:
+            await page.join("standup", "alice")
+            await page.wait_tile("py", state="connected")
+            await page.wait_video_playing("py")
+            await subscribed_media(py, "alice", "camera")
+            peers = {p.identity: p.peer.pc for room in server.registry.rooms.values() for p in room.participants.values()}
+            assert set(peers) == {"alice", "py"}
+            for identity, pc in peers.items():
+                connection = pc.sctp.transport.transport._connection
+                pair = connection._nominated.get(1)
+                assert pair is not None and pair.local_candidate.port == mux.port, identity
+                assert mux.owner(pair.remote_addr) == connection.local_username, identity
+                assert all(p.transport.get_extra_info("socket") is None for p in connection._protocols), identity
+        finally:
+            await page.close()

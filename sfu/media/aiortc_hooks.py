@@ -365,6 +365,8 @@ def use_udp_mux(pc: RTCPeerConnection, mux: UdpMux, announced_address: str | Non
                 type="host",
             )
             protocols.append(protocol)
+        if hosts and not protocols:
+            logger.warning("no host address of the UDP mux's address family among %s: no host candidate", hosts)
         endpoint.protocols += protocols
         connection._protocols += protocols
         reflexive, relayed = await asyncio.gather(
