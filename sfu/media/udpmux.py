@@ -104,11 +104,14 @@ class UdpMux:
 
     def __init__(self, sock: socket.socket) -> None:
         sock.setblocking(False)
-        for option in (socket.SO_RCVBUF, socket.SO_SNDBUF):
+        for option, limit in ((socket.SO_RCVBUF, "rmem_max"), (socket.SO_SNDBUF, "wmem_max")):
             try:
                 sock.setsockopt(socket.SOL_SOCKET, option, SOCKET_BUFFER)
-            except OSError:  # best effort: the kernel caps it at net.core.*mem_max anyway
-                pass
+                granted = sock.getsockopt(socket.SOL_SOCKET, option)
+            except OSError:  # best effort
+                continue
+            if granted < SOCKET_BUFFER:  # (Linux reports twice what it was asked, up to the cap)
+                logger.info("UDP mux: %d-byte socket buffer (raise net.core.%s for more)", granted, limit)
         self._sock = sock
         self._loop = asyncio.get_running_loop()
         self.sockname: Address = sock.getsockname()[:2]
