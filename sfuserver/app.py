@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import errno
+import ipaddress
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -16,6 +18,7 @@ from rest.app import add_routes as add_rest_routes
 from sfu.credentials import Credentials
 from sfu.media import aiortc_hooks as hooks
 from sfu.media.peer import IceRelay, MediaConfig
+from sfu.media.udpmux import UdpMux
 from sfu.registry import RoomRegistry, utcnow
 from sfu.store import SqliteStore
 from signaling.server import SignalingService
@@ -37,7 +40,10 @@ class ServerConfig:
     data_dir: Path = Path("data")
     ice_servers: list[RTCIceServer] = field(default_factory=list)
     server_ice_relay: IceRelay = "off"  # does the server itself relay through the TURN servers
-    announced_address: str | None = None
+    announced_address: str | None = None  # IP address the host candidates carry (1:1 NAT)
+    # The one UDP port of all media (bound on every interface at startup). 0: one the OS
+    # chooses (so servers built by tests never collide); `sfu serve` defaults to 7882.
+    udp_port: int = 0
     reconnect_grace: float = 5.0
     retransmission_cache: int = 512  # packets kept per video track to answer NACKs
     status_callback: str | None = None  # default StatusCallback for rooms created without one (ad-hoc rooms)
@@ -109,15 +115,38 @@ def build_app(
     WebClient(credentials, dev_tokens_enabled(config.host, config.dev_tokens)).add_routes(app)
 
     async def start(app: web.Application) -> None:
+        media.udp_mux = _open_udp_mux(config)
         await registry.start()
 
     async def stop(app: web.Application) -> None:
         await signaling.close()  # participants hear 53001 "server_shutdown" before rooms end (53118)
         await registry.close()
 
+    async def cleanup(app: web.Application) -> None:
+        if media.udp_mux is not None:
+            media.udp_mux.close()
+            media.udp_mux = None
+
     app.on_startup.append(start)
     app.on_shutdown.append(stop)
+    app.on_cleanup.append(cleanup)
     return app
+
+
+class UdpPortUnavailable(Exception):
+    """The media UDP port could not be bound."""
+
+
+def _open_udp_mux(config: ServerConfig) -> UdpMux:
+    announced = config.announced_address
+    host = "::" if announced and ipaddress.ip_address(announced).version == 6 else "0.0.0.0"
+    try:
+        mux = UdpMux.bind(config.udp_port, host)
+    except OSError as exc:
+        reason = "address already in use" if exc.errno == errno.EADDRINUSE else (exc.strerror or str(exc))
+        raise UdpPortUnavailable(f"cannot bind UDP port {config.udp_port} for media: {reason}") from None
+    logger.info("media on UDP port %d (one socket for every participant)", mux.port)
+    return mux
 
 
 async def _health(request: web.Request) -> web.Response:

@@ -6,6 +6,7 @@ import argparse
 import asyncio
 import errno
 import importlib.metadata
+import ipaddress
 import logging
 import os
 import resource
@@ -25,7 +26,7 @@ from signaling.tokens import MAX_TTL, mint_token
 from sfu.store import DataDirLocked, lock_data_dir
 
 from . import logs
-from .app import ServerConfig, build_app
+from .app import ServerConfig, UdpPortUnavailable, build_app
 
 logger = logging.getLogger("sfu")
 
@@ -79,9 +80,17 @@ def _integer(low: int, high: int | None = None, unit: str = "") -> Callable[[str
 
 
 _port = _integer(1, 65535)
+_udp_port = _integer(0, 65535, " (0: a port the OS chooses)")
 _positive_int = _integer(1)
 _non_negative_int = _integer(0)
 _ttl = _integer(1, MAX_TTL, " seconds (at most 24 h)")
+
+
+def _ip_address(value: str) -> str:
+    try:
+        return str(ipaddress.ip_address(value))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not an IP address: {value!r}") from None
 
 
 def _non_negative_float(value: str) -> float:
@@ -118,6 +127,8 @@ def parser() -> argparse.ArgumentParser:
                                   "SFU_DEV_TOKENS=false. A flag on the command line wins over its variable.")
     serve.add_argument("--host", default="127.0.0.1", help="address to bind (loopback only by default)")
     serve.add_argument("--port", type=_port, default=8080, help="TCP port for HTTP and websockets")
+    serve.add_argument("--udp-port", type=_udp_port, default=7882,
+                       help="the one UDP port of all media, bound on every interface (0: one the OS chooses)")
     serve.add_argument("--data-dir", type=Path, default=Path("./data"), help="credentials and database")
     serve.add_argument("--ice-server", type=_ice_server, action="append", default=[], metavar="URL",
                        help="STUN/TURN server (repeatable; none by default). The server's own connections use STUN "
@@ -125,7 +136,8 @@ def parser() -> argparse.ArgumentParser:
     serve.add_argument("--server-ice-relay", choices=("off", "fallback", "only"), default="off",
                        help="let the server's own connections use the --ice-server TURN server: 'fallback' adds "
                             "relayed candidates, 'only' uses nothing else (default: off, host candidates only)")
-    serve.add_argument("--announced-address", help="public address to put in host ICE candidates (1:1 NAT)")
+    serve.add_argument("--announced-address", type=_ip_address,
+                       help="public IP address to put in host ICE candidates (1:1 NAT)")
     serve.add_argument("--reconnect-grace", type=_non_negative_float, default=5.0,
                        help="seconds a participant whose websocket dropped may resume before removal")
     serve.add_argument("--retransmission-cache", type=_positive_int, default=512, metavar="PACKETS",
@@ -367,6 +379,7 @@ def _serve(args: argparse.Namespace) -> int:
     config = ServerConfig(
         host=args.host,
         port=args.port,
+        udp_port=args.udp_port,
         data_dir=args.data_dir,
         ice_servers=args.ice_server,
         server_ice_relay=args.server_ice_relay,
@@ -403,7 +416,11 @@ async def serve(config: ServerConfig) -> None:
         logger.info("credentials from SFU_* environment variables (account %s)", credentials.account_sid)
     app = build_app(config, credentials)
     runner = web.AppRunner(app, handle_signals=False, access_log=None)
-    await runner.setup()
+    try:
+        await runner.setup()
+    except UdpPortUnavailable as exc:
+        await runner.cleanup()
+        raise CLIError(str(exc)) from None
     site = web.TCPSite(runner, config.host, config.port)
     try:
         await site.start()

@@ -95,3 +95,60 @@ async def _answer_for(offer: RTCSessionDescription) -> RTCSessionDescription:
         return answerer.localDescription
     finally:
         await answerer.close()
+
+
+def test_a_changed_ice_gathering_fails_loudly(monkeypatch: pytest.MonkeyPatch) -> None:
+    """use_udp_mux replaces how aioice makes host candidates: an aioice that gathers another
+    way would bind sockets of its own beside the mux, so it must be refused at startup."""
+    import aioice.ice
+
+    async def gather_candidates(self) -> None:  # an "upgrade" that no longer asks per component
+        return None
+
+    monkeypatch.setattr(aioice.ice.Connection, "gather_candidates", gather_candidates)
+    monkeypatch.setattr(hooks, "_compatible_with", None)
+    with pytest.raises(hooks.HookError, match="use_udp_mux"):
+        hooks.check_compatibility()
+
+
+async def test_a_connection_on_the_udp_mux_gathers_no_socket_and_unregisters_on_close(netns: None) -> None:
+    """A muxed peer connection's host candidates carry the mux's port, it connects (data
+    channel both ways) through the mux's one socket, and closing it leaves nothing on the mux."""
+    from aiortc import RTCConfiguration
+    from aiortc.rtcconfiguration import RTCBundlePolicy
+
+    from sfu.media.udpmux import UdpMux
+
+    from .conftest import wait_for
+
+    mux = UdpMux.bind(0)
+    muxed = RTCPeerConnection(RTCConfiguration(iceServers=[], bundlePolicy=RTCBundlePolicy.MAX_BUNDLE))
+    other = RTCPeerConnection(RTCConfiguration(iceServers=[]))
+    try:
+        hooks.use_udp_mux(muxed, mux)
+        assert mux.connections == 1
+        channel = muxed.createDataChannel("chat")
+        await muxed.setLocalDescription(await muxed.createOffer())
+        candidates = [line.split() for line in muxed.localDescription.sdp.splitlines() if line.startswith("a=candidate:")]
+        assert candidates and all((c[5], c[7]) == (str(mux.port), "host") for c in candidates), candidates
+        connection = muxed.sctp.transport.transport._connection  # type: ignore[union-attr]
+        assert all(p.transport.get_extra_info("socket") is None for p in connection._protocols)
+
+        got: list[str] = []
+        other.on("datachannel", lambda remote: remote.on("message", lambda m: remote.send(f"echo {m}")))
+        channel.on("message", got.append)
+        await other.setRemoteDescription(muxed.localDescription)
+        await other.setLocalDescription(await other.createAnswer())
+        await muxed.setRemoteDescription(other.localDescription)
+        await wait_for(lambda: channel.readyState == "open", message="the data channel opened")
+        channel.send("hi")
+        await wait_for(lambda: got == ["echo hi"], message="the echo")
+        pair = connection._nominated[1]
+        assert mux.owner(pair.remote_addr) == connection.local_username  # learned from its checks
+        assert mux.stats.received > 0 and mux.stats.unknown_source == 0
+    finally:
+        await other.close()
+        await muxed.close()
+        remaining = mux.connections
+        mux.close()
+    assert remaining == 0

@@ -12,6 +12,8 @@ aiortc terminates ICE, DTLS and SRTP for us; everything after decryption is ours
   and routes subscriber RTCP (NACK, PLI, FIR, REMB, receiver reports) to the SFU.
 * ``rtp_writer`` returns a synchronous function that SRTP-protects a packet with the
   subscriber's keys and writes it to the selected ICE pair's socket.
+* ``use_udp_mux`` makes a peer connection's host candidates live on the server's one UDP
+  socket (``udpmux.UdpMux``) instead of a socket of their own.
 * ``renew_sender_ssrcs`` gives a reused m-section's sender new SSRCs (server), and
   ``renew_receiver`` / ``renew_sender`` give a reused m-section a fresh receiver / sender
   (Python client): aiortc has no public way to start a second stream on an m-section
@@ -24,10 +26,13 @@ from __future__ import annotations
 
 import asyncio
 import inspect
+import ipaddress
 import logging
+import socket
 from collections.abc import Callable
 from typing import Any
 
+import aioice.candidate
 import aioice.ice
 import aioice.turn
 import pylibsrtp
@@ -36,6 +41,8 @@ from aiortc.rtcdtlstransport import RTCDtlsTransport, State
 from aiortc.rtcrtpparameters import RTCRtpReceiveParameters, RTCRtpSendParameters
 from aiortc.rtp import AnyRtcpPacket, RtpPacket
 from aiortc.utils import random32
+
+from .udpmux import Address, Registration, UdpMux
 
 logger = logging.getLogger(__name__)
 
@@ -128,6 +135,7 @@ def _inspect_aiortc() -> None:
     if "await transceiver.sender.send(" not in inspect.getsource(RTCPeerConnection):
         raise HookError("RTCPeerConnection no longer starts senders with send()")
     _inspect_ice_send()
+    _inspect_ice_gathering()
 
 
 def guard_rtcp(dtls: RTCDtlsTransport) -> None:
@@ -249,8 +257,180 @@ def attach_rtp_sink(dtls: RTCDtlsTransport, sink: Callable[[bytes], None]) -> No
         return datagram_received
 
     for protocol in dtls.transport._connection._protocols:
-        if type(protocol) is aioice.ice.StunProtocol:
+        if type(protocol) in (aioice.ice.StunProtocol, _MuxProtocol):
             protocol.datagram_received = fast(protocol.datagram_received)  # type: ignore[method-assign,assignment]
+
+
+class _MuxProtocol(aioice.ice.StunProtocol):
+    """A host candidate on the UDP mux: aioice's protocol, whose transport is the mux."""
+
+    def datagram_received(self, data: bytes | str, addr: tuple[Any, ...]) -> None:
+        if data[0] > 3:  # DTLS or SRTP (the mux routes nothing else but STUN): skip the STUN parse
+            self.receiver.data_received(data, self.local_candidate.component)
+            return
+        super().datagram_received(data, addr)
+
+
+class _MuxTransport(asyncio.DatagramTransport):
+    """What a ``_MuxProtocol`` takes for its socket: sends go through its connection's
+    registration on the mux; closing it detaches the protocol from the connection's endpoint."""
+
+    def __init__(self, registration: Registration, protocol: _MuxProtocol, detach: Callable[[_MuxProtocol], None]) -> None:
+        super().__init__()
+        self._registration = registration
+        self._protocol = protocol
+        self._detach = detach
+        self._closing = False
+        self.send_media = registration.mux.sendto  # rtp_writer: SRTP is never a STUN request
+
+    def sendto(self, data: Any, addr: Any = None) -> None:
+        if not self._closing:
+            self._registration.sendto(data, addr)
+
+    def get_extra_info(self, name: str, default: Any = None) -> Any:
+        return self._registration.mux.sockname if name == "sockname" else default
+
+    def is_closing(self) -> bool:
+        return self._closing
+
+    def close(self) -> None:
+        if self._closing:
+            return
+        self._closing = True
+        self._detach(self._protocol)
+        asyncio.get_running_loop().call_soon(self._protocol.connection_lost, None)
+
+    def abort(self) -> None:
+        self.close()
+
+
+class _MuxEndpoint:
+    """A connection's endpoint on the mux: hands each datagram to one of its host protocols
+    (a STUN response to the one that sent the request; they all share the one socket)."""
+
+    __slots__ = ("protocols",)
+
+    def __init__(self) -> None:
+        self.protocols: list[_MuxProtocol] = []
+
+    def datagram_received(self, data: bytes, addr: Address) -> None:
+        protocols = self.protocols
+        if not protocols:
+            return  # not gathered yet, or closed
+        protocol = protocols[0]
+        if len(protocols) > 1 and data[0] < 4:
+            transaction = data[8:20]
+            protocol = next((p for p in protocols if transaction in p.transactions), protocol)
+        protocol.datagram_received(data, addr)
+
+
+def use_udp_mux(pc: RTCPeerConnection, mux: UdpMux, announced_address: str | None = None) -> None:
+    """Gather ``pc``'s host candidates on ``mux`` instead of sockets of their own.
+
+    Call it right after creating ``pc`` (max-bundle: its SCTP transport's ICE connection is
+    the only one). The connection gets a ufrag unique on the mux and is registered under it
+    with its password. Host candidates carry ``announced_address`` if given, else each host
+    address aioice gathers of the mux's family, all with the mux's port. Server-reflexive
+    candidates are asked for through the mux; relayed (TURN) ones are gathered by aioice
+    as before, on sockets of their own. Closing the ICE connection unregisters it.
+    """
+    create_sctp_transport_first(pc)
+    connection = pc.sctp.transport.transport._connection  # type: ignore[union-attr]
+    connection._local_username = mux.new_ufrag()
+    endpoint = _MuxEndpoint()
+    registration = mux.register(connection.local_username, connection.local_password, endpoint)
+    gather_others = connection.get_component_candidates
+    close_connection = connection.close
+
+    def detach(protocol: _MuxProtocol) -> None:
+        if protocol in endpoint.protocols:
+            endpoint.protocols.remove(protocol)
+
+    async def get_component_candidates(component: int, addresses: list[str], timeout: int = 5) -> list[Any]:
+        # aioice passes no address under the relay policy: then no host candidate either.
+        hosts = [announced_address] if announced_address and addresses else addresses
+        protocols: list[_MuxProtocol] = []
+        for host in hosts:
+            if _address_family(host) != mux.family:
+                continue
+            protocol = _MuxProtocol(connection)
+            protocol.connection_made(_MuxTransport(registration, protocol, detach))
+            protocol.local_candidate = aioice.candidate.Candidate(
+                foundation=aioice.candidate.candidate_foundation("host", "udp", host),
+                component=component,
+                transport="udp",
+                priority=aioice.candidate.candidate_priority(component, "host"),
+                host=host,
+                port=mux.port,
+                type="host",
+            )
+            protocols.append(protocol)
+        if hosts and not protocols:
+            logger.warning("no host address of the UDP mux's address family among %s: no host candidate", hosts)
+        endpoint.protocols += protocols
+        connection._protocols += protocols
+        reflexive, relayed = await asyncio.gather(
+            _reflexive_candidates(protocols, connection.stun_server, timeout),
+            gather_others(component, [], timeout),  # no host address: aioice gathers only TURN
+        )
+        return [p.local_candidate for p in protocols] + reflexive + relayed
+
+    async def close() -> None:
+        try:
+            await close_connection()
+        finally:
+            registration.close()
+
+    connection.get_component_candidates = get_component_candidates
+    connection.close = close
+
+
+def _address_family(host: str) -> int:
+    return socket.AF_INET6 if ipaddress.ip_address(host).version == 6 else socket.AF_INET
+
+
+async def _reflexive_candidates(protocols: list[_MuxProtocol], stun_server: tuple[str, int] | None, timeout: float) -> list[Any]:
+    """What aioice asks a STUN server for on each IPv4 host socket, asked through the mux."""
+    if stun_server is None:
+        return []
+    tasks = [
+        asyncio.ensure_future(aioice.ice.server_reflexive_candidate(p, stun_server))
+        for p in protocols
+        if ipaddress.ip_address(p.local_candidate.host).version == 4
+    ]
+    if not tasks:
+        return []
+    done, pending = await asyncio.wait(tasks, timeout=timeout)
+    for task in pending:
+        task.cancel()
+    return [task.result()[0] for task in done if task.exception() is None]
+
+
+def _inspect_ice_gathering() -> None:
+    """``use_udp_mux`` replaces how aioice gathers host candidates and closes a connection."""
+    from aiortc.rtcicetransport import RTCIceGatherer, RTCIceTransport
+
+    Connection, StunProtocol = aioice.ice.Connection, aioice.ice.StunProtocol
+    checks: list[tuple[Any, str]] = [
+        (RTCIceGatherer.__init__, "self._connection = Connection("),
+        (RTCIceTransport.__init__, "self._connection = gatherer._connection"),
+        (Connection.__init__, "self._local_username = local_username"),
+        (Connection, "return self._local_username"),
+        (Connection.gather_candidates, "self.get_component_candidates(component=component, addresses=addresses)"),
+        (Connection.get_component_candidates, "for address in addresses:"),
+        (Connection.get_component_candidates, "if self.turn_server:"),
+        (Connection.close, "await protocol.close()"),
+        (StunProtocol.close, "self.transport.close()"),
+        (StunProtocol.connection_lost, "self.receiver.protocol_lost(self)"),
+        (StunProtocol.datagram_received, "self.receiver.data_received(data, self.local_candidate.component)"),
+        (StunProtocol.datagram_received, "message.transaction_id in self.transactions"),
+        (aioice.ice.server_reflexive_candidate, "await protocol.request(request, stun_server)"),
+    ]
+    for owner, line in checks:
+        if line not in inspect.getsource(owner):
+            raise HookError(f"aioice/aiortc {owner.__qualname__} changed: use_udp_mux expects {line!r}")
+    if list(inspect.signature(Connection.get_component_candidates).parameters) != ["self", "component", "addresses", "timeout"]:
+        raise HookError("aioice's Connection.get_component_candidates takes other parameters")
 
 
 def _hook_endpoint(
@@ -468,13 +648,15 @@ def rtp_writer(dtls: RTCDtlsTransport) -> Callable[[bytes], bool]:
         if pair is not route[0]:
             # What aioice's StunProtocol.send_data does: sendto on the pair's transport. For a
             # relayed local candidate that is aioice's TurnTransport, which has no is_closing()
-            # (its sendto sends through the TURN channel and drops data once closed).
+            # (its sendto sends through the TURN channel and drops data once closed). On the UDP
+            # mux, send_media queues the packet for the batch being handled (one sendmmsg).
             transport = pair.protocol.transport
-            route[:] = pair, transport, pair.remote_addr, getattr(transport, "is_closing", None)
-        transport = route[1]
-        if transport is None or (route[3] is not None and route[3]()):
+            send = None if transport is None else getattr(transport, "send_media", transport.sendto)
+            route[:] = pair, send, pair.remote_addr, getattr(transport, "is_closing", None)
+        send = route[1]
+        if send is None or (route[3] is not None and route[3]()):
             return False
-        transport.sendto(protected, route[2])
+        send(protected, route[2])
         return True
 
     return write

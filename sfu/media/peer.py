@@ -60,6 +60,7 @@ from .codecs import codec_key
 from .consumer import AUDIO_LEVEL_URI, MID_URI, Consumer
 from .datatrack import DataTrackOptions
 from .producer import Producer, codec_infos
+from .udpmux import UdpMux
 
 logger = logging.getLogger(__name__)
 
@@ -88,7 +89,10 @@ class MediaConfig:
     # always used): "off" (host and server-reflexive candidates only; TURN is for clients),
     # "fallback" (relayed candidates too), "only" (relayed candidates only).
     ice_relay: IceRelay = "off"
-    announced_address: str | None = None
+    announced_address: str | None = None  # an IP address (the mux's host candidates carry it)
+    # The server's one UDP socket for media, opened at startup; None: each peer connection
+    # binds sockets of its own (aioice's default).
+    udp_mux: UdpMux | None = None
     retransmission_cache: int = 512
     keyframe_interval: float = 0.5
     negotiation_timeout: float = 30.0
@@ -137,6 +141,8 @@ class Peer(AsyncIOEventEmitter):
             )
         )
         hooks.create_sctp_transport_first(self.pc)
+        if config.udp_mux is not None:
+            hooks.use_udp_mux(self.pc, config.udp_mux, config.announced_address)
         hooks.start_when_connected(self.pc)
         self.revision = 0
         self.closed = False
