@@ -30,14 +30,14 @@ from aiortc import (
     RTCRtpTransceiver,
     RTCSessionDescription,
 )
-from aiortc.rtcconfiguration import RTCBundlePolicy
+from aiortc.rtcconfiguration import RTCBundlePolicy, RTCIceTransportPolicy
 from aiortc.rtp import RtpPacket
 from av import AudioFrame, VideoFrame
 from pyee.asyncio import AsyncIOEventEmitter
 
 from sfu.media import aiortc_hooks as hooks
 
-from . import protocol
+from . import ice, protocol
 
 logger = logging.getLogger(__name__)
 
@@ -324,9 +324,15 @@ class Room(AsyncIOEventEmitter):
     ``track_subscribed``, ``track_unsubscribed`` (track, publication, p);
     ``track_subscription_failed`` (SignalingError, publication, p): the server could not
     subscribe us to the track (53404: our answer rejected its m-section); ``reconnecting``,
-    ``reconnected``; ``error`` (SignalingError); ``disconnected`` (SignalingError | None)."""
+    ``reconnected``; ``error`` (SignalingError); ``disconnected`` (SignalingError | None).
 
-    def __init__(self, url: str, token: str, ice_servers: list[RTCIceServer], packets: bool) -> None:
+    The peer connection (``pc``) is made when ``connected`` arrives, with the ICE servers the
+    client was given followed by the ones the server hands out (``ice_servers`` holds them)."""
+
+    def __init__(
+        self, url: str, token: str, ice_servers: list[RTCIceServer], packets: bool,
+        ice_transport_policy: RTCIceTransportPolicy = RTCIceTransportPolicy.ALL,
+    ) -> None:  # fmt: skip
         super().__init__()
         self.url = url
         self.token = token
@@ -338,7 +344,9 @@ class Room(AsyncIOEventEmitter):
         self.participants: dict[str, RemoteParticipant] = {}
         self.local_participant: LocalParticipant
         self.subscribe_rules: list[dict[str, Any]] = []
-        self.pc = RTCPeerConnection(RTCConfiguration(iceServers=ice_servers, bundlePolicy=RTCBundlePolicy.MAX_BUNDLE))
+        self.ice_servers = list(ice_servers)
+        self._ice_transport_policy = ice_transport_policy
+        self._pc: RTCPeerConnection | None = None
         self._packets = packets
         self._http: aiohttp.ClientSession | None = None
         self._ws: aiohttp.ClientWebSocketResponse | None = None
@@ -354,8 +362,23 @@ class Room(AsyncIOEventEmitter):
         self._negotiated_once = False
         self._closing = False
         self.offers_answered = 0
-        self.pc.on("datachannel", self._on_datachannel)
-        hooks.start_when_connected(self.pc)
+
+    @property
+    def pc(self) -> RTCPeerConnection:
+        if self._pc is None:
+            raise RuntimeError("the peer connection is made when the server accepts the connect")
+        return self._pc
+
+    def _make_peer_connection(self, offered: list[RTCIceServer]) -> None:
+        """Nothing has gathered yet (the server's offer follows ``connected``), so the server's
+        ICE servers can still be part of the configuration."""
+        self.ice_servers += offered
+        config = RTCConfiguration(
+            iceServers=self.ice_servers, bundlePolicy=RTCBundlePolicy.MAX_BUNDLE, iceTransportPolicy=self._ice_transport_policy
+        )
+        self._pc = RTCPeerConnection(config)
+        self._pc.on("datachannel", self._on_datachannel)
+        hooks.start_when_connected(self._pc)
 
     # --- wire ---------------------------------------------------------------------------
 
@@ -436,6 +459,7 @@ class Room(AsyncIOEventEmitter):
         self.name = message["room"]["name"]
         self.type = message["room"].get("type", "")
         if first:
+            self._make_peer_connection(ice.parse(message.get("ice_servers")))
             me = message["participant"]
             self.local_participant = LocalParticipant(self, me["sid"], me["identity"])
             for track in self._pending_tracks:
@@ -791,7 +815,8 @@ class Room(AsyncIOEventEmitter):
             await self._ws.close()
         if self._http is not None:
             await self._http.close()
-        await self.pc.close()
+        if self._pc is not None:
+            await self._pc.close()
         self.emit("disconnected", error)
 
     async def drop_signaling(self) -> None:
@@ -808,13 +833,16 @@ async def connect(
     tracks: Iterable[LocalTrack] = (),
     rules: list[dict[str, Any]] | None = None,
     ice_servers: list[RTCIceServer] | None = None,
+    ice_transport_policy: str = "all",
     receive: str = "frames",
     timeout: float = 20.0,
 ) -> Room:
-    """Join a room; raises SignalingError with Twilio's code if the server refuses."""
+    """Join a room; raises SignalingError with Twilio's code if the server refuses.
+    ``ice_servers`` are used besides the ones the server hands out; ``ice_transport_policy``
+    "relay" gathers relayed candidates only (like a browser's ``iceTransportPolicy``)."""
     if receive not in ("frames", "packets"):
         raise ValueError("receive must be 'frames' or 'packets'")
-    room = Room(url, token, list(ice_servers or []), receive == "packets")
+    room = Room(url, token, list(ice_servers or []), receive == "packets", RTCIceTransportPolicy(ice_transport_policy))
     try:
         await room._open(name, list(tracks), rules, timeout)
     except BaseException:
