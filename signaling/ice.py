@@ -61,25 +61,34 @@ def parse(entries: object) -> list[RTCIceServer]:
     return out
 
 
+def _is_turn(url: str) -> bool:
+    return url.startswith(("turn:", "turns:"))
+
+
 @dataclass
 class IceServers:
-    """What each participant is handed: ``servers`` as given, and when ``turn_secret`` is set,
-    ``turn_urls`` with a credential minted for that participant (``turn_ttl`` seconds)."""
+    """What each participant is handed: ``servers`` as given, except that with
+    ``turn_secret`` a TURN entry without a username gets a credential minted for that
+    participant, valid ``turn_ttl`` seconds (``sfu serve --ice-server turn:HOST:PORT
+    --turn-secret SECRET``)."""
 
     servers: list[RTCIceServer] = field(default_factory=list)
-    turn_urls: list[str] = field(default_factory=list)
     turn_secret: str | None = field(default=None, repr=False)
     turn_ttl: int = DEFAULT_TURN_TTL
     clock: Callable[[], float] = time.time
 
-    def __post_init__(self) -> None:
-        if self.turn_urls and not self.turn_secret:
-            raise ValueError("TURN URLs with a shared secret need the secret")
+    def needs_secret(self, server: RTCIceServer) -> bool:
+        """A TURN entry with no credential of its own (the shared secret mints them)."""
+        urls = [server.urls] if isinstance(server.urls, str) else list(server.urls)
+        return server.username is None and any(_is_turn(str(u)) for u in urls)
 
     def for_participant(self, identity: str) -> list[dict[str, Any]]:
         """The ``ice_servers`` of ``identity``'s ``connected`` / ``synced`` message."""
-        out = [describe(s) for s in self.servers]
-        if self.turn_urls and self.turn_secret:
-            username, credential = turn_rest_credential(self.turn_secret, identity, int(self.clock()) + self.turn_ttl)
-            out.append({"urls": list(self.turn_urls), "username": username, "credential": credential})
+        out = []
+        for server in self.servers:
+            entry = describe(server)
+            if self.turn_secret and self.needs_secret(server):
+                expires = int(self.clock()) + self.turn_ttl
+                entry["username"], entry["credential"] = turn_rest_credential(self.turn_secret, identity, expires)
+            out.append(entry)
         return out

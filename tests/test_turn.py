@@ -206,14 +206,15 @@ def test_turn_rest_credential_is_coturns_hmac_of_expiry_and_identity() -> None:
     (computed independently with openssl: printf '1700000000:alice' | openssl dgst -sha1 -hmac
     north -binary | base64)."""
     assert turn_rest_credential("north", "alice", 1700000000) == ("1700000000:alice", REST_REFERENCE)
-    servers = IceServers([STUN], turn_urls=["turn:h:3478"], turn_secret="north", turn_ttl=600, clock=lambda: 1699999400.5)
+    minted = RTCIceServer(urls="turn:h:3478")
+    servers = IceServers([STUN, SECRET_TURN, minted], turn_secret="north", turn_ttl=600, clock=lambda: 1699999400.5)
     assert servers.for_participant("alice") == [
-        {"urls": "stun:10.213.0.1:3478"},
-        {"urls": ["turn:h:3478"], "username": "1700000000:alice", "credential": REST_REFERENCE},
+        {"urls": "stun:10.213.0.1:3478"},  # STUN, and TURN with its own credential, as given
+        {"urls": "turn:10.213.0.1:3478?transport=udp", "username": "operator", "credential": "s3cret-Pa55"},
+        {"urls": "turn:h:3478", "username": "1700000000:alice", "credential": REST_REFERENCE},
     ]
     assert "north" not in repr(servers)
-    with pytest.raises(ValueError):
-        IceServers(turn_urls=["turn:h:3478"])
+    assert IceServers([minted]).for_participant("alice") == [{"urls": "turn:h:3478"}]  # no secret: nothing minted
 
 
 async def test_relay_only_clients_through_coturn_with_minted_turn_rest_credentials(tmp_path: Path, netns: None) -> None:
@@ -221,7 +222,8 @@ async def test_relay_only_clients_through_coturn_with_minted_turn_rest_credentia
     (``sfu serve --turn-secret``), and relay-only clients call each other through coturn with it."""
     with running_coturn(tmp_path, auth_secret="shared-north") as turn:
         async with running_server(tmp_path / "sfu") as (server, _):
-            server.signaling.ice_servers = IceServers(turn_urls=[turn.url], turn_secret="shared-north", turn_ttl=600)
+            # What `sfu serve --ice-server turn:HOST:PORT --turn-secret shared-north` configures.
+            server.signaling.ice_servers = IceServers([RTCIceServer(urls=turn.url)], turn_secret="shared-north", turn_ttl=600)
             rooms: list[Room] = []
             try:
                 alice, bob = await call_both_ways(server, rooms)
