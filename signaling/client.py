@@ -326,8 +326,8 @@ class Room(AsyncIOEventEmitter):
     subscribe us to the track (53404: our answer rejected its m-section); ``reconnecting``,
     ``reconnected``; ``error`` (SignalingError); ``disconnected`` (SignalingError | None).
 
-    The peer connection (``pc``) is made when ``connected`` arrives, with the ICE servers the
-    client was given followed by the ones the server hands out (``ice_servers`` holds them)."""
+    The peer connection gathers with the ICE servers the client was given followed by the
+    ones the server hands out in ``connected`` (``ice_servers`` holds them all)."""
 
     def __init__(
         self, url: str, token: str, ice_servers: list[RTCIceServer], packets: bool,
@@ -345,8 +345,11 @@ class Room(AsyncIOEventEmitter):
         self.local_participant: LocalParticipant
         self.subscribe_rules: list[dict[str, Any]] = []
         self.ice_servers = list(ice_servers)
-        self._ice_transport_policy = ice_transport_policy
-        self._pc: RTCPeerConnection | None = None
+        # aiortc reads its configuration's iceServers when it makes the ICE gatherer, at the
+        # first offer (which follows `connected`): the server's list joins this same list.
+        self.pc = RTCPeerConnection(
+            RTCConfiguration(iceServers=self.ice_servers, bundlePolicy=RTCBundlePolicy.MAX_BUNDLE, iceTransportPolicy=ice_transport_policy)
+        )
         self._packets = packets
         self._http: aiohttp.ClientSession | None = None
         self._ws: aiohttp.ClientWebSocketResponse | None = None
@@ -362,23 +365,8 @@ class Room(AsyncIOEventEmitter):
         self._negotiated_once = False
         self._closing = False
         self.offers_answered = 0
-
-    @property
-    def pc(self) -> RTCPeerConnection:
-        if self._pc is None:
-            raise RuntimeError("the peer connection is made when the server accepts the connect")
-        return self._pc
-
-    def _make_peer_connection(self, offered: list[RTCIceServer]) -> None:
-        """Nothing has gathered yet (the server's offer follows ``connected``), so the server's
-        ICE servers can still be part of the configuration."""
-        self.ice_servers += offered
-        config = RTCConfiguration(
-            iceServers=self.ice_servers, bundlePolicy=RTCBundlePolicy.MAX_BUNDLE, iceTransportPolicy=self._ice_transport_policy
-        )
-        self._pc = RTCPeerConnection(config)
-        self._pc.on("datachannel", self._on_datachannel)
-        hooks.start_when_connected(self._pc)
+        self.pc.on("datachannel", self._on_datachannel)
+        hooks.start_when_connected(self.pc)
 
     # --- wire ---------------------------------------------------------------------------
 
@@ -459,7 +447,7 @@ class Room(AsyncIOEventEmitter):
         self.name = message["room"]["name"]
         self.type = message["room"].get("type", "")
         if first:
-            self._make_peer_connection(ice.parse(message.get("ice_servers")))
+            self.ice_servers.extend(ice.parse(message.get("ice_servers")))  # before any gathering
             me = message["participant"]
             self.local_participant = LocalParticipant(self, me["sid"], me["identity"])
             for track in self._pending_tracks:
@@ -815,8 +803,7 @@ class Room(AsyncIOEventEmitter):
             await self._ws.close()
         if self._http is not None:
             await self._http.close()
-        if self._pc is not None:
-            await self._pc.close()
+        await self.pc.close()
         self.emit("disconnected", error)
 
     async def drop_signaling(self) -> None:
