@@ -8,7 +8,8 @@ RTCIceServer shape (``{urls, username?, credential?}``) the browser takes verbat
 TURN credentials are given only to participants that presented a valid token (``connected``
 is the answer to an accepted ``connect``), and are never logged. With a shared secret
 (coturn's ``use-auth-secret`` / ``static-auth-secret``, the "TURN REST API"), each
-participant gets its own time-limited credential instead of a fixed password: username
+participant gets its own time-limited credential for the TURN entries given without one
+(rather than one fixed password for everyone): username
 ``<expiry unix time>:<identity>``, credential ``base64(HMAC-SHA1(secret, username))``.
 """
 
