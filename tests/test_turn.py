@@ -3,7 +3,8 @@
 coturn (Debian's ``turnserver``) runs inside the test namespace on 10.213.0.1, relaying on
 10.213.0.1 as well, so nothing leaves the namespace. The clients are aiortc peers with the
 relay transport policy (and Chromium pages with ``iceTransportPolicy: 'relay'``): every
-packet they send or receive goes through coturn.
+packet they send or receive goes through coturn. The aiortc clients are not told about coturn:
+they gather with the ICE servers the server hands out in ``connected``.
 
 * By default the server gathers host candidates only, even with a TURN server among its
   ``--ice-server`` entries: relay-only clients reach its host candidate through coturn.
