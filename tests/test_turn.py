@@ -31,7 +31,7 @@ from sfu.media.peer import IceRelay
 from signaling.client import Room, connect
 from signaling.ice import IceServers, turn_rest_credential
 
-from .conftest import DEADLINE, Server, running_server
+from .conftest import DEADLINE, Server, running_server, wait_for
 from .helpers.clients import VideoReader, media_tracks, read_audio, subscribed_media
 from .helpers.coturn import TEST_ADDRESS, Coturn, running_coturn
 
@@ -150,9 +150,16 @@ async def test_server_relay_fallback_forwards_whichever_pair_it_selects(
                 await room.disconnect()
 
 
-STUN = RTCIceServer(urls="stun:10.213.0.1:3478")
+STUN = RTCIceServer(urls="stun:10.213.0.1:3478")  # (unit test only: nothing answers there)
 REST_REFERENCE = "Cd/49soE35ICqcJF/bCTn8Z4OyE="  # the credential of "1700000000:alice" under secret "north"
 SECRET_TURN = RTCIceServer(urls="turn:10.213.0.1:3478?transport=udp", username="operator", credential="s3cret-Pa55")
+
+
+def handed_out(turn: Coturn) -> list[RTCIceServer]:
+    """A server's --ice-server list: coturn's STUN, and a TURN user it does not know (its
+    refusal is as quick as an answer: nothing waits on an address where no one listens)."""
+    return [RTCIceServer(urls=f"stun:{TEST_ADDRESS}:{turn.port}"),
+            RTCIceServer(urls=f"{turn.url}?transport=udp", username="operator", credential="s3cret-Pa55")]  # fmt: skip
 
 
 async def raw_connect(server: Server, token: str) -> dict[str, Any]:
@@ -168,28 +175,33 @@ async def raw_connect(server: Server, token: str) -> dict[str, Any]:
 
 
 async def test_connected_hands_the_ice_servers_to_authenticated_participants_only(
-    tmp_path: Path, netns: None, caplog: pytest.LogCaptureFixture
+    tmp_path: Path, coturn: Coturn, caplog: pytest.LogCaptureFixture
 ) -> None:
     """``--ice-server`` entries reach the client in ``connected`` (the TURN credential only
     after a valid token), the Python client gathers with its own ones plus the server's, and
     no log line carries the credential."""
     caplog.set_level(logging.DEBUG)
-    async with running_server(tmp_path, ice_servers=[STUN, SECRET_TURN]) as (server, _):
+    stun, turn = handed_out(coturn)
+    async with running_server(tmp_path / "sfu", ice_servers=[stun, turn]) as (server, _):
         refused = await raw_connect(server, "not-a-token")
         assert refused["type"] == "error" and refused["code"] == 20101, refused
         assert "s3cret" not in str(refused)
         connected = await raw_connect(server, server.token("wire"))
         assert connected["type"] == "connected", connected
         assert connected["ice_servers"] == [
-            {"urls": "stun:10.213.0.1:3478"},
-            {"urls": "turn:10.213.0.1:3478?transport=udp", "username": "operator", "credential": "s3cret-Pa55"},
+            {"urls": stun.urls},
+            {"urls": turn.urls, "username": "operator", "credential": "s3cret-Pa55"},
         ]
-        own = RTCIceServer(urls="stun:10.213.0.1:19302")
+        own = coturn.ice_server
         room = await connect(server.url, server.token("py"), name="ice", ice_servers=[own])
         try:
             assert [(s.urls, s.username, s.credential) for s in room.ice_servers] == [
-                (own.urls, None, None), (STUN.urls, None, None), (SECRET_TURN.urls, "operator", "s3cret-Pa55"),
+                (own.urls, "u", "p"), (stun.urls, None, None), (turn.urls, "operator", "s3cret-Pa55"),
             ]  # fmt: skip
+            # Both sides done gathering (the server before its offer), so nothing is left asking
+            # coturn when the call ends.
+            await wait_for(lambda: room.pc.remoteDescription is not None and room.pc.iceGatheringState == "complete",
+                           message="the client's answer gathered")  # fmt: skip
         finally:
             await room.disconnect()
     leaked = [r.getMessage() for r in caplog.records if "s3cret" in r.getMessage()]

@@ -113,12 +113,12 @@ async def test_bundled_page_relays_through_the_servers_turn(tmp_path: Path, cotu
                 await page.close()
 
 
-async def test_ice_servers_given_to_connect_replace_the_servers(tmp_path: Path, netns: None) -> None:
+async def test_ice_servers_given_to_connect_replace_the_servers(tmp_path: Path, coturn: Coturn) -> None:
     """Twilio semantics: ``iceServers`` in the connect options replace the server's list (an
     empty array: none at all); without the option the page gathers with the server's."""
-    stun = RTCIceServer(urls="stun:10.213.0.1:3478")
-    turn = RTCIceServer(urls="turn:10.213.0.1:3478", username="op", credential="pw")
-    async with running_server(tmp_path, ice_servers=[stun, turn]) as (server, _), chromium() as browser, harness_site() as origin:
+    stun = RTCIceServer(urls=f"stun:10.213.0.1:{coturn.port}")
+    turn = RTCIceServer(urls=coturn.url, username="op", credential="pw")
+    async with running_server(tmp_path / "sfu", ice_servers=[stun, turn]) as (server, _), chromium() as browser, harness_site() as origin:
         page = await Page.harness(browser, origin, server.http, "ada")
         try:
             configs = await page.js(
@@ -128,6 +128,9 @@ async def test_ice_servers_given_to_connect_replace_the_servers(tmp_path: Path, 
                                                     [three, {iceServers: [{urls: 'stun:10.213.0.1:9'}]}]]) {
                         const room = await Video.connect(token, {name: 'ice', audio: false, video: false, ...options});
                         out.push(room._pc.getConfiguration().iceServers);
+                        // The server's offer (it gathers before sending it): leaving earlier would
+                        // close its peer while it is still asking the STUN server.
+                        for (let i = 0; i < 600 && !room._pc.remoteDescription; i++) await new Promise((r) => setTimeout(r, 50));
                         await room.disconnect();
                     }
                     return out;
@@ -135,7 +138,7 @@ async def test_ice_servers_given_to_connect_replace_the_servers(tmp_path: Path, 
                 [server.token("one"), server.token("two"), server.token("three")],
             )
             server_list, empty, own = map(entries, configs)
-            assert server_list == [(["stun:10.213.0.1:3478"], None, None), (["turn:10.213.0.1:3478"], "op", "pw")], configs
+            assert server_list == [([stun.urls], None, None), ([turn.urls], "op", "pw")], configs
             assert empty == []
             assert own == [(["stun:10.213.0.1:9"], None, None)], configs
         finally:
