@@ -73,7 +73,7 @@ class IceServers:
     participant, valid ``turn_ttl`` seconds (``sfu serve --ice-server turn:HOST:PORT
     --turn-secret SECRET``)."""
 
-    servers: list[RTCIceServer] = field(default_factory=list)
+    servers: list[RTCIceServer] = field(default_factory=list, repr=False)  # (their credentials)
     turn_secret: str | None = field(default=None, repr=False)
     turn_ttl: int = DEFAULT_TURN_TTL
     clock: Callable[[], float] = time.time

@@ -38,8 +38,8 @@ ICE servers (our stand-in for Twilio's Network Traversal Service, whose ``iced``
 SDK uses verbatim as ``RTCConfiguration.iceServers``): ``ice_servers`` lists the STUN and
 TURN servers the operator gave (``sfu serve --ice-server``; with ``--turn-secret``, a TURN
 entry given without user:password carries a time-limited credential minted for this
-participant: signaling/ice.py). It
-comes only in answer to a valid token, is never logged, and is ``[]`` when none was given.
+participant: signaling/ice.py). It comes only in answer to a valid token, is never logged,
+and is ``[]`` when none was given.
 Clients gather with it: the Python client adds it to the ``ice_servers`` it was given; sdk.js
 uses it unless the app passed ``iceServers`` (Twilio: those replace the service's list).
 
