@@ -30,14 +30,14 @@ from aiortc import (
     RTCRtpTransceiver,
     RTCSessionDescription,
 )
-from aiortc.rtcconfiguration import RTCBundlePolicy
+from aiortc.rtcconfiguration import RTCBundlePolicy, RTCIceTransportPolicy
 from aiortc.rtp import RtpPacket
 from av import AudioFrame, VideoFrame
 from pyee.asyncio import AsyncIOEventEmitter
 
 from sfu.media import aiortc_hooks as hooks
 
-from . import protocol
+from . import ice, protocol
 
 logger = logging.getLogger(__name__)
 
@@ -324,9 +324,15 @@ class Room(AsyncIOEventEmitter):
     ``track_subscribed``, ``track_unsubscribed`` (track, publication, p);
     ``track_subscription_failed`` (SignalingError, publication, p): the server could not
     subscribe us to the track (53404: our answer rejected its m-section); ``reconnecting``,
-    ``reconnected``; ``error`` (SignalingError); ``disconnected`` (SignalingError | None)."""
+    ``reconnected``; ``error`` (SignalingError); ``disconnected`` (SignalingError | None).
 
-    def __init__(self, url: str, token: str, ice_servers: list[RTCIceServer], packets: bool) -> None:
+    The peer connection gathers with the ICE servers the client was given followed by the
+    ones the server hands out in ``connected`` (``ice_servers`` holds them all)."""
+
+    def __init__(
+        self, url: str, token: str, ice_servers: list[RTCIceServer], packets: bool,
+        ice_transport_policy: RTCIceTransportPolicy = RTCIceTransportPolicy.ALL,
+    ) -> None:  # fmt: skip
         super().__init__()
         self.url = url
         self.token = token
@@ -338,7 +344,12 @@ class Room(AsyncIOEventEmitter):
         self.participants: dict[str, RemoteParticipant] = {}
         self.local_participant: LocalParticipant
         self.subscribe_rules: list[dict[str, Any]] = []
-        self.pc = RTCPeerConnection(RTCConfiguration(iceServers=ice_servers, bundlePolicy=RTCBundlePolicy.MAX_BUNDLE))
+        self.ice_servers = list(ice_servers)
+        # aiortc reads its configuration's iceServers when it makes the ICE gatherer, at the
+        # first offer (which follows `connected`): the server's list joins this same list.
+        self.pc = RTCPeerConnection(
+            RTCConfiguration(iceServers=self.ice_servers, bundlePolicy=RTCBundlePolicy.MAX_BUNDLE, iceTransportPolicy=ice_transport_policy)
+        )
         self._packets = packets
         self._http: aiohttp.ClientSession | None = None
         self._ws: aiohttp.ClientWebSocketResponse | None = None
@@ -436,6 +447,7 @@ class Room(AsyncIOEventEmitter):
         self.name = message["room"]["name"]
         self.type = message["room"].get("type", "")
         if first:
+            self.ice_servers.extend(ice.parse(message.get("ice_servers")))  # before any gathering
             me = message["participant"]
             self.local_participant = LocalParticipant(self, me["sid"], me["identity"])
             for track in self._pending_tracks:
@@ -808,13 +820,16 @@ async def connect(
     tracks: Iterable[LocalTrack] = (),
     rules: list[dict[str, Any]] | None = None,
     ice_servers: list[RTCIceServer] | None = None,
+    ice_transport_policy: str = "all",
     receive: str = "frames",
     timeout: float = 20.0,
 ) -> Room:
-    """Join a room; raises SignalingError with Twilio's code if the server refuses."""
+    """Join a room; raises SignalingError with Twilio's code if the server refuses.
+    ``ice_servers`` are used besides the ones the server hands out; ``ice_transport_policy``
+    "relay" gathers relayed candidates only (like a browser's ``iceTransportPolicy``)."""
     if receive not in ("frames", "packets"):
         raise ValueError("receive must be 'frames' or 'packets'")
-    room = Room(url, token, list(ice_servers or []), receive == "packets")
+    room = Room(url, token, list(ice_servers or []), receive == "packets", RTCIceTransportPolicy(ice_transport_policy))
     try:
         await room._open(name, list(tracks), rules, timeout)
     except BaseException:

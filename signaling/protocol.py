@@ -15,7 +15,7 @@ Client -> server
 Server -> client
   connected  {session, room: {sid, name, type}, participant: {sid, identity},
              participants: [Participant], published, subscribed, subscribe: {rules},
-             options: {heartbeat_interval, max_message_size}}
+             options: {heartbeat_interval, max_message_size}, ice_servers: [IceServer]}
   synced     same fields as connected
   update     any of {participants, published, subscribed, subscribe, peer_connection:
              {description: {type: "offer", revision, sdp}, sections: [{mid, kind, role,
@@ -32,6 +32,16 @@ Server -> client
   published  = {revision, tracks: [{id, sid, kind, name, state: pending|ready}
                | {id, sid, kind, name, state: "failed", error: {code, message}}]}
   subscribed = {revision, tracks: [{sid, kind, publisher, label?} | {sid, error: {code, message}}]}
+  IceServer = {urls: str | [str], username?, credential?}  (W3C RTCIceServer)
+
+ICE servers (our stand-in for Twilio's Network Traversal Service, whose ``iced`` answer the
+SDK uses verbatim as ``RTCConfiguration.iceServers``): ``ice_servers`` lists the STUN and
+TURN servers the operator gave (``sfu serve --ice-server``; with ``--turn-secret``, a TURN
+entry given without user:password carries a time-limited credential minted for this
+participant: signaling/ice.py). It comes only in answer to a valid token, is never logged,
+and is ``[]`` when none was given.
+Clients gather with it: the Python client adds it to the ``ice_servers`` it was given; sdk.js
+uses it unless the app passed ``iceServers`` (Twilio: those replace the service's list).
 
 Failed tracks (Twilio's trackPublicationFailed / trackSubscriptionFailed). When a client's
 answer rejects an m-section (port 0: say the room's only video codec is H264 and the browser

@@ -25,6 +25,7 @@ from sfu.room import Room
 from sfu.rules import InvalidRules, validate as validate_rules
 
 from . import protocol
+from .ice import IceServers
 from .protocol import ProtocolError
 from .tokens import TokenError, VideoGrant, check_room_grant, verify_token
 
@@ -184,6 +185,7 @@ class Session:
             "subscribed": p.subscribed_state(),
             "subscribe": {"rules": p.rules},
             "options": {"heartbeat_interval": protocol.HEARTBEAT_INTERVAL, "max_message_size": protocol.MAX_MESSAGE_SIZE},
+            "ice_servers": self.service.ice_servers.for_participant(p.identity),  # after a valid token only
         }
 
     # --- room events --------------------------------------------------------------------
@@ -379,6 +381,8 @@ class SignalingService:
     is shed (53006, then closed), so idle sockets never keep a participant out.
     ``allowed_origins`` (when not empty) is the list of browser origins allowed to open a
     websocket (403 before the upgrade); clients that send no ``Origin`` (not browsers) pass.
+    ``ice_servers`` is what ``connected`` hands each participant (default: the media
+    configuration's ``ice_servers``, the operator's ``--ice-server`` list).
     """
 
     def __init__(
@@ -391,8 +395,10 @@ class SignalingService:
         max_connections_per_ip: int = 0,
         max_unauthenticated: int = 0,
         allowed_origins: list[str] | None = None,
+        ice_servers: IceServers | None = None,
     ) -> None:
         check_websocket_internals()
+        self.ice_servers = ice_servers or IceServers(list(registry.media_config.ice_servers))
         self.registry = registry
         self.credentials = credentials
         self.reconnect_grace = reconnect_grace

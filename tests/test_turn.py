@@ -3,7 +3,8 @@
 coturn (Debian's ``turnserver``) runs inside the test namespace on 10.213.0.1, relaying on
 10.213.0.1 as well, so nothing leaves the namespace. The clients are aiortc peers with the
 relay transport policy (and Chromium pages with ``iceTransportPolicy: 'relay'``): every
-packet they send or receive goes through coturn.
+packet they send or receive goes through coturn. The aiortc clients are not told about coturn:
+they gather with the ICE servers the server hands out in ``connected``.
 
 * By default the server gathers host candidates only, even with a TURN server among its
   ``--ice-server`` entries: relay-only clients reach its host candidate through coturn.
@@ -16,130 +17,37 @@ packet they send or receive goes through coturn.
 from __future__ import annotations
 
 import contextlib
-import functools
-import os
-import shutil
-import socket
-import struct
-import subprocess
+import logging
 import time
 from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import pytest
-from aiohttp import web
 from aiortc import RTCIceServer, RTCPeerConnection
-from aiortc.rtcconfiguration import RTCIceTransportPolicy
 
-import signaling.client
-from sfu.credentials import generate
 from sfu.media.peer import IceRelay
-from sfuserver.app import REGISTRY, SIGNALING, ServerConfig, build_app
 from signaling.client import Room, connect
+from signaling.ice import IceServers, turn_rest_credential
 
-from .conftest import DEADLINE, Server
+from .conftest import DEADLINE, Server, running_server, wait_for
 from .helpers.clients import VideoReader, media_tracks, read_audio, subscribed_media
-
-TEST_ADDRESS = "10.213.0.1"  # tests/netns.sh's test interface
-
-
-@dataclass
-class Coturn:
-    port: int
-    log: Path
-
-    @property
-    def ice_server(self) -> RTCIceServer:
-        return RTCIceServer(urls=f"turn:{TEST_ADDRESS}:{self.port}", username="u", credential="p")
-
-
-def _free_udp_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
-        s.bind((TEST_ADDRESS, 0))
-        return int(s.getsockname()[1])
-
-
-def _answers_stun(port: int) -> bool:
-    """True when something on ``port`` answers a STUN binding request."""
-    transaction = os.urandom(12)
-    request = struct.pack("!HHI", 0x0001, 0, 0x2112A442) + transaction
-    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
-        s.settimeout(0.5)
-        try:
-            s.sendto(request, (TEST_ADDRESS, port))
-            data = s.recv(2048)
-        except OSError:
-            return False
-    return len(data) >= 20 and data[8:20] == transaction
+from .helpers.coturn import TEST_ADDRESS, Coturn, running_coturn
 
 
 @pytest.fixture
 def coturn(tmp_path: Path, netns: None) -> Iterator[Coturn]:
     """A coturn with a static long-term user u:p, listening and relaying on 10.213.0.1 only."""
-    binary = shutil.which("turnserver")
-    if binary is None:
-        pytest.fail("coturn's turnserver is missing: tests/run.sh installs Debian's coturn package")
-    port = _free_udp_port()
-    log = tmp_path / "turnserver.log"
-    command = [
-        binary, "-n", "--no-cli", "--no-tls", "--no-dtls",
-        "--listening-ip", TEST_ADDRESS, "--relay-ip", TEST_ADDRESS, "--listening-port", str(port),
-        "--min-port", "50000", "--max-port", "50999",
-        "--lt-cred-mech", "--user", "u:p", "--realm", "test",
-        "--log-file", str(log), "--simple-log", "--no-stdout-log",
-        "--pidfile", str(tmp_path / "turnserver.pid"), "--userdb", str(tmp_path / "turndb"),
-    ]  # fmt: skip
-    output = (tmp_path / "turnserver.out").open("wb")
-    process = subprocess.Popen(command, stdin=subprocess.DEVNULL, stdout=output, stderr=subprocess.STDOUT)
-    try:
-        end = time.monotonic() + DEADLINE
-        while not _answers_stun(port):  # each probe waits up to 0.5 s for an answer
-            if process.poll() is not None:
-                text = (tmp_path / "turnserver.out").read_text(errors="replace")
-                pytest.fail(f"turnserver exited with {process.returncode}: {text}")
-            if time.monotonic() > end:
-                pytest.fail(f"turnserver did not answer STUN on {TEST_ADDRESS}:{port} within {DEADLINE}s")
-        yield Coturn(port, log)
-    finally:
-        process.terminate()
-        try:
-            process.wait(10)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
-        output.close()
+    with running_coturn(tmp_path) as turn:
+        yield turn
 
 
 @asynccontextmanager
 async def sfu_server(tmp_path: Path, turn: Coturn, relay: IceRelay) -> AsyncIterator[Server]:
-    """conftest's ``server``, started as ``sfu serve --ice-server TURN --server-ice-relay RELAY``."""
-    credentials = generate()
-    config = ServerConfig(
-        host="127.0.0.1", port=0, data_dir=tmp_path / "sfu", reconnect_grace=3.0,
-        ice_servers=[turn.ice_server], server_ice_relay=relay,
-    )  # fmt: skip
-    app = build_app(config, credentials)
-    runner = web.AppRunner(app, handle_signals=False, access_log=None)
-    await runner.setup()
-    try:
-        site = web.TCPSite(runner, "127.0.0.1", 0)
-        await site.start()
-        port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
-        yield Server(f"ws://127.0.0.1:{port}/signaling", f"http://127.0.0.1:{port}", credentials,
-                     app[REGISTRY], config.data_dir, app[SIGNALING])  # fmt: skip
-    finally:
-        await runner.cleanup()
-
-
-@pytest.fixture
-def relay_only_clients(monkeypatch: pytest.MonkeyPatch) -> None:
-    """The test clients (signaling.client) gather and use relayed candidates only, like a
-    browser with ``iceTransportPolicy: 'relay'``. The server's peers are not affected."""
-    relay_only = functools.partial(signaling.client.RTCConfiguration, iceTransportPolicy=RTCIceTransportPolicy.RELAY)
-    monkeypatch.setattr(signaling.client, "RTCConfiguration", relay_only)
+    """The server started as ``sfu serve --ice-server TURN --server-ice-relay RELAY``."""
+    async with running_server(tmp_path / "sfu", ice_servers=[turn.ice_server], server_ice_relay=relay) as (server, _):
+        yield server
 
 
 def ice_connection(pc: RTCPeerConnection) -> Any:
@@ -158,12 +66,12 @@ def server_peers(server: Server) -> dict[str, RTCPeerConnection]:
     return {p.identity: p.peer.pc for room in server.registry.rooms.values() for p in room.participants.values()}
 
 
-async def call_both_ways(server: Server, turn: Coturn, rooms: list[Room]) -> tuple[Room, Room]:
+async def call_both_ways(server: Server, rooms: list[Room]) -> tuple[Room, Room]:
     """alice and bob (appended to ``rooms``, for the caller to disconnect), relay-only
-    through ``turn``, each decode the other's video and audio."""
-    for identity in ("alice", "bob"):
+    through the TURN server the server hands them, each decode the other's video and audio."""
+    for identity in ("alice", "bob"):  # the TURN server comes from the server (`connected`), not from here
         rooms.append(await connect(server.url, server.token(identity), name="turn", tracks=media_tracks("va"),
-                                   ice_servers=[turn.ice_server]))  # fmt: skip
+                                   ice_transport_policy="relay"))  # fmt: skip
     alice, bob = rooms
     readers = [VideoReader(await subscribed_media(alice, "bob", "cam")), VideoReader(await subscribed_media(bob, "alice", "cam"))]
     try:
@@ -178,13 +86,13 @@ async def call_both_ways(server: Server, turn: Coturn, rooms: list[Room]) -> tup
 
 
 async def test_relay_only_clients_meet_the_servers_host_candidates_through_coturn(
-    tmp_path: Path, coturn: Coturn, relay_only_clients: None
+    tmp_path: Path, coturn: Coturn
 ) -> None:
     """Default: a TURN server among --ice-server is not used by the server itself."""
     async with sfu_server(tmp_path, coturn, "off") as server:
         rooms: list[Room] = []
         try:
-            alice, bob = await call_both_ways(server, coturn, rooms)
+            alice, bob = await call_both_ways(server, rooms)
             for room in (alice, bob):
                 assert selected_local_type(room.pc) == "relay"  # the clients really went through coturn
                 offer = room.pc.remoteDescription.sdp
@@ -200,14 +108,14 @@ async def test_relay_only_clients_meet_the_servers_host_candidates_through_cotur
 
 
 async def test_server_relaying_itself_through_coturn_forwards_media_both_ways(
-    tmp_path: Path, coturn: Coturn, relay_only_clients: None
+    tmp_path: Path, coturn: Coturn
 ) -> None:
     """--server-ice-relay only: the server's selected local candidate is relayed (the path
     whose writer used to raise AttributeError on every packet), and media flows both ways."""
     async with sfu_server(tmp_path, coturn, "only") as server:
         rooms: list[Room] = []
         try:
-            alice, bob = await call_both_ways(server, coturn, rooms)
+            alice, bob = await call_both_ways(server, rooms)
             peers = server_peers(server)
             assert set(peers) == {"alice", "bob"}
             for identity, pc in peers.items():
@@ -223,7 +131,7 @@ async def test_server_relaying_itself_through_coturn_forwards_media_both_ways(
 
 
 async def test_server_relay_fallback_forwards_whichever_pair_it_selects(
-    tmp_path: Path, coturn: Coturn, relay_only_clients: None
+    tmp_path: Path, coturn: Coturn
 ) -> None:
     """--server-ice-relay fallback (what the server did by default before issue 14): it offers
     host and relayed candidates; with relay-only clients aioice may select either of its own
@@ -231,7 +139,7 @@ async def test_server_relay_fallback_forwards_whichever_pair_it_selects(
     async with sfu_server(tmp_path, coturn, "fallback") as server:
         rooms: list[Room] = []
         try:
-            await call_both_ways(server, coturn, rooms)
+            await call_both_ways(server, rooms)
             for room in rooms:
                 offer = room.pc.remoteDescription.sdp
                 assert " typ host" in offer and " typ relay" in offer, offer
@@ -240,6 +148,106 @@ async def test_server_relay_fallback_forwards_whichever_pair_it_selects(
         finally:
             for room in rooms:
                 await room.disconnect()
+
+
+STUN = RTCIceServer(urls="stun:10.213.0.1:3478")  # (unit test only: nothing answers there)
+REST_REFERENCE = "Cd/49soE35ICqcJF/bCTn8Z4OyE="  # the credential of "1700000000:alice" under secret "north"
+SECRET_TURN = RTCIceServer(urls="turn:10.213.0.1:3478?transport=udp", username="operator", credential="s3cret-Pa55")
+
+
+def handed_out(turn: Coturn) -> list[RTCIceServer]:
+    """A server's --ice-server list: coturn's STUN, and a TURN user it does not know (its
+    refusal is as quick as an answer: nothing waits on an address where no one listens)."""
+    return [RTCIceServer(urls=f"stun:{TEST_ADDRESS}:{turn.port}"),
+            RTCIceServer(urls=f"{turn.url}?transport=udp", username="operator", credential="s3cret-Pa55")]  # fmt: skip
+
+
+async def raw_connect(server: Server, token: str) -> dict[str, Any]:
+    """The server's first answer to a ``connect`` with ``token`` (no peer connection)."""
+    import aiohttp
+
+    async with aiohttp.ClientSession() as http, http.ws_connect(server.url) as ws:
+        await ws.send_json({"type": "connect", "version": 1, "token": token, "name": "ice"})
+        while True:
+            message = await ws.receive_json(timeout=DEADLINE)
+            if message["type"] != "heartbeat":
+                return message
+
+
+async def test_connected_hands_the_ice_servers_to_authenticated_participants_only(
+    tmp_path: Path, coturn: Coturn, caplog: pytest.LogCaptureFixture
+) -> None:
+    """``--ice-server`` entries reach the client in ``connected`` (the TURN credential only
+    after a valid token), the Python client gathers with its own ones plus the server's, and
+    no log line carries the credential."""
+    caplog.set_level(logging.DEBUG)
+    stun, turn = handed_out(coturn)
+    async with running_server(tmp_path / "sfu", ice_servers=[stun, turn]) as (server, _):
+        refused = await raw_connect(server, "not-a-token")
+        assert refused["type"] == "error" and refused["code"] == 20101, refused
+        assert "s3cret" not in str(refused)
+        connected = await raw_connect(server, server.token("wire"))
+        assert connected["type"] == "connected", connected
+        assert connected["ice_servers"] == [
+            {"urls": stun.urls},
+            {"urls": turn.urls, "username": "operator", "credential": "s3cret-Pa55"},
+        ]
+        own = coturn.ice_server
+        room = await connect(server.url, server.token("py"), name="ice", ice_servers=[own])
+        try:
+            assert [(s.urls, s.username, s.credential) for s in room.ice_servers] == [
+                (own.urls, "u", "p"), (stun.urls, None, None), (turn.urls, "operator", "s3cret-Pa55"),
+            ]  # fmt: skip
+            # Both sides done gathering (the server before its offer), so nothing is left asking
+            # coturn when the call ends.
+            await wait_for(lambda: room.pc.remoteDescription is not None and room.pc.iceGatheringState == "complete",
+                           message="the client's answer gathered")  # fmt: skip
+        finally:
+            await room.disconnect()
+    leaked = [r.getMessage() for r in caplog.records if "s3cret" in r.getMessage()]
+    assert not leaked, leaked
+
+
+async def test_server_without_ice_servers_hands_out_an_empty_list(tmp_path: Path, netns: None) -> None:
+    async with running_server(tmp_path) as (server, _):
+        connected = await raw_connect(server, server.token("wire"))
+        assert connected["type"] == "connected" and connected["ice_servers"] == [], connected
+
+
+def test_turn_rest_credential_is_coturns_hmac_of_expiry_and_identity() -> None:
+    """The reference value: base64(HMAC-SHA1(secret, "expiry:identity")), as coturn checks it
+    (computed independently with openssl: printf '1700000000:alice' | openssl dgst -sha1 -hmac
+    north -binary | base64)."""
+    assert turn_rest_credential("north", "alice", 1700000000) == ("1700000000:alice", REST_REFERENCE)
+    minted = RTCIceServer(urls="turn:h:3478")
+    servers = IceServers([STUN, SECRET_TURN, minted], turn_secret="north", turn_ttl=600, clock=lambda: 1699999400.5)
+    assert servers.for_participant("alice") == [
+        {"urls": "stun:10.213.0.1:3478"},  # STUN, and TURN with its own credential, as given
+        {"urls": "turn:10.213.0.1:3478?transport=udp", "username": "operator", "credential": "s3cret-Pa55"},
+        {"urls": "turn:h:3478", "username": "1700000000:alice", "credential": REST_REFERENCE},
+    ]
+    assert "north" not in repr(servers) and "s3cret" not in repr(servers)
+    assert IceServers([minted]).for_participant("alice") == [{"urls": "turn:h:3478"}]  # no secret: nothing minted
+
+
+async def test_relay_only_clients_through_coturn_with_minted_turn_rest_credentials(tmp_path: Path, netns: None) -> None:
+    """coturn with ``use-auth-secret``: each participant gets its own time-limited credential
+    (``sfu serve --turn-secret``), and relay-only clients call each other through coturn with it."""
+    with running_coturn(tmp_path, auth_secret="shared-north") as turn:
+        async with running_server(tmp_path / "sfu") as (server, _):
+            # What `sfu serve --ice-server turn:HOST:PORT --turn-secret shared-north` configures.
+            server.signaling.ice_servers = IceServers([RTCIceServer(urls=turn.url)], turn_secret="shared-north", turn_ttl=600)
+            rooms: list[Room] = []
+            try:
+                alice, bob = await call_both_ways(server, rooms)
+                for room, identity in ((alice, "alice"), (bob, "bob")):
+                    (minted,) = room.ice_servers
+                    expiry, _, who = str(minted.username).partition(":")
+                    assert who == identity and 0 < int(expiry) - time.time() <= 600, minted.username
+                    assert selected_local_type(room.pc) == "relay"
+            finally:
+                for room in rooms:
+                    await room.disconnect()
 
 
 def test_server_ice_relay_needs_a_turn_server(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

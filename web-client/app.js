@@ -53,6 +53,7 @@ const state = {
   unread: 0, // chat messages that arrived while the chat was out of sight
   shown: new WeakSet(), // errors already explained by a more specific message
   codecFailures: new Map(), // track SID -> {identity, publication}: subscriptions without a codec in common
+  iceTransportPolicy: null, // ?iceTransportPolicy=relay: TURN only (the ICE servers come from the server)
 };
 
 const MAX_CHAT_ENTRIES = 500;
@@ -424,7 +425,11 @@ async function join(event) {
     if (state.video) state.video.enable(ui.joinCam.checked);
     chat = new Video.LocalDataTrack({ name: 'chat' });
     const tracks = [state.audio, state.video].filter((t) => t && !t.isStopped);
-    const room = await Video.connect(token, { name: roomName, tracks: [...tracks, chat] });
+    // ICE servers come from the server (sfu serve --ice-server); ?iceTransportPolicy=relay
+    // makes the call go through its TURN server only (to check that TURN works).
+    const options = { name: roomName, tracks: [...tracks, chat] };
+    if (state.iceTransportPolicy) options.iceTransportPolicy = state.iceTransportPolicy;
+    const room = await Video.connect(token, options);
     state.chat = chat;
     enterRoom(room);
   } catch (error) {
@@ -845,6 +850,7 @@ function start() {
   const params = new URLSearchParams(location.search);
   if (params.get('room')) ui.roomInput.value = params.get('room');
   if (params.get('identity')) ui.identityInput.value = params.get('identity');
+  if (['relay', 'all'].includes(params.get('iceTransportPolicy'))) state.iceTransportPolicy = params.get('iceTransportPolicy');
   ui.joinForm.addEventListener('submit', join);
   ui.joinMic.addEventListener('change', renderPreview);
   ui.joinCam.addEventListener('change', renderPreview);

@@ -632,9 +632,12 @@ export class Room extends EventEmitter {
     this._answerSent = false;
     this._candidates = [];
     this._heartbeat = null;
+    // Twilio: `iceServers` given to connect() replace the server's (its Network Traversal
+    // Service); otherwise `connected` brings them (_useServerIceServers), before any offer.
+    this._iceServersGiven = Array.isArray(options.iceServers);
     this._pc = new RTCPeerConnection({
       bundlePolicy: options.bundlePolicy || 'max-bundle',
-      iceServers: options.iceServers || [],
+      iceServers: this._iceServersGiven ? options.iceServers : [],
       ...(options.iceTransportPolicy ? { iceTransportPolicy: options.iceTransportPolicy } : {}),
     });
     this._pc.addEventListener('icecandidate', (event) => this._onIceCandidate(event.candidate));
@@ -756,6 +759,7 @@ export class Room extends EventEmitter {
     this.name = message.room.name;
     this.type = message.room.type;
     if (first) {
+      this._useServerIceServers(message.ice_servers);
       const me = message.participant;
       this.localParticipant = new LocalParticipant(this, me.sid, me.identity);
       for (const track of this._initialTracks) {
@@ -783,6 +787,17 @@ export class Room extends EventEmitter {
       this._connectWaiter = null;
     } else {
       this.emit('reconnected');
+    }
+  }
+
+  /** The server's STUN / TURN list (`connected.ice_servers`), unless the app gave its own.
+   * Nothing has gathered yet: the server's first offer comes after `connected`. */
+  _useServerIceServers(iceServers) {
+    if (this._iceServersGiven || !Array.isArray(iceServers) || !iceServers.length) return;
+    try {
+      this._pc.setConfiguration({ ...this._pc.getConfiguration(), iceServers });
+    } catch (error) {
+      console.warn('sdk: the server\'s ICE servers were refused:', error.message); // (never the credentials)
     }
   }
 
@@ -1178,7 +1193,10 @@ function isPublicationError(code) {
  * Join a room, like twilio-video's `connect(token, options)`. Options: `name` (the room),
  * `audio` / `video` (true, false or constraints; used when `tracks` is not given; default
  * true), `tracks` (LocalTracks or MediaStreamTracks to publish), `signalingUrl`,
- * `iceServers` (default none), `bundlePolicy` (default max-bundle). Rejects with a
+ * `iceServers` (default: the STUN / TURN servers the server hands out, from its
+ * `--ice-server` list; an array given here replaces them, as Twilio's replaces its Network
+ * Traversal Service), `iceTransportPolicy` ('relay': relayed candidates only, through TURN),
+ * `bundlePolicy` (default max-bundle). Rejects with a
  * TwilioError carrying the server's code and message (20101 bad token, 53105 room full, ...)
  * or with the browser's DOMException when the camera or microphone is refused.
  */
