@@ -21,6 +21,7 @@ from sfu.media.peer import IceRelay, MediaConfig
 from sfu.media.udpmux import UdpMux
 from sfu.registry import RoomRegistry, utcnow
 from sfu.store import SqliteStore
+from signaling.ice import DEFAULT_TURN_TTL, IceServers
 from signaling.server import SignalingService
 
 from .logs import access_log_middleware, log_lifecycle
@@ -38,8 +39,10 @@ class ServerConfig:
     host: str = "127.0.0.1"
     port: int = 8080
     data_dir: Path = Path("data")
-    ice_servers: list[RTCIceServer] = field(default_factory=list)
+    ice_servers: list[RTCIceServer] = field(default_factory=list, repr=False)  # (TURN passwords)
     server_ice_relay: IceRelay = "off"  # does the server itself relay through the TURN servers
+    turn_secret: str | None = field(default=None, repr=False)  # mints credentials for TURN entries without any
+    turn_ttl: int = DEFAULT_TURN_TTL  # seconds a minted TURN credential is valid
     announced_address: str | None = None  # IP address the host candidates carry (1:1 NAT)
     # The one UDP port of all media (bound on every interface at startup). 0: one the OS
     # chooses (so servers built by tests never collide); `sfu serve` defaults to 7882.
@@ -93,6 +96,7 @@ def build_app(
         max_connections_per_ip=config.max_connections_per_ip,
         max_unauthenticated=config.max_unauthenticated,
         allowed_origins=config.allowed_origins,
+        ice_servers=IceServers(list(config.ice_servers), turn_secret=config.turn_secret, turn_ttl=config.turn_ttl),
     )
 
     # The runner's request handlers take these (for `sfu serve` and the tests' runner alike).

@@ -136,6 +136,12 @@ def parser() -> argparse.ArgumentParser:
     serve.add_argument("--server-ice-relay", choices=("off", "fallback", "only"), default="off",
                        help="let the server's own connections use the --ice-server TURN server: 'fallback' adds "
                             "relayed candidates, 'only' uses nothing else (default: off, host candidates only)")
+    serve.add_argument("--turn-secret", metavar="SECRET",
+                       help="coturn's static-auth-secret: each participant gets its own time-limited credential for "
+                            "the --ice-server TURN URLs given without user:password (prefer SFU_TURN_SECRET: a command "
+                            "line is visible to every user of the machine)")
+    serve.add_argument("--turn-ttl", type=_positive_int, default=86400, metavar="SECONDS",
+                       help="how long a --turn-secret credential stays valid")
     serve.add_argument("--announced-address", type=_ip_address,
                        help="public IP address to put in host ICE candidates (1:1 NAT)")
     serve.add_argument("--reconnect-grace", type=_non_negative_float, default=5.0,
@@ -373,6 +379,13 @@ def _serve(args: argparse.Namespace) -> int:
     turn = [server.urls for server in args.ice_server if str(server.urls).startswith("turn")]
     if args.server_ice_relay != "off" and not turn:
         raise CLIError("--server-ice-relay needs a TURN server (--ice-server turn:USER:PASS@HOST:PORT)")
+    minted = [s.urls for s in args.ice_server if str(s.urls).startswith("turn") and s.username is None]
+    if minted and not args.turn_secret:
+        raise CLIError(f"--ice-server {minted[0]} has no user:password: add them, or give --turn-secret")
+    if args.turn_secret and not minted:
+        raise CLIError("--turn-secret needs a TURN server without user:password (--ice-server turn:HOST:PORT)")
+    if minted and args.server_ice_relay != "off":
+        raise CLIError("--server-ice-relay needs a TURN server with its own user:password (not --turn-secret)")
     if turn and args.server_ice_relay == "off":
         logger.info("the server's own connections do not relay through %s (give it to clients, "
                     "or see --server-ice-relay)", ", ".join(map(str, turn)))
@@ -383,6 +396,8 @@ def _serve(args: argparse.Namespace) -> int:
         data_dir=args.data_dir,
         ice_servers=args.ice_server,
         server_ice_relay=args.server_ice_relay,
+        turn_secret=args.turn_secret,
+        turn_ttl=args.turn_ttl,
         announced_address=args.announced_address,
         reconnect_grace=args.reconnect_grace,
         dev_tokens=args.dev_tokens,

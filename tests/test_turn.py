@@ -234,9 +234,8 @@ async def test_relay_only_clients_through_coturn_with_minted_turn_rest_credentia
     """coturn with ``use-auth-secret``: each participant gets its own time-limited credential
     (``sfu serve --turn-secret``), and relay-only clients call each other through coturn with it."""
     with running_coturn(tmp_path, auth_secret="shared-north") as turn:
-        async with running_server(tmp_path / "sfu") as (server, _):
-            # What `sfu serve --ice-server turn:HOST:PORT --turn-secret shared-north` configures.
-            server.signaling.ice_servers = IceServers([RTCIceServer(urls=turn.url)], turn_secret="shared-north", turn_ttl=600)
+        settings = {"ice_servers": [RTCIceServer(urls=turn.url)], "turn_secret": "shared-north", "turn_ttl": 600}
+        async with running_server(tmp_path / "sfu", **settings) as (server, _):  # sfu serve --turn-secret
             rooms: list[Room] = []
             try:
                 alice, bob = await call_both_ways(server, rooms)
@@ -248,6 +247,21 @@ async def test_relay_only_clients_through_coturn_with_minted_turn_rest_credentia
             finally:
                 for room in rooms:
                     await room.disconnect()
+
+
+@pytest.mark.parametrize(
+    ("options", "error"),
+    [
+        (["--ice-server", "turn:127.0.0.1:3478"], "has no user:password"),
+        (["--turn-secret", "s", "--ice-server", "turn:u:p@127.0.0.1:3478"], "--turn-secret needs a TURN server"),
+        (["--turn-secret", "s", "--ice-server", "turn:127.0.0.1:3478", "--server-ice-relay", "only"], "its own user:password"),
+    ],
+)
+def test_turn_secret_options_are_checked(tmp_path: Path, capsys: pytest.CaptureFixture[str], options: list[str], error: str) -> None:
+    from sfuserver.cli import main
+
+    assert main(["serve", "--data-dir", str(tmp_path), "--port", "8080", *options]) == 1
+    assert error in capsys.readouterr().err
 
 
 def test_server_ice_relay_needs_a_turn_server(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
