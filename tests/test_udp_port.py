@@ -366,6 +366,38 @@ async def test_sends_made_while_a_batch_is_handled_leave_in_one_send_many(mux: U
     assert batches == [30]
 
 
+async def test_a_large_fan_out_leaves_before_the_rest_of_the_batch_is_handled(
+    mux: UdpMux, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """One input packet's copies to many subscribers leave together, as soon as FLUSH_AT are
+    queued: the first subscribers never wait for the fan-out of the whole received batch."""
+    batches: list[int] = []
+    send_many = udpio.send_many
+
+    def counting(sock: socket.socket, packets: Any) -> int:
+        batches.append(len(packets))
+        return send_many(sock, packets)
+
+    monkeypatch.setattr(udpio, "send_many", counting)
+    fan_out = udpmux.FLUSH_AT  # subscribers per input packet
+
+    class FanOut:
+        def datagram_received(self, data: bytes, addr: tuple[str, int]) -> None:
+            if data[0] >= 128:
+                for _ in range(fan_out):
+                    mux.sendto(data, addr)
+
+    mux.register(UFRAG, PASSWORD, FanOut())
+    with client() as them:
+        them.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4 << 20)
+        them.sendto(check(), mux.sockname)
+        await settled(mux, 1)
+        for _ in range(3):  # queued in the kernel before the mux reads any: one batch
+            them.sendto(RTP, mux.sockname)
+        await settled(mux, 4)
+        assert batches == [fan_out] * 3, batches
+
+
 async def test_what_a_full_send_buffer_refuses_waits_in_order(mux: UdpMux, monkeypatch: pytest.MonkeyPatch) -> None:
     """A burst larger than the kernel's send buffer is not dropped: the rest waits until the
     socket is writable, and a send made meanwhile queues behind it. The wait is bounded."""

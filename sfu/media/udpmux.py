@@ -18,7 +18,7 @@ for a datagram that did not authenticate, so garbage and floods cost no memory.
 
 Sends made while the mux hands one received batch to the connections (the SFU forwards
 synchronously inside the datagram handler) are queued and leave in one ``udpio.send_many``
-(``sendmmsg``) after the batch; sends made anywhere else go out at once. What the kernel's
+(``sendmmsg``) after the batch, or as soon as ``FLUSH_AT`` are waiting; sends made anywhere else go out at once. What the kernel's
 send buffer cannot take (a keyframe burst to many subscribers) waits in a bounded backlog,
 in order, until the socket is writable again, as asyncio's own datagram transports do; past
 ``MAX_BACKLOG`` datagrams, new ones are dropped.
@@ -49,6 +49,10 @@ SOCKET_BUFFER = 4 << 20  # requested SO_RCVBUF / SO_SNDBUF (the kernel may cap i
 MAX_ADDRESSES = 8  # learned remote addresses per connection (oldest out)
 MAX_TRANSACTIONS = 64  # outstanding STUN requests remembered per connection (oldest out)
 MAX_BACKLOG = 8192  # datagrams waiting for room in the socket's send buffer
+# Sends queued while a received batch is handled leave once this many are waiting (or at the
+# batch's end): one input packet's fan-out still leaves in one sendmmsg, and the first copies
+# of a batch never wait for the whole batch's fan-out (64 inputs x 200 subscribers).
+FLUSH_AT = 256
 UFRAG_LENGTH = 8
 _UFRAG_CHARS = string.ascii_letters + string.digits
 
@@ -313,6 +317,10 @@ class UdpMux:
                 except Exception:  # a connection's handler failed: never stop the others
                     self.stats.handler_errors += 1
                     logger.exception("UDP mux: handling a %d-byte datagram from %s failed", len(data), addr)
+                if len(queue) >= FLUSH_AT:
+                    self._flush(queue)
+                    queue = []
+                    self._queue = queue
         finally:
             self._queue = None
             if queue:
