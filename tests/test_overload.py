@@ -7,14 +7,26 @@ really falls behind, and shedding really relieves it)."""
 
 from __future__ import annotations
 
+import asyncio
+import os
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import aiohttp
 from aiortc.rtcrtpparameters import RTCRtpHeaderExtensionParameters as Ext
 from aiortc.rtp import RtpPacket
 
+from sfu.credentials import generate
 from sfu.media.consumer import Consumer
 from sfu.media.overload import Level, OverloadGuard, OverloadSettings
 from sfu.media.producer import CodecInfo, Producer
+from signaling.client import LocalAudioTrack, LocalVideoTrack, Room as ClientRoom, connect
+from signaling.tokens import mint_token
 
-from .conftest import wait_for
+from .conftest import DEADLINE, wait_for
+from .media import CounterVideoTrack, ToneAudioTrack
 
 VP8 = CodecInfo(97, "video/VP8", 90000, ("video/vp8",))
 OPUS = CodecInfo(111, "audio/opus", 48000, ("audio/opus",))
@@ -148,3 +160,182 @@ async def test_a_detached_consumer_leaves_the_guard() -> None:
     assert viewer.shed and room.guard.shed_now == 1
     viewer.detach()
     assert room.guard.registered == 0 and room.guard.shed_now == 0
+
+
+# --- end to end: a server process whose video forwarding costs more than it has ----------
+
+SUBSCRIBERS = 4
+VIDEO_SHARE = 0.4  # of one core, per video subscriber, once the cost is on: 1.6 cores for four
+
+
+async def test_an_overloaded_server_sheds_video_keeps_audio_and_its_publisher_then_recovers(tmp_path: Path, netns: None) -> None:
+    """Each video packet forwarded is made to burn CPU (in the server process only), so that
+    four video subscribers need 1.6 cores: without shedding the loop falls ever further
+    behind and the publisher's socket overflows, dropping audio, STUN and DTLS with video."""
+    credentials = generate()
+    env = dict(os.environ, SFU_ACCOUNT_SID=credentials.account_sid, SFU_AUTH_TOKEN=credentials.auth_token,
+               SFU_API_KEY_SID=credentials.api_key_sid, SFU_API_KEY_SECRET=credentials.api_key_secret)
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "tests.test_overload", str(tmp_path), env=env, cwd=Path(__file__).parent.parent,
+        stdout=asyncio.subprocess.PIPE,
+    )
+    rooms: list[ClientRoom] = []
+    try:
+        assert proc.stdout is not None
+        line = await asyncio.wait_for(proc.stdout.readline(), DEADLINE)
+        port = int(line.split()[-1])
+        url, control = f"ws://127.0.0.1:{port}/signaling", f"http://127.0.0.1:{port}/_overload"
+        async with aiohttp.ClientSession() as http:
+
+            async def state() -> dict[str, Any]:
+                async with http.get(control) as response:
+                    result: dict[str, Any] = await response.json()
+                    return result
+
+            async def cost(seconds: float) -> None:
+                async with http.post(control, params={"cost": str(seconds)}) as response:
+                    assert response.status == 200
+
+            alice = await connect(url, mint_token(credentials, "alice"), name="busy",
+                                  tracks=[LocalVideoTrack(CounterVideoTrack(fps=5), "cam"), LocalAudioTrack(ToneAudioTrack(), "mic")])
+            rooms.append(alice)
+            alice_states: list[str] = []
+            alice.pc.on("connectionstatechange", lambda: alice_states.append(alice.pc.connectionState))
+            audio: dict[str, list[int]] = {}
+            video: dict[str, int] = {}
+            for i in range(SUBSCRIBERS):
+                name = f"viewer{i}"
+                room = await connect(url, mint_token(credentials, name), name="busy", receive="packets")
+                rooms.append(room)
+                audio[name], video[name] = [], 0
+
+                def on_track(track: Any, publication: Any, participant: Any, name: str = name) -> None:
+                    if track.kind == "audio":
+                        track.on("packet", lambda packet: audio[name].append(packet.sequence_number))
+                    else:
+                        track.on("packet", lambda packet: video.__setitem__(name, video[name] + 1))
+
+                room.on("track_subscribed", on_track)
+            await wait_for(lambda: all(len(a) > 50 for a in audio.values()) and all(v > 10 for v in video.values()),
+                           message="audio and video reaching every subscriber")
+            first = await state()
+            await wait_for(lambda: len(audio["viewer0"]) > 150, message="three more seconds of audio")
+            second = await state()
+            video_rate = (second["video_packets"] - first["video_packets"]) / (second["time"] - first["time"])
+            assert second["registered"] == SUBSCRIBERS and second["shed_total"] == 0, second
+
+            # Overload: from now on one video subscriber's packets cost VIDEO_SHARE of a core.
+            assert alice.pc.connectionState == "connected"
+            alice_states.clear()
+            marks = {name: len(a) for name, a in audio.items()}
+            await cost(VIDEO_SHARE / video_rate)
+            shed = await _poll(state, lambda s: s["shed_total"] >= 1, "video shed by the overload guard")
+            # The overloaded window, from the moment the cost went on: twelve seconds of audio
+            # (a condition, not a sleep). Audio loss over it is 6% here without the guard.
+            await wait_for(lambda: all(len(a) >= marks[name] + 600 for name, a in audio.items()), timeout=90,
+                           message="twelve seconds of audio through the overloaded server")
+            during = await state()
+            assert during["shed_now"] >= 1 and during["cost"] > 0, during  # still overloaded, still shedding
+            for name, seqs in audio.items():
+                window = seqs[marks[name]:]
+                expected = (window[-1] - window[0]) % 65536 + 1
+                assert len(window) >= 0.98 * expected, f"{name} lost {expected - len(window)} of {expected} audio packets"
+            assert during["states"]["alice"] == "connected", during
+            assert alice.pc.connectionState == "connected" and alice_states == [], alice_states
+
+            # Back to normal: every shed video subscriber comes back.
+            await cost(0.0)
+            recovered = await _poll(state, lambda s: s["shed_now"] == 0, "every video subscriber resumed", timeout=120)
+            assert recovered["resumed_total"] == recovered["shed_total"] >= shed["shed_total"], recovered
+            counts = dict(video)
+            await wait_for(lambda: all(video[name] > counts[name] + 5 for name in video), message="video to every subscriber again")
+            assert alice.pc.connectionState == "connected" and alice_states == [], alice_states
+    finally:
+        for room in reversed(rooms):
+            await room.disconnect()
+        if proc.returncode is None:
+            proc.terminate()
+        await asyncio.wait_for(proc.wait(), DEADLINE)
+
+
+async def _poll(state: Any, predicate: Any, message: str, timeout: float = DEADLINE) -> dict[str, Any]:
+    """Poll the server's state until ``predicate`` holds; return that state."""
+    latest: dict[str, Any] = {}
+
+    async def check() -> bool:
+        nonlocal latest
+        latest = await state()
+        return bool(predicate(latest))
+
+    end = time.monotonic() + timeout
+    while not await check():
+        if time.monotonic() > end:
+            raise AssertionError(f"timed out after {timeout}s waiting for {message}: {latest}")
+        await asyncio.sleep(0.2)
+    return latest
+
+
+def _serve(data_dir: Path) -> None:
+    """The end-to-end test's server process: the app, plus ``/_overload`` (GET: the guard's
+    counters and the participants' connection states; POST ?cost=seconds: CPU burnt per video
+    packet forwarded). Prints the port it listens on."""
+    import uvloop
+    from aiohttp import web
+
+    from sfu.credentials import load_or_create
+    from sfu.media import overload
+    from sfu.room import Room as ServerRoom
+    from sfuserver.app import REGISTRY, ServerConfig, build_app
+
+    burn = {"cost": 0.0}
+    forward = Consumer.forward
+
+    def costly_forward(self: Consumer, packet: Any, abs_send_time: bytes) -> None:
+        if burn["cost"] and self.kind == "video":
+            end = time.perf_counter() + burn["cost"]
+            while time.perf_counter() < end:
+                pass
+        forward(self, packet, abs_send_time)
+
+    Consumer.forward = costly_forward  # type: ignore[method-assign]
+
+    async def main() -> None:
+        credentials, _ = load_or_create(data_dir)
+        app = build_app(ServerConfig(host="127.0.0.1", port=0, data_dir=data_dir), credentials)
+
+        def rooms() -> list[ServerRoom]:
+            return list(app[REGISTRY].rooms.values())
+
+        async def get(request: web.Request) -> web.Response:
+            guard = overload.guard_for(asyncio.get_running_loop())
+            participants = [p for room in rooms() for p in room.participants.values()]
+            producers = [t.producer for p in participants for t in p.published.values() if isinstance(t.producer, Producer)]
+            return web.json_response({
+                "time": time.monotonic(), "cost": burn["cost"], "level": int(guard.level), "lag": guard.lag,
+                "shed_total": guard.shed_total, "resumed_total": guard.resumed_total, "shed_now": guard.shed_now,
+                "registered": guard.registered,
+                "video_packets": sum(p.stats.packets for p in producers if p.kind == "video"),
+                "states": {p.identity: p.peer.pc.connectionState for p in participants},
+            })
+
+        async def post(request: web.Request) -> web.Response:
+            burn["cost"] = float(request.query["cost"])
+            return web.json_response({"cost": burn["cost"]})
+
+        app.router.add_get("/_overload", get)
+        app.router.add_post("/_overload", post)
+        runner = web.AppRunner(app, handle_signals=True, access_log=None)
+        await runner.setup()
+        site = web.TCPSite(runner, "127.0.0.1", 0)
+        await site.start()
+        print("listening on", site._server.sockets[0].getsockname()[1], flush=True)  # type: ignore[union-attr]
+        try:
+            await asyncio.Event().wait()
+        finally:
+            await runner.cleanup()
+
+    uvloop.run(main())
+
+
+if __name__ == "__main__":
+    _serve(Path(sys.argv[1]))

@@ -44,9 +44,12 @@ class OverloadSettings:
     sustain: float = 1.0  # seconds overloaded before the first step (not a passing hiccup)
     step: float = 0.1  # share of the registered video consumers shed or resumed per step (at least one)
     cooldown: float = 0.5  # seconds, and
-    cooldown_probes: int = 4  # probes, between two shedding steps: let the lag show their effect
+    cooldown_probes: int = 4  # probes, between two shedding steps: let the lag show their effect;
+    improving: float = 0.8  # and while the lag falls below this share of what it was at the last
+    patience: float = 3.0  # step (a backlog draining), no further step for up to this many seconds
     calm: float = 3.0  # seconds on time before a resuming step
-    calm_max: float = 30.0  # the calm doubles (up to this) each time resuming overloaded the loop again
+    calm_max: float = 30.0  # the calm doubles (up to this) each time resuming overloaded the loop
+    # again, and halves back with each resuming step that did not
 
 
 class Sheddable(Protocol):
@@ -81,6 +84,7 @@ class OverloadGuard:
         self._last_action = float("-inf")
         self._last_action_was_resume = False
         self._probes_since_action = 0
+        self._lag_at_action = 0.0
         self._calm = self.settings.calm
         self._running = False
         self._due = 0.0
@@ -148,10 +152,12 @@ class OverloadGuard:
             self.level = level
             self._level_since = now
         if level == Level.OVERLOADED:
+            since = now - self._last_action
             if (
                 now - self._level_since >= s.sustain
-                and now - self._last_action >= s.cooldown
+                and since >= s.cooldown
                 and self._probes_since_action >= s.cooldown_probes
+                and (self.lag > s.improving * self._lag_at_action or since >= s.patience or self._last_action_was_resume)
             ):
                 self._shed_step(now)
         elif level == Level.NORMAL and self._shed:
@@ -189,6 +195,8 @@ class OverloadGuard:
         for consumer in chosen:
             consumer.set_shed(False)
         self.resumed_total += len(chosen)
+        if self._last_action_was_resume:  # the previous step held: the next may come sooner
+            self._calm = max(self.settings.calm, self._calm / 2)
         self._acted(now, resumed=True)
         if not self._shed:
             self._calm = self.settings.calm
@@ -196,6 +204,7 @@ class OverloadGuard:
 
     def _acted(self, now: float, resumed: bool) -> None:
         self._last_action = now
+        self._lag_at_action = self.lag
         self._last_action_was_resume = resumed
         self._probes_since_action = 0
 
