@@ -3,6 +3,9 @@ restarts and per-codec RTX, with a capturing writer instead of a socket."""
 
 from __future__ import annotations
 
+import functools
+from typing import Any
+
 from aiortc.rtcrtpparameters import RTCRtpHeaderExtensionParameters as Ext
 from aiortc.rtp import RTCP_RTPFB_NACK, RtcpPacket, RtcpRtpfbPacket, RtpPacket
 
@@ -34,7 +37,7 @@ def setup(codecs=(VP8,), rtx={98: 97}) -> tuple[Producer, Consumer, list[RtpPack
     producer.set_ssrcs(1111, 2222)
     producer.nacks = nacks  # type: ignore[attr-defined]
     sent: list[RtpPacket] = []
-    consumer = Consumer(producer, lambda data: sent.append(RtpPacket.parse(data)) or True, 5555, 6666)
+    consumer = Consumer(producer, lambda data: record(sent, RtpPacket.parse(data)), 5555, 6666)
     consumer.configure(list(codecs), dict(rtx), EXTENSIONS, "3")
     consumer.attach()
     return producer, consumer, sent
@@ -116,7 +119,7 @@ async def test_without_a_retransmission_cache_video_still_starts_at_a_keyframe()
     producer.configure([VP8], {98: 97}, 0, 1, True)
     producer.set_ssrcs(1111, 2222)
     sent: list[bytes] = []
-    consumer = Consumer(producer, lambda data: sent.append(data) or True, 5555, 6666)
+    consumer = Consumer(producer, functools.partial(record, sent), 5555, 6666)
     consumer.configure([VP8], {98: 97}, EXTENSIONS, "0")
     consumer.attach()
     producer.on_rtp(packet(1))
@@ -128,13 +131,19 @@ async def test_without_a_retransmission_cache_video_still_starts_at_a_keyframe()
 # --- fan-out order -------------------------------------------------------------------------
 
 
+def record(into: list[Any], item: Any, *_: Any) -> bool:
+    """A writer that keeps what it is given."""
+    into.append(item)
+    return True
+
+
 async def test_each_packet_starts_the_fan_out_at_a_different_subscriber() -> None:
     producer = Producer("MT1", "video", lambda ssrc: None, lambda ssrc, lost: None)
     producer.configure([VP8], {98: 97}, 0, 1, True)
     producer.set_ssrcs(1111, 2222)
     order: list[int] = []
     for i in range(3):
-        consumer = Consumer(producer, lambda data, i=i: order.append(i) or True, 5000 + i, 6000 + i)
+        consumer = Consumer(producer, functools.partial(record, order, i), 5000 + i, 6000 + i)
         consumer.configure([VP8], {98: 97}, EXTENSIONS, "0")
         consumer.attach()
     for seq in range(10, 16):
@@ -173,7 +182,7 @@ def producer_with_plis(cache_size: int = 512) -> tuple[Producer, list[int]]:
 
 def subscriber(producer: Producer, ssrc: int = 5555) -> tuple[Consumer, list[RtpPacket]]:
     sent: list[RtpPacket] = []
-    consumer = Consumer(producer, lambda data: sent.append(RtpPacket.parse(data)) or True, ssrc, ssrc + 1)
+    consumer = Consumer(producer, lambda data: record(sent, RtpPacket.parse(data)), ssrc, ssrc + 1)
     consumer.configure([VP8], {98: 97}, EXTENSIONS, "3")
     return consumer, sent
 

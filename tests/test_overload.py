@@ -8,6 +8,7 @@ really falls behind, and shedding really relieves it)."""
 from __future__ import annotations
 
 import asyncio
+import functools
 import os
 import sys
 import time
@@ -42,6 +43,11 @@ def packet(seq: int, payload: bytes = DELTA, pt: int = 97, ssrc: int = 1111) -> 
     return p.serialize()
 
 
+def _keep(sent: list[bytes], data: bytes) -> bool:
+    sent.append(data)
+    return True
+
+
 class Room:
     """One video and one audio producer, consumers made on demand, a guard driven by hand."""
 
@@ -60,7 +66,7 @@ class Room:
 
     def consumer(self, producer: Producer, priority: str = "standard") -> Consumer:
         sent: list[bytes] = []
-        consumer = Consumer(producer, lambda data: sent.append(data) or True, 5000 + len(self.sent), 9000 + len(self.sent), guard=self.guard)
+        consumer = Consumer(producer, functools.partial(_keep, sent), 5000 + len(self.sent), 9000 + len(self.sent), guard=self.guard)
         consumer.priority = priority
         consumer.configure([VP8] if producer.kind == "video" else [OPUS], {}, EXTENSIONS, "0")
         consumer.attach()
