@@ -148,7 +148,7 @@ class OverloadGuard:
         self._probes_since_action += 1
         level = Level.OVERLOADED if self.lag >= s.high else Level.NORMAL if self.lag < s.low else Level.BUSY
         if level != self.level:
-            logger.info("media plane %s: event loop lag %.0f ms", level.name.lower(), self.lag * 1000)
+            logger.debug("media plane %s: event loop lag %.0f ms", level.name.lower(), self.lag * 1000)
             self.level = level
             self._level_since = now
         if level == Level.OVERLOADED:

@@ -274,6 +274,11 @@ class Producer:
     def keyframe_requests_sent(self) -> int:
         return self._keyframes.sent
 
+    @property
+    def keyframe_requests_coalesced(self) -> int:
+        """Starting subscribers served by a PLI already on its way (no PLI of their own)."""
+        return self._keyframes.coalesced
+
     def _pli_now(self) -> None:
         logger.debug("track %s: PLI to ssrc %s", self.track_sid, self.ssrc)
         if self.ssrc is not None:
