@@ -237,3 +237,37 @@ async def test_bogus_rtp_and_rtcp_from_a_participant_do_not_disturb_others(serve
     finally:
         for room in (mallory, bob, alice):
             await room.disconnect()
+
+
+async def test_a_late_subscriber_starts_from_the_cached_keyframe_without_waiting_for_the_publisher(tmp_path: Path, netns: None) -> None:
+    """Carol joins after the keyframe went by, and the publisher then ignores every PLI: she
+    can only see video if the server starts her from the keyframe in its cache."""
+    from .conftest import running_server
+
+    # A big cache, so a slow join on a loaded machine cannot push the keyframe out of it.
+    async with running_server(tmp_path, retransmission_cache=8192) as (server, _):
+        alice = await connect(server.url, server.token("alice"), name="late", tracks=[LocalVideoTrack(CounterVideoTrack(), "cam")])
+        bob = await connect(server.url, server.token("bob"), name="late", receive="packets")
+        carol = None
+        try:
+            await subscribed_track(bob, "cam")
+            producer = server_producer(server, "alice", "video")
+            producer.keyframe_max_age = 3600.0  # this test makes the keyframe old on purpose
+            await wait_for(lambda: producer.recent_keyframe() is not None, message="a complete keyframe in the cache")
+            keyframes_asked = producer.keyframe_requests_sent
+            sender = next(t.sender for t in alice.pc.getTransceivers() if t.sender.track is not None)
+            drop_rtcp(sender, lambda packet: isinstance(packet, RtcpPsfbPacket))  # alice is deaf to PLIs from now on
+            packets_then = producer.stats.packets
+            await wait_for(lambda: producer.stats.packets > packets_then + 10, message="delta frames after the keyframe")
+
+            carol = await connect(server.url, server.token("carol"), name="late")
+            track = await subscribed_track(carol, "cam")
+            values = await read_counters(track, 10)
+            assert values == sorted(values), values  # decodable from the first frame on
+            consumer = next(c for c in server_consumers(server, "carol") if c.kind == "video")
+            assert consumer.cached_starts == 1 and producer.cached_starts >= 1
+            assert producer.keyframe_requests_sent == keyframes_asked  # she never needed a PLI
+        finally:
+            for room in (carol, bob, alice):
+                if room is not None:
+                    await room.disconnect()

@@ -3,15 +3,17 @@
 It parses each decrypted packet once, unwraps RTX, keeps a retransmission cache shared
 by all its consumers, asks the publisher for lost packets (NACK) and keyframes (PLI),
 and hands the packet to every consumer. It never decodes.
+
+The fan-out starts at a different consumer for each packet (round robin), so no
+subscriber consistently waits for all the others' copies to be built and queued.
 """
 
 from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
 from . import rtp
@@ -25,6 +27,7 @@ if TYPE_CHECKING:
 logger = logging.getLogger(__name__)
 
 MAX_NACK_BATCH = 64
+KEYFRAME_MAX_AGE = 1.0  # seconds: a cached keyframe older than this does not start a consumer
 
 
 @dataclass(frozen=True, slots=True)
@@ -83,7 +86,12 @@ class Producer:
         self.mid_id = 0
         self.nack_enabled = False
         self.remb_enabled = False
-        self.consumers: list["Consumer"] = []
+        self.consumers: list["Consumer"] = []  # attached, forwarding or not
+        # The forward methods of the consumers that forward now (attached, not paused, not
+        # shed): replaced, never mutated, so a fan-out in progress is never disturbed.
+        self._forwards: list[Callable[[InboundPacket, bytes], None]] = []
+        self._active: list["Consumer"] = []
+        self._turn = 0  # where the next fan-out starts in _forwards
         self.stats = ReceiveStats()
         self.last_timestamp = 0  # RTP timestamp of the newest packet, and when it came
         self.last_arrival = 0.0
@@ -93,6 +101,10 @@ class Producer:
         self._cache_size = cache_size if kind == "video" else 0
         self._cache: list[InboundPacket | None] = [None] * self._cache_size
         self._keyframes = KeyframeRequester(self._pli_now, keyframe_interval)
+        self._keyframe_seq: int | None = None  # first packet of the newest keyframe seen
+        self._keyframe_at = 0.0
+        self.keyframe_max_age = KEYFRAME_MAX_AGE
+        self.cached_starts = 0  # consumers started from the cached keyframe (no PLI waited for)
         self.closed = False
 
     # --- negotiation -------------------------------------------------------------------
@@ -158,12 +170,23 @@ class Producer:
                 return  # duplicate (a retransmission we already had)
             cache[slot] = packet
         probe = self._probes.get(packet.payload_type)
-        if probe is not None and packet.payload:
-            packet.keyframe = probe(packet.payload)
+        if probe is not None and packet.payload and probe(packet.payload):
+            packet.keyframe = True
+            self._keyframe_seen(packet.sequence_number)
         self._count(packet, len(data))
+        forwards = self._forwards
+        if not forwards:
+            return
         abs_send_time = rtp.abs_send_time() if self.kind == "video" else b""
-        for consumer in self.consumers:
-            consumer.forward(packet, abs_send_time)
+        start = self._turn
+        if start >= len(forwards):
+            start = 0
+        self._turn = start + 1
+        for forward in forwards[start:]:
+            forward(packet, abs_send_time)
+        if start:
+            for forward in forwards[:start]:
+                forward(packet, abs_send_time)
 
     def _unwrap_rtx(self, packet: InboundPacket) -> InboundPacket | None:
         apt = self.rtx_apt.get(packet.payload_type)
@@ -201,6 +224,35 @@ class Producer:
 
     # --- retransmission and keyframes --------------------------------------------------
 
+    def _keyframe_seen(self, seq: int) -> None:
+        last = self._keyframe_seq
+        if last is not None and (seq - last) & 0xFFFF >= 0x8000:
+            return  # a retransmitted older keyframe: not the newest
+        self._keyframe_seq = seq
+        self._keyframe_at = time.monotonic()
+        self._keyframes.keyframe_received()
+
+    def recent_keyframe(self) -> list[InboundPacket] | None:
+        """The newest keyframe and every packet after it, in order, if the cache holds them
+        all (no gap up to the newest packet) and the keyframe is at most ``keyframe_max_age``
+        seconds old: a new subscriber can start from these without waiting for a PLI."""
+        first = self._keyframe_seq
+        stats = self.stats
+        if first is None or not self._cache or stats.base_seq is None:
+            return None
+        if time.monotonic() - self._keyframe_at > self.keyframe_max_age:
+            return None
+        count = ((stats.max_seq - first) & 0xFFFF) + 1
+        if count > self._cache_size:
+            return None
+        packets = []
+        for i in range(count):
+            packet = self.cached((first + i) & 0xFFFF)
+            if packet is None:
+                return None
+            packets.append(packet)
+        return packets if packets[0].keyframe else None
+
     def cached(self, sequence_number: int) -> InboundPacket | None:
         if not self._cache:
             return None
@@ -209,13 +261,23 @@ class Producer:
             return packet
         return None
 
-    def request_keyframe(self) -> None:
+    def request_keyframe(self, urgent: bool = False) -> None:
+        """Ask the publisher for a keyframe: ``urgent`` for a subscriber that is starting
+        (not held back by the rate limit, coalesced with a PLI already on its way)."""
         if self.kind == "video" and not self.closed:
-            self._keyframes.request()
+            if urgent:
+                self._keyframes.request_urgent()
+            else:
+                self._keyframes.request()
 
     @property
     def keyframe_requests_sent(self) -> int:
         return self._keyframes.sent
+
+    @property
+    def keyframe_requests_coalesced(self) -> int:
+        """Starting subscribers served by a PLI already on its way (no PLI of their own)."""
+        return self._keyframes.coalesced
 
     def _pli_now(self) -> None:
         logger.debug("track %s: PLI to ssrc %s", self.track_sid, self.ssrc)
@@ -234,10 +296,23 @@ class Producer:
     def add_consumer(self, consumer: "Consumer") -> None:
         if consumer not in self.consumers:
             self.consumers = [*self.consumers, consumer]
-        self.request_keyframe()
 
     def remove_consumer(self, consumer: "Consumer") -> None:
         self.consumers = [c for c in self.consumers if c is not consumer]
+        self.set_forwarding(consumer, False)
+
+    def set_forwarding(self, consumer: "Consumer", forwarding: bool) -> None:
+        """Include ``consumer`` in the fan-out or leave it out (its own state decides)."""
+        active = [c for c in self._active if c is not consumer]
+        if forwarding and consumer in self.consumers:
+            active.append(consumer)
+        self._active = active
+        self._forwards = [c.forward for c in active]
+
+    @property
+    def forwarding(self) -> list["Consumer"]:
+        """The consumers the fan-out reaches now."""
+        return list(self._active)
 
     def close(self) -> None:
         self.closed = True
@@ -245,6 +320,8 @@ class Producer:
         for consumer in self.consumers:
             consumer.detach()
         self.consumers = []
+        self._active = []
+        self._forwards = []
         self._cache = []
 
 
