@@ -386,6 +386,9 @@ class Room(AsyncIOEventEmitter):
         for sid in [s for s in subscriber.subscriptions if s not in wanted]:
             self._drop_subscription(subscriber, subscriber.subscriptions.pop(sid))
             changed = True
+        for sid, sub in subscriber.subscriptions.items():  # kept: the rules may give a new priority
+            if isinstance(sub.consumer, Consumer):
+                sub.consumer.priority = subscribe_rules.priority(subscriber.rules, sub.track.ref())
         for sid, track in wanted.items():
             if sid not in subscriber.subscriptions and sid not in subscriber.failed_subscriptions:
                 sub = self._subscribe(subscriber, track)
@@ -400,6 +403,7 @@ class Room(AsyncIOEventEmitter):
         producer = track.producer
         if isinstance(producer, Producer):
             consumer = subscriber.peer.add_subscription(producer, stream_id=track.publisher.sid)
+            consumer.priority = subscribe_rules.priority(subscriber.rules, track.ref())  # (what overload sheds first)
             return Subscription(track, consumer, created_at=self.registry.now())
         if isinstance(producer, DataProducer):
             options: DataTrackOptions = producer.options

@@ -3,7 +3,8 @@
 A rule is ``{"type": "include"|"exclude", ...filters}`` where the filters are ``all``
 (true, alone), ``publisher`` (identity or participant SID), ``track`` (name or track
 SID) and ``kind`` (audio, video, data); the filters of one rule must all match; a rule
-may also carry ``priority`` (high, standard or low; nothing else is stored). A track
+may also carry ``priority`` (high, standard or low: the subscription's priority when the
+media plane must shed video under overload, see ``priority``). A track
 is subscribed when some include rule matches it and no exclude rule does. The default,
 ``[{"type": "include", "all": true}]``, subscribes to everything.
 """
@@ -94,3 +95,13 @@ def subscribes(rules: Iterable[Mapping[str, Any]], track: TrackRef) -> bool:
             else:
                 excluded = True
     return included and not excluded
+
+
+def priority(rules: Iterable[Mapping[str, Any]], track: TrackRef) -> str:
+    """The priority the subscriber gave ``track``: that of the last matching include rule
+    carrying one, else ``standard``."""
+    found = "standard"
+    for rule in rules:
+        if rule["type"] == "include" and "priority" in rule and _matches(rule, track):
+            found = rule["priority"]
+    return found

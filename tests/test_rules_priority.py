@@ -7,7 +7,7 @@ import json
 
 import pytest
 
-from sfu.rules import InvalidRules, validate
+from sfu.rules import InvalidRules, TrackRef, priority, validate
 from signaling.client import SignalingError, connect
 
 from .conftest import Server, wait_for
@@ -29,6 +29,21 @@ def test_any_other_priority_is_refused(priority: object) -> None:
     with pytest.raises(InvalidRules) as info:
         validate([{"type": "include", "kind": "video", "priority": priority}])
     assert info.value.code == 53215
+
+
+def test_a_subscription_takes_the_priority_of_the_last_matching_include_rule() -> None:
+    """What the overload guard sheds first (issue 9): low before standard before high."""
+    camera = TrackRef("MT1", "camera", "video", "PA1", "alice")
+    screen = TrackRef("MT2", "screen", "video", "PA1", "alice")
+    rules = validate([
+        {"type": "include", "all": True},
+        {"type": "include", "kind": "video", "priority": "low"},
+        {"type": "include", "track": "screen", "priority": "high"},
+        {"type": "exclude", "publisher": "bob", "priority": "high"},  # an exclude rule gives none
+    ])
+    assert priority(rules, camera) == "low"
+    assert priority(rules, screen) == "high"
+    assert priority(validate([{"type": "include", "all": True}]), camera) == "standard"
 
 
 def test_overlong_publisher_or_track_is_refused() -> None:
