@@ -30,6 +30,7 @@ from prometheus_client.registry import Collector
 
 from rest.auth import authorized
 from sfu.credentials import Credentials
+from sfu.media import overload
 from sfu.media.consumer import Consumer
 from sfu.media.producer import Producer
 from sfu.participant import Participant
@@ -231,8 +232,36 @@ class SfuCollector(Collector):
         yield _gauge("sfu_store_pending_records", "Records queued and not yet stored", records.pending)
         yield _gauge("sfu_store_healthy", "1 when the last store write succeeded or nothing is pending", int(records.healthy))
 
+        yield from self._media_plane()
+
         yield _gauge("sfu_event_loop_lag_seconds", f"How late the last {self.lag.interval}s sleep woke up", self.lag.last)
         yield _gauge("sfu_event_loop_lag_max_seconds", "The largest event-loop lag in the last 30 seconds", self.lag.worst)
+
+
+    def _media_plane(self) -> Iterator[Metric]:
+        """The UDP mux (the one media socket) and the overload guard."""
+        mux = self.registry.media_config.udp_mux
+        if mux is not None:
+            stats = mux.stats
+            yield CounterMetricFamily("sfu_udp_datagrams_received", "Datagrams read from the media UDP port", value=stats.received)
+            yield CounterMetricFamily("sfu_udp_datagrams_sent", "Datagrams sent from the media UDP port", value=stats.sent)
+            family = CounterMetricFamily("sfu_udp_datagrams_dropped", "Datagrams the media UDP port dropped, by reason",
+                                         labels=["reason"])
+            for reason, value in (("send_failed", stats.send_dropped), ("unknown_source", stats.unknown_source),
+                                  ("unknown_ufrag", stats.unknown_ufrag), ("unauthenticated", stats.unauthenticated),
+                                  ("malformed", stats.malformed), ("handler_error", stats.handler_errors)):
+                family.add_metric([reason], value)
+            yield family
+            yield _gauge("sfu_udp_send_backlog", "Datagrams waiting for room in the media socket's send buffer", mux.backlog)
+            yield _gauge("sfu_udp_ice_connections", "ICE connections registered on the media UDP port", mux.connections)
+        guard = overload.guard_for_running_loop()
+        if guard is not None:
+            yield _gauge("sfu_overload_level", "Media plane load: 0 on time, 1 busy, 2 overloaded (video is being shed)", int(guard.level))
+            yield _gauge("sfu_overload_lag_seconds", "The overload guard's smoothed event-loop lag", guard.lag)
+            yield _gauge("sfu_video_consumers_shed_now", "Video subscriptions paused by the overload guard now", guard.shed_now)
+            yield CounterMetricFamily("sfu_video_consumers_shed", "Video subscriptions the overload guard paused", value=guard.shed_total)
+            yield CounterMetricFamily("sfu_video_consumers_resumed", "Shed video subscriptions the overload guard let back",
+                                      value=guard.resumed_total)
 
 
 def _gauge(name: str, documentation: str, value: float) -> GaugeMetricFamily:

@@ -79,6 +79,14 @@ async def test_a_call_shows_in_the_metrics_and_counters_never_go_down(server: Se
     assert value(during, "sfu_signaling_connections", state="authenticated") == 2
     assert value(during, "sfu_signaling_connections", state="unauthenticated") == 0
 
+    # The one media socket carried it all, and nothing was shed (issue 9).
+    assert value(during, "sfu_udp_ice_connections") == 2
+    assert value(during, "sfu_udp_datagrams_received_total") > value(during, "sfu_packets_received_total", kind="video")
+    assert value(during, "sfu_udp_datagrams_sent_total") >= video_out
+    assert value(during, "sfu_udp_datagrams_dropped_total", reason="unauthenticated") == 0
+    assert value(during, "sfu_overload_level") in (0, 1, 2)
+    assert value(during, "sfu_video_consumers_shed_now") == 0
+
     # Packets keep flowing: the counters rise between two scrapes.
     await reader.advance(10)
     later = await scrape(server)
