@@ -148,7 +148,7 @@ class SfuServer(Server):
         argv = [sys.executable, "-m", "sfuserver.cli", "serve", "--host", "127.0.0.1", "--port", str(self.port),
                 "--data-dir", str(data), "--log-level", "WARNING", "--max-participants", str(max(self.max_participants, 50)),
                 # Every load peer connects from 127.0.0.1, many at once; and stop at once when told.
-                "--max-connections-per-ip", "0", "--drain-timeout", "0"]
+                "--max-connections-per-ip", "0", "--drain-timeout", "0", "--udp-port", "0"]
         self._spawn(argv, env)
         self._wait_http(f"http://127.0.0.1:{self.port}/healthz")
 
