@@ -281,3 +281,105 @@ def test_the_extension_and_the_fallback_agree_on_the_longest_datagram() -> None:
     from sfu.media import _udpio  # type: ignore[attr-defined]
 
     assert _udpio.MAX_DATAGRAM == udpio.MAX_DATAGRAM
+
+
+# --- send_srtp: SRTP protection in the same call as sendmmsg (the fan-out's path) --------------
+
+KEY = bytes(range(30))  # AES_CM_128_HMAC_SHA1_80 master key and salt
+
+
+def srtp_pair() -> tuple["pylibsrtp.Session", "pylibsrtp.Session"]:
+    import pylibsrtp
+
+    sessions = []
+    for kind in (pylibsrtp.Policy.SSRC_ANY_OUTBOUND, pylibsrtp.Policy.SSRC_ANY_INBOUND):
+        sessions.append(pylibsrtp.Session(pylibsrtp.Policy(key=KEY, ssrc_type=kind, srtp_profile=pylibsrtp.Policy.SRTP_PROFILE_AES128_CM_SHA1_80)))
+    return sessions[0], sessions[1]
+
+
+def rtp(seq: int, size: int = 1100) -> bytes:
+    return bytes([0x80, 96]) + seq.to_bytes(2, "big") + (1000 + seq).to_bytes(4, "big") + (0x1234).to_bytes(4, "big") + bytes([seq & 0xFF]) * size
+
+
+@pytest.mark.skipif(not udpio.ACCELERATED, reason="C extension not built")
+def test_send_srtp_protects_plain_rtp_with_each_items_session(sockets: Callable[..., socket.socket]) -> None:
+    """What the subscriber gets decrypts with its keys; items without a session go as they are."""
+    from sfu.media.aiortc_hooks import _srtp_session_address
+
+    sender, receiver = sockets(), sockets()
+    outbound, inbound = srtp_pair()
+    session = _srtp_session_address(outbound)
+    assert session is not None
+    plain = [rtp(seq) for seq in range(5)]
+    items = [(p, receiver.getsockname(), session, outbound) for p in plain]
+    items.insert(2, (b"\x01\x00as-is", receiver.getsockname()))  # e.g. a STUN message in the batch
+    sent, rest = udpio.send_srtp(sender, items)
+    assert (sent, rest) == (6, [])
+    got = read_exactly(receiver, 6)
+    assert got[2] == b"\x01\x00as-is"
+    protected = got[:2] + got[3:]
+    assert all(len(p) == len(q) + 10 for p, q in zip(protected, plain))  # the 80-bit tag
+    assert [inbound.unprotect(p) for p in protected] == plain
+
+
+@pytest.mark.skipif(not udpio.ACCELERATED, reason="C extension not built")
+def test_send_srtp_drops_what_libsrtp_refuses_and_goes_on(sockets: Callable[..., socket.socket]) -> None:
+    """A sequence number protected before (libsrtp's replay check on the sending side) and a
+    packet too long for the buffer are dropped, not sent in the clear; the others go."""
+    from sfu.media.aiortc_hooks import _srtp_session_address
+
+    sender, receiver = sockets(), sockets()
+    outbound, inbound = srtp_pair()
+    session = _srtp_session_address(outbound)
+    to = receiver.getsockname()
+    items = [(rtp(1), to, session, outbound), (rtp(1), to, session, outbound), (rtp(2, 3000), to, session, outbound), (rtp(3), to, session, outbound)]
+    sent, rest = udpio.send_srtp(sender, items)
+    assert (sent, rest) == (2, [])
+    assert [inbound.unprotect(p) for p in read_exactly(receiver, 2)] == [rtp(1), rtp(3)]
+    assert_nothing_more(receiver)
+
+
+def test_the_fallback_send_srtp_refuses_to_send_plain_rtp_in_the_clear(sockets: Callable[..., socket.socket]) -> None:
+    sender, receiver = sockets(), sockets()
+    with pytest.raises(TypeError):
+        udpio.fallback_send_srtp(sender, [(rtp(1), receiver.getsockname(), 1234, object())])
+    assert udpio.fallback_send_srtp(sender, [(b"\x80ok", receiver.getsockname(), 0, None), (b"\x80two", receiver.getsockname())]) == (2, [])
+    assert read_exactly(receiver, 2) == [b"\x80ok", b"\x80two"]
+
+
+@pytest.mark.parametrize("accelerated", [False, pytest.param(True, marks=pytest.mark.skipif(not udpio.ACCELERATED, reason="C extension not built"))])
+def test_send_srtp_hands_back_what_a_full_send_buffer_left_protected_once(accelerated: bool) -> None:
+    """In a rate-limited private namespace: what did not leave comes back in order, the
+    protected copies as bytes (sent later as they are, never protected twice)."""
+    if not (shutil.which("unshare") and shutil.which("tc")):
+        pytest.skip("needs unshare and tc (util-linux, iproute2)")
+    script = f"""
+import json, socket
+from sfu.media import udpio
+from sfu.media.aiortc_hooks import _srtp_session_address
+from tests.test_udpio import rtp, srtp_pair
+outbound, inbound = srtp_pair()
+session = _srtp_session_address(outbound) if {accelerated} else 0
+receiver = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+receiver.bind(("127.0.0.1", 0))
+receiver.settimeout({DEADLINE})
+sender = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+sender.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 1)
+plain = [rtp(seq) for seq in range(60)]
+items = [(p if session else outbound.protect(p), receiver.getsockname(), session, outbound) for p in plain]
+sent, rest = (udpio.send_srtp if {accelerated} else udpio.fallback_send_srtp)(sender, items)
+got = [receiver.recv(2048) for _ in range(sent)]
+while rest:  # as the mux's backlog does once the socket is writable
+    more, rest = udpio.send_srtp(sender, rest) if {accelerated} else udpio.fallback_send_srtp(sender, rest)
+    got += [receiver.recv(2048) for _ in range(more)]
+print(json.dumps({{"first": sent, "all": [inbound.unprotect(p) == q for p, q in zip(got, plain)].count(True)}}))
+"""
+    setup = "ip link set lo up && tc qdisc add dev lo root tbf rate 2mbit burst 1600 latency 30s"
+    result = subprocess.run(
+        ["unshare", "-rn", "sh", "-c", f'{setup} && exec "$0" -c "$1"', sys.executable, script],
+        capture_output=True, text=True, timeout=DEADLINE * 2, cwd=Path(__file__).parent.parent,
+    )
+    assert result.returncode == 0, result.stderr
+    outcome = json.loads(result.stdout)
+    assert 1 <= outcome["first"] < 60, outcome
+    assert outcome["all"] == 60, outcome

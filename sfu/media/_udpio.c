@@ -2,6 +2,13 @@
  *
  * send_many(sock, [(bytes, (host, port)), ...]) -> int
  * recv_many(sock, max_count=64) -> [(bytes, (host, port)), ...]
+ * send_srtp(sock, [(bytes, (host, port)[, session, owner]), ...]) -> (sent, rest)
+ *   as send_many, but an item carrying a libsrtp session (an srtp_t address, not 0) is plain
+ *   RTP that is SRTP-protected here, into a buffer of this module, just before the system
+ *   call: no Python bytes object per protected copy. ``owner`` keeps the session alive.
+ *   ``rest``: what a full send buffer left unsent, in order, protected ones as bytes.
+ * set_srtp_protect(address): the srtp_protect function send_srtp calls (libsrtp 2's
+ *   srtp_err_status_t srtp_protect(srtp_t, void *, int *), as pylibsrtp's build exports it).
  *
  * Same rules as udpio's pure-Python fallback (see udpio.py): MSG_DONTWAIT always; a send
  * stops at EAGAIN/ENOBUFS and skips a packet the kernel refuses; a received datagram longer
@@ -336,10 +343,167 @@ done:
     return result;
 }
 
+/* --- send_srtp: SRTP protection and sendmmsg in one call ------------------------------- */
+
+#define SRTP_TRAILER 144 /* SRTP_MAX_TRAILER_LEN: room srtp_protect may append */
+
+typedef int (*srtp_protect_fn)(void *session, void *rtp, int *length);
+static srtp_protect_fn srtp_protect_ptr;
+
+/* One protected copy per message of a chunk (GIL held from protection to the system call). */
+static char protect_buffers[SEND_CHUNK][MAX_DATAGRAM + SRTP_TRAILER];
+static PyObject *send_addresses[SEND_CHUNK]; /* borrowed from the items, for ``rest`` */
+
+static PyObject *
+set_srtp_protect(PyObject *module, PyObject *arg)
+{
+    void *address = PyLong_AsVoidPtr(arg);
+    if (address == NULL && PyErr_Occurred())
+        return NULL;
+    srtp_protect_ptr = (srtp_protect_fn)address;
+    Py_RETURN_NONE;
+}
+
+/* Fill message ``count`` from ``item``. 1: ready; 0: skip the item; -1: exception set. */
+static int
+prepare_message(PyObject *item, unsigned int count)
+{
+    Py_ssize_t size = PyTuple_Check(item) ? PyTuple_GET_SIZE(item) : 0;
+    if ((size != 2 && size != 4) || !PyBytes_Check(PyTuple_GET_ITEM(item, 0))) {
+        PyErr_SetString(PyExc_TypeError, "packets must be (bytes, address[, session, owner]) tuples");
+        return -1;
+    }
+    socklen_t length;
+    PyObject *address = PyTuple_GET_ITEM(item, 1);
+    int parsed = parse_address(address, &send_addrs[count], &length);
+    if (parsed <= 0)
+        return parsed;
+    PyObject *data = PyTuple_GET_ITEM(item, 0);
+    char *base = PyBytes_AS_STRING(data);
+    Py_ssize_t data_length = PyBytes_GET_SIZE(data);
+    void *session = NULL;
+    if (size == 4) {
+        session = PyLong_AsVoidPtr(PyTuple_GET_ITEM(item, 2));
+        if (session == NULL && PyErr_Occurred())
+            return -1;
+    }
+    if (session != NULL) {
+        if (srtp_protect_ptr == NULL) {
+            PyErr_SetString(PyExc_RuntimeError, "send_srtp: set_srtp_protect was never called");
+            return -1;
+        }
+        if (data_length > MAX_DATAGRAM)
+            return 0; /* larger than any media packet: drop it */
+        int protected_length = (int)data_length;
+        memcpy(protect_buffers[count], base, (size_t)data_length);
+        if (srtp_protect_ptr(session, protect_buffers[count], &protected_length) != 0)
+            return 0; /* e.g. a sequence number libsrtp has protected before: drop it */
+        base = protect_buffers[count];
+        data_length = protected_length;
+    }
+    send_iovs[count].iov_base = base;
+    send_iovs[count].iov_len = (size_t)data_length;
+    memset(&send_msgs[count], 0, sizeof(send_msgs[count]));
+    send_msgs[count].msg_hdr.msg_name = &send_addrs[count];
+    send_msgs[count].msg_hdr.msg_namelen = length;
+    send_msgs[count].msg_hdr.msg_iov = &send_iovs[count];
+    send_msgs[count].msg_hdr.msg_iovlen = 1;
+    send_addresses[count] = address;
+    return 1;
+}
+
+/* What a full send buffer left: messages [from, count) as (bytes, address), then items[next:]. */
+static PyObject *
+unsent(unsigned int from, unsigned int count, PyObject **items, Py_ssize_t next, Py_ssize_t total)
+{
+    PyObject *rest = PyList_New(0);
+    if (rest == NULL)
+        return NULL;
+    for (unsigned int k = from; k < count; k++) {
+        PyObject *data = PyBytes_FromStringAndSize(send_iovs[k].iov_base, (Py_ssize_t)send_iovs[k].iov_len);
+        PyObject *entry = data == NULL ? NULL : PyTuple_Pack(2, data, send_addresses[k]);
+        Py_XDECREF(data);
+        if (entry == NULL || PyList_Append(rest, entry) < 0) {
+            Py_XDECREF(entry);
+            Py_DECREF(rest);
+            return NULL;
+        }
+        Py_DECREF(entry);
+    }
+    for (Py_ssize_t j = next; j < total; j++) {
+        if (PyList_Append(rest, items[j]) < 0) {
+            Py_DECREF(rest);
+            return NULL;
+        }
+    }
+    return rest;
+}
+
+static PyObject *
+send_srtp(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
+{
+    if (nargs != 2) {
+        PyErr_SetString(PyExc_TypeError, "send_srtp(sock, packets) takes 2 arguments");
+        return NULL;
+    }
+    int fd = socket_fd(args[0]);
+    if (fd < 0)
+        return NULL;
+    PyObject *seq = PySequence_Fast(args[1], "packets must be a sequence");
+    if (seq == NULL)
+        return NULL;
+    Py_ssize_t total = PySequence_Fast_GET_SIZE(seq);
+    PyObject **items = PySequence_Fast_ITEMS(seq);
+    PyObject *rest = NULL;
+    Py_ssize_t sent = 0;
+    Py_ssize_t i = 0;
+    while (i < total && rest == NULL) {
+        unsigned int count = 0;
+        for (; i < total && count < SEND_CHUNK; i++) {
+            int ready = prepare_message(items[i], count);
+            if (ready < 0)
+                goto error;
+            count += (unsigned int)ready;
+        }
+        unsigned int done = 0;
+        while (done < count) {
+            int n = sendmmsg(fd, send_msgs + done, count - done, MSG_DONTWAIT);
+            if (n > 0) {
+                done += (unsigned int)n;
+                sent += n;
+            } else if (n < 0 && errno == EINTR) {
+                continue;
+            } else if (n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK || errno == ENOBUFS)) {
+                rest = unsent(done, count, items, i, total);
+                if (rest == NULL)
+                    goto error;
+                break;
+            } else if (n < 0 && socket_error(errno)) {
+                PyErr_SetFromErrno(PyExc_OSError);
+                goto error;
+            } else {
+                done++; /* sendmmsg stops at the first message the kernel refuses: skip it */
+            }
+        }
+    }
+    Py_DECREF(seq);
+    if (rest == NULL && (rest = PyList_New(0)) == NULL)
+        return NULL;
+    return Py_BuildValue("(nN)", sent, rest);
+error:
+    Py_DECREF(seq);
+    return NULL;
+}
+
 static PyMethodDef methods[] = {
     {"send_many", (PyCFunction)(void (*)(void))send_many, METH_FASTCALL,
      "send_many(sock, packets) -> int\n\nSend every (data, address) with sendmmsg; stop at "
      "EAGAIN/ENOBUFS, skip a packet the kernel refuses; return how many were sent."},
+    {"send_srtp", (PyCFunction)(void (*)(void))send_srtp, METH_FASTCALL,
+     "send_srtp(sock, packets) -> (sent, rest)\n\nAs send_many; items (data, address, session, "
+     "owner) with a session are SRTP-protected first; rest: what a full send buffer left."},
+    {"set_srtp_protect", (PyCFunction)set_srtp_protect, METH_O,
+     "set_srtp_protect(address)\n\nThe srtp_protect function (its address) send_srtp calls."},
     {"recv_many", (PyCFunction)(void (*)(void))recv_many, METH_FASTCALL,
      "recv_many(sock, max_count=64) -> list\n\nRead up to max_count queued datagrams with "
      "recvmmsg (MSG_DONTWAIT) as (data, (host, port)); [] if none."},

@@ -5,6 +5,10 @@ was most of the server's profile. ``send_many`` and ``recv_many`` hand a whole b
 kernel at once when the C extension ``sfu.media._udpio`` is built (``ACCELERATED``), and
 fall back to a plain ``sendto``/``recvfrom`` loop with the same behaviour when it is not.
 
+``send_srtp`` is ``send_many`` for the fan-out: an item may carry plain RTP and the libsrtp
+session of its subscriber, and the extension SRTP-protects it into its own buffer right before
+``sendmmsg`` (no Python object per protected copy).
+
 Both work on non-blocking semantics whatever the socket's mode (``MSG_DONTWAIT``): a full
 send buffer drops the rest of the batch, as a full UDP buffer drops; an empty receive queue
 returns ``[]``. Addresses are IP literals; IPv6 tuples may carry flowinfo and scope id, of
@@ -16,6 +20,7 @@ from __future__ import annotations
 import errno
 import socket
 from collections.abc import Sequence
+from typing import Any
 
 Address = tuple[str, int]
 
@@ -47,6 +52,28 @@ def fallback_send_many(sock: socket.socket, packets: Sequence[tuple[bytes, Addre
             continue
         sent += 1
     return sent
+
+
+def fallback_send_srtp(sock: socket.socket, packets: Sequence[tuple[Any, ...]]) -> tuple[int, list[tuple[Any, ...]]]:
+    """``send_srtp`` without the extension: items must be ready to send (no SRTP session).
+
+    Returns (sent, rest): ``rest`` is what a full send buffer left unsent, in order.
+    """
+    sent = 0
+    sendto = sock.sendto
+    for index, item in enumerate(packets):
+        if len(item) == 4 and item[2]:
+            raise TypeError("SRTP protection in send_srtp needs the C extension (udpio.ACCELERATED)")
+        try:
+            sendto(item[0], socket.MSG_DONTWAIT, item[1])
+        except OSError as exc:
+            if exc.errno in _STOP_ERRNOS:
+                return sent, list(packets[index:])
+            if exc.errno in _SOCKET_ERRNOS:
+                raise
+            continue
+        sent += 1
+    return sent, []
 
 
 def fallback_recv_many(sock: socket.socket, max_count: int = 64) -> list[tuple[bytes, Address]]:
@@ -81,6 +108,16 @@ ACCELERATED: bool = _udpio is not None
 if _udpio is not None:
     send_many = _udpio.send_many
     recv_many = _udpio.recv_many
+    send_srtp = _udpio.send_srtp
 else:
     send_many = fallback_send_many
     recv_many = fallback_recv_many
+    send_srtp = fallback_send_srtp
+
+
+def use_srtp_protect(address: int) -> bool:
+    """Give ``send_srtp`` libsrtp's ``srtp_protect`` (its address); False without the extension."""
+    if _udpio is None:
+        return False
+    _udpio.set_srtp_protect(address)
+    return True
