@@ -334,16 +334,16 @@ async def test_tables_are_bounded(mux: UdpMux) -> None:
     assert mux.stats.unknown_ufrag == 1
 
 
-async def test_sends_made_while_a_batch_is_handled_leave_in_one_send_many(mux: UdpMux, monkeypatch: pytest.MonkeyPatch) -> None:
+async def test_sends_made_while_a_batch_is_handled_leave_in_one_system_call(mux: UdpMux, monkeypatch: pytest.MonkeyPatch) -> None:
     """The fan-out: every write a datagram handler makes goes out after the batch, together."""
     batches: list[int] = []
-    send_many = udpio.send_many
+    send_srtp = udpio.send_srtp
 
-    def counting(sock: socket.socket, packets: Any) -> int:
+    def counting(sock: socket.socket, packets: Any) -> tuple[int, list[Any]]:
         batches.append(len(packets))
-        return send_many(sock, packets)
+        return send_srtp(sock, packets)
 
-    monkeypatch.setattr(udpio, "send_many", counting)
+    monkeypatch.setattr(udpio, "send_srtp", counting)
 
     class Echo:
         def datagram_received(self, data: bytes, addr: tuple[str, int]) -> None:
@@ -372,13 +372,13 @@ async def test_a_large_fan_out_leaves_before_the_rest_of_the_batch_is_handled(
     """One input packet's copies to many subscribers leave together, as soon as FLUSH_AT are
     queued: the first subscribers never wait for the fan-out of the whole received batch."""
     batches: list[int] = []
-    send_many = udpio.send_many
+    send_srtp = udpio.send_srtp
 
-    def counting(sock: socket.socket, packets: Any) -> int:
+    def counting(sock: socket.socket, packets: Any) -> tuple[int, list[Any]]:
         batches.append(len(packets))
-        return send_many(sock, packets)
+        return send_srtp(sock, packets)
 
-    monkeypatch.setattr(udpio, "send_many", counting)
+    monkeypatch.setattr(udpio, "send_srtp", counting)
     fan_out = udpmux.FLUSH_AT  # subscribers per input packet
 
     class FanOut:
@@ -401,12 +401,12 @@ async def test_a_large_fan_out_leaves_before_the_rest_of_the_batch_is_handled(
 async def test_what_a_full_send_buffer_refuses_waits_in_order(mux: UdpMux, monkeypatch: pytest.MonkeyPatch) -> None:
     """A burst larger than the kernel's send buffer is not dropped: the rest waits until the
     socket is writable, and a send made meanwhile queues behind it. The wait is bounded."""
-    send_many = udpio.send_many
+    send_srtp = udpio.send_srtp
     waiting: list[int] = []
 
-    def filling(sock: socket.socket, packets: Any) -> int:  # the buffer takes 5, then is full once
+    def filling(sock: socket.socket, packets: Any) -> tuple[int, list[Any]]:  # the buffer takes 5, then is full once
         if waiting:
-            return send_many(sock, packets)
+            return send_srtp(sock, packets)
         # Before the socket turns writable again, another send (e.g. an RTCP timer) is made.
         def meanwhile() -> None:
             waiting.append(mux.backlog)
@@ -414,9 +414,10 @@ async def test_what_a_full_send_buffer_refuses_waits_in_order(mux: UdpMux, monke
             mux.sendto(b"\x80overflow", packets[0][1])  # past the bound: dropped
 
         asyncio.get_running_loop().call_soon(meanwhile)
-        return send_many(sock, packets[:5])
+        sent, _ = send_srtp(sock, packets[:5])
+        return sent, list(packets[5:])
 
-    monkeypatch.setattr(udpio, "send_many", filling)
+    monkeypatch.setattr(udpio, "send_srtp", filling)
     monkeypatch.setattr(udpmux, "MAX_BACKLOG", 26)
 
     class Burst:

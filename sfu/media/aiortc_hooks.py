@@ -42,6 +42,7 @@ from aiortc.rtcrtpparameters import RTCRtpReceiveParameters, RTCRtpSendParameter
 from aiortc.rtp import AnyRtcpPacket, RtpPacket
 from aiortc.utils import random32
 
+from . import udpio
 from .udpmux import Address, Registration, UdpMux
 
 logger = logging.getLogger(__name__)
@@ -265,7 +266,7 @@ class _MuxProtocol(aioice.ice.StunProtocol):
     """A host candidate on the UDP mux: aioice's protocol, whose transport is the mux."""
 
     def datagram_received(self, data: bytes | str, addr: tuple[Any, ...]) -> None:
-        if data[0] > 3:  # DTLS or SRTP (the mux routes nothing else but STUN): skip the STUN parse
+        if isinstance(data, bytes) and data[0] > 3:  # DTLS or SRTP (the mux routes nothing else but STUN): skip the STUN parse
             self.receiver.data_received(data, self.local_candidate.component)
             return
         super().datagram_received(data, addr)
@@ -282,6 +283,7 @@ class _MuxTransport(asyncio.DatagramTransport):
         self._detach = detach
         self._closing = False
         self.send_media = registration.mux.sendto  # rtp_writer: SRTP is never a STUN request
+        self.send_rtp = registration.mux.send_rtp  # rtp_writer: plain RTP, protected on the way out
 
     def sendto(self, data: Any, addr: Any = None) -> None:
         if not self._closing:
@@ -381,8 +383,8 @@ def use_udp_mux(pc: RTCPeerConnection, mux: UdpMux, announced_address: str | Non
         finally:
             registration.close()
 
-    connection.get_component_candidates = get_component_candidates
-    connection.close = close
+    connection.get_component_candidates = get_component_candidates  # type: ignore[method-assign]
+    connection.close = close  # type: ignore[method-assign]
 
 
 def _address_family(host: str) -> int:
@@ -614,6 +616,30 @@ def _inspect_ice_send() -> None:
             raise HookError(f"aioice's {owner.__name__}.{name} no longer sends the way rtp_writer does")
 
 
+def _srtp_session_address(session: pylibsrtp.Session) -> int | None:
+    """The libsrtp ``srtp_t`` of ``session``, for ``udpio.send_srtp`` to protect with in C;
+    None when the extension is not built or pylibsrtp's layout is not the expected one."""
+    global _srtp_protect_in_c
+    if _srtp_protect_in_c is None:
+        try:
+            from pylibsrtp._binding import ffi, lib
+
+            address = int(ffi.cast("uintptr_t", ffi.addressof(lib, "srtp_protect")))
+            signature = ffi.getctype(ffi.typeof(ffi.addressof(lib, "srtp_protect")))
+        except (ImportError, AttributeError, TypeError):  # pragma: no cover - another pylibsrtp
+            _srtp_protect_in_c = False
+        else:  # libsrtp 2's srtp_protect(srtp_t, void *, int *): what _udpio.c calls
+            _srtp_protect_in_c = "(struct srtp_ctx_t_ *, void *, int *)" in signature and udpio.use_srtp_protect(address)
+    if not _srtp_protect_in_c:
+        return None
+    from pylibsrtp._binding import ffi
+
+    return int(ffi.cast("uintptr_t", session._srtp[0]))  # type: ignore[attr-defined]
+
+
+_srtp_protect_in_c: bool | None = None
+
+
 def rtp_writer(dtls: RTCDtlsTransport) -> Callable[[bytes], bool]:
     """A synchronous writer: SRTP-protect ``data`` with the peer's keys and send it.
 
@@ -626,24 +652,17 @@ def rtp_writer(dtls: RTCDtlsTransport) -> Callable[[bytes], bool]:
     # Caches, refreshed only when aiortc swaps the object they came from: the SRTP session
     # (and our lean protect for it), and the selected pair (its socket and peer address:
     # CandidatePair.remote_addr builds a new tuple on every call).
-    keys: list[Any] = [None, None]
-    route: list[Any] = [None, None, None, None]
+    # keys: the session, our lean protect for it, its srtp_t address for the mux (or None).
+    keys: list[Any] = [None, None, None]
+    # route: the pair, its send, its peer address, its transport's is_closing, and the mux's
+    # send_rtp (plain RTP, SRTP-protected in C right before sendmmsg) or None.
+    route: list[Any] = [None, None, None, None, None]
 
     def write(data: bytes) -> bool:
         if dtls._state is not State.CONNECTED:
             return False
         pair = nominated.get(1)
         if pair is None:
-            return False
-        srtp = dtls._tx_srtp
-        try:
-            if 192 <= data[1] <= 223:
-                protected = srtp.protect_rtcp(data)
-            else:
-                if srtp is not keys[0]:
-                    keys[0], keys[1] = srtp, _protector(srtp)
-                protected = keys[1](data)
-        except (pylibsrtp.Error, ValueError):  # e.g. a replay beyond libsrtp's window
             return False
         if pair is not route[0]:
             # What aioice's StunProtocol.send_data does: sendto on the pair's transport. For a
@@ -652,11 +671,23 @@ def rtp_writer(dtls: RTCDtlsTransport) -> Callable[[bytes], bool]:
             # mux, send_media queues the packet for the batch being handled (one sendmmsg).
             transport = pair.protocol.transport
             send = None if transport is None else getattr(transport, "send_media", transport.sendto)
-            route[:] = pair, send, pair.remote_addr, getattr(transport, "is_closing", None)
+            route[:] = pair, send, pair.remote_addr, getattr(transport, "is_closing", None), getattr(transport, "send_rtp", None)
         send = route[1]
         if send is None or (route[3] is not None and route[3]()):
             return False
-        send(protected, route[2])
+        srtp = dtls._tx_srtp
+        try:
+            if 192 <= data[1] <= 223:
+                send(srtp.protect_rtcp(data), route[2])
+                return True
+            if srtp is not keys[0]:
+                keys[:] = srtp, _protector(srtp), _srtp_session_address(srtp)
+            if keys[2] is not None and route[4] is not None:
+                route[4](data, route[2], keys[2], srtp)
+            else:
+                send(keys[1](data), route[2])
+        except (pylibsrtp.Error, ValueError):  # e.g. a replay beyond libsrtp's window
+            return False
         return True
 
     return write

@@ -27,14 +27,13 @@ in order, until the socket is writable again, as asyncio's own datagram transpor
 from __future__ import annotations
 
 import asyncio
-import itertools
 import logging
 import secrets
 import socket
 import string
 from collections import deque
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Any, Protocol
 
 from aioice import stun
 
@@ -43,8 +42,12 @@ from . import udpio
 logger = logging.getLogger(__name__)
 
 Address = tuple[str, int]
+# A datagram to send: (data, address), or (plain RTP, address, libsrtp session, its owner)
+# that udpio.send_srtp protects on the way out (see UdpMux.send_rtp).
+Outgoing = tuple[Any, ...]
 
 BATCH = 64  # datagrams read per recv_many (one recvmmsg)
+SATURATION_SMOOTHING = 0.25  # weight of one read in UdpMux.saturation (a saturated loop reads rarely)
 SOCKET_BUFFER = 4 << 20  # requested SO_RCVBUF / SO_SNDBUF (the kernel may cap it)
 MAX_ADDRESSES = 8  # learned remote addresses per connection (oldest out)
 MAX_TRANSACTIONS = 64  # outstanding STUN requests remembered per connection (oldest out)
@@ -121,11 +124,15 @@ class UdpMux:
         self.sockname: Address = sock.getsockname()[:2]
         self.family = sock.family
         self.stats = MuxStats()
+        # Smoothed share of reads that found a whole batch waiting (more than one read's
+        # worth queued in the kernel): 0 when the input is drained, near 1 when it piles up.
+        # The overload guard's evidence that the loop is saturated, not merely bursty.
+        self.saturation = 0.0
         self._by_ufrag: dict[str, Registration] = {}
         self._by_address: dict[Address, Registration] = {}
         self._by_transaction: dict[bytes, Registration] = {}
-        self._queue: list[tuple[bytes, Address]] | None = None  # while a received batch is handled
-        self._backlog: deque[tuple[bytes, Address]] = deque()  # waiting for the socket to be writable
+        self._queue: list[Outgoing] | None = None  # while a received batch is handled
+        self._backlog: deque[Outgoing] = deque()  # waiting for the socket to be writable
         self._writing = False  # a writer callback is registered for the backlog
         self._closed = False
         self._loop.add_reader(sock.fileno(), self._on_readable)
@@ -259,20 +266,27 @@ class UdpMux:
         else:
             self.stats.sent += 1
 
-    def _flush(self, packets: list[tuple[bytes, Address]]) -> None:
+    def send_rtp(self, data: bytes, addr: Address, session: int, owner: object) -> None:
+        """``sendto`` for plain RTP that ``udpio.send_srtp`` SRTP-protects right before the
+        system call with libsrtp session ``session`` (an address; ``owner`` keeps it alive)."""
+        queue = self._queue
+        if queue is not None:
+            queue.append((data, addr, session, owner))
+        elif not self._closed:
+            self._flush([(data, addr, session, owner)])
+
+    def _flush(self, packets: list[Outgoing]) -> None:
         if self._closed:
             return
         if self._backlog:
             self._hold(packets)
             return
-        sent = udpio.send_many(self._sock, packets)
+        sent, rest = udpio.send_srtp(self._sock, packets)
         self.stats.sent += sent
-        if sent < len(packets):
-            # The send buffer is full (or a destination refused a datagram, which send_many
-            # skipped: then the last datagrams go again, which SRTP's replay check absorbs).
-            self._hold(packets[sent:])
+        if rest:  # the send buffer is full
+            self._hold(rest)
 
-    def _hold(self, packets: list[tuple[bytes, Address]]) -> None:
+    def _hold(self, packets: list[Outgoing]) -> None:
         backlog = self._backlog
         room = MAX_BACKLOG - len(backlog)
         if len(packets) > room:
@@ -285,14 +299,13 @@ class UdpMux:
 
     def _on_writable(self) -> None:
         backlog = self._backlog
-        sent = udpio.send_many(self._sock, list(itertools.islice(backlog, 1024)))
-        if sent:
-            self.stats.sent += sent
-        else:  # writable, yet the first datagram was refused: drop it rather than spin
-            sent = 1
+        chunk = [backlog.popleft() for _ in range(min(1024, len(backlog)))]
+        sent, rest = udpio.send_srtp(self._sock, chunk)
+        self.stats.sent += sent
+        if rest and len(rest) == len(chunk):  # writable, yet the first was refused: drop it rather than spin
             self.stats.send_dropped += 1
-        for _ in range(min(sent, len(backlog))):
-            backlog.popleft()
+            rest = rest[1:]
+        backlog.extendleft(reversed(rest))
         if not backlog:
             self._writing = False
             self._loop.remove_writer(self._sock.fileno())
@@ -308,7 +321,8 @@ class UdpMux:
         if not batch:
             return
         self.stats.received += len(batch)
-        queue: list[tuple[bytes, Address]] = []
+        self.saturation += SATURATION_SMOOTHING * ((len(batch) >= BATCH) - self.saturation)
+        queue: list[Outgoing] = []
         self._queue = queue
         try:
             for data, addr in batch:
