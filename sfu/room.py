@@ -386,9 +386,9 @@ class Room(AsyncIOEventEmitter):
         for sid in [s for s in subscriber.subscriptions if s not in wanted]:
             self._drop_subscription(subscriber, subscriber.subscriptions.pop(sid))
             changed = True
-        for sid, sub in subscriber.subscriptions.items():  # kept: the rules may give a new priority
-            if isinstance(sub.consumer, Consumer):
-                sub.consumer.priority = subscribe_rules.priority(subscriber.rules, sub.track.ref())
+        for kept in subscriber.subscriptions.values():  # the rules may give them a new priority
+            if isinstance(kept.consumer, Consumer):
+                kept.consumer.priority = subscribe_rules.priority(subscriber.rules, kept.track.ref())
         for sid, track in wanted.items():
             if sid not in subscriber.subscriptions and sid not in subscriber.failed_subscriptions:
                 sub = self._subscribe(subscriber, track)

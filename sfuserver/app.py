@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import errno
 import ipaddress
+import asyncio
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -17,6 +18,7 @@ from aiortc import RTCIceServer
 from rest.app import add_routes as add_rest_routes
 from sfu.credentials import Credentials
 from sfu.media import aiortc_hooks as hooks
+from sfu.media import overload
 from sfu.media.peer import IceRelay, MediaConfig
 from sfu.media.udpmux import UdpMux
 from sfu.registry import RoomRegistry, utcnow
@@ -119,7 +121,9 @@ def build_app(
     WebClient(credentials, dev_tokens_enabled(config.host, config.dev_tokens)).add_routes(app)
 
     async def start(app: web.Application) -> None:
-        media.udp_mux = _open_udp_mux(config)
+        mux = media.udp_mux = _open_udp_mux(config)
+        # The overload guard sheds video only when the media input piles up, not on bursts.
+        overload.guard_for(asyncio.get_running_loop()).backlog = lambda: mux.saturation
         await registry.start()
 
     async def stop(app: web.Application) -> None:

@@ -20,6 +20,7 @@ import asyncio
 import logging
 import math
 import weakref
+from collections.abc import Callable
 from dataclasses import dataclass
 from enum import IntEnum
 from typing import Protocol
@@ -39,7 +40,10 @@ class Level(IntEnum):
 class OverloadSettings:
     interval: float = 0.05  # seconds between two probes of the loop's lag
     smoothing: float = 0.2  # weight of a new probe in the smoothed lag
-    high: float = 0.05  # smoothed lag (seconds) from which the loop counts as overloaded
+    high: float = 0.05  # smoothed lag (seconds) from which the loop counts as overloaded,
+    saturated: float = 0.5  # if its input is also backlogged this much (OverloadGuard.backlog):
+    # a loop that lags only because of bursts (a keyframe to 200 subscribers blocks it for
+    # 100+ ms) but drains its input between them is not overloaded; shedding would not help it
     low: float = 0.01  # and under which it is on time
     sustain: float = 1.0  # seconds overloaded before the first step (not a passing hiccup)
     step: float = 0.1  # share of the registered video consumers shed or resumed per step (at least one)
@@ -73,6 +77,10 @@ class OverloadGuard:
         self.settings = settings or OverloadSettings()
         self._probe = probe
         self.lag = 0.0  # smoothed, seconds
+        self.saturation = 1.0  # the input backlog seen at the last probe (1: assumed without a source)
+        # Where the input backlog is read: 0 (input drained) to 1 (every read finds more
+        # waiting), e.g. the UDP mux's saturation. None: lag alone decides.
+        self.backlog: Callable[[], float] | None = None
         self.peak_lag = 0.0  # the largest single probe, seconds
         self.level = Level.NORMAL
         self.shed_total = 0  # consumers shed so far
@@ -132,7 +140,7 @@ class OverloadGuard:
         loop = asyncio.get_running_loop()
         now = loop.time()
         try:
-            self.observe(max(0.0, now - self._due), now)
+            self.observe(max(0.0, now - self._due), now, 1.0 if self.backlog is None else self.backlog())
         except Exception:
             logger.exception("overload guard failed")
         self._due = now + self.settings.interval
@@ -140,13 +148,22 @@ class OverloadGuard:
 
     # --- the policy --------------------------------------------------------------------
 
-    def observe(self, lateness: float, now: float) -> None:
-        """One probe: the timer ran ``lateness`` seconds late at loop time ``now``."""
+    def observe(self, lateness: float, now: float, saturation: float = 1.0) -> None:
+        """One probe: the timer ran ``lateness`` seconds late at loop time ``now``, with the
+        input ``saturation`` backlogged (0 drained, 1 always more waiting)."""
         s = self.settings
         self.lag += s.smoothing * (lateness - self.lag)
+        self.saturation = saturation
         self.peak_lag = max(self.peak_lag, lateness)
         self._probes_since_action += 1
-        level = Level.OVERLOADED if self.lag >= s.high else Level.NORMAL if self.lag < s.low else Level.BUSY
+        if self.lag >= s.high and saturation >= s.saturated:
+            level = Level.OVERLOADED
+        elif self.lag < s.low or saturation < s.saturated / 2:
+            # On time, or draining its input between bursts (a busy loop serving a large
+            # fan-out never gets its lag under ``low``, yet has room for what was shed).
+            level = Level.NORMAL
+        else:
+            level = Level.BUSY
         if level != self.level:
             logger.debug("media plane %s: event loop lag %.0f ms", level.name.lower(), self.lag * 1000)
             self.level = level
