@@ -334,8 +334,8 @@ async def test_tables_are_bounded(mux: UdpMux) -> None:
     assert mux.stats.unknown_ufrag == 1
 
 
-async def test_sends_made_while_a_batch_is_handled_leave_in_one_system_call(mux: UdpMux, monkeypatch: pytest.MonkeyPatch) -> None:
-    """The fan-out: every write a datagram handler makes goes out after the batch, together."""
+def count_batches(monkeypatch: pytest.MonkeyPatch) -> list[int]:
+    """The sizes of the batches the mux hands to the kernel, one system call each."""
     batches: list[int] = []
     send_srtp = udpio.send_srtp
 
@@ -344,6 +344,12 @@ async def test_sends_made_while_a_batch_is_handled_leave_in_one_system_call(mux:
         return send_srtp(sock, packets)
 
     monkeypatch.setattr(udpio, "send_srtp", counting)
+    return batches
+
+
+async def test_sends_made_while_a_batch_is_handled_leave_in_one_system_call(mux: UdpMux, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The fan-out: every write a datagram handler makes goes out after the batch, together."""
+    batches = count_batches(monkeypatch)
 
     class Echo:
         def datagram_received(self, data: bytes, addr: tuple[str, int]) -> None:
@@ -371,14 +377,7 @@ async def test_a_large_fan_out_leaves_before_the_rest_of_the_batch_is_handled(
 ) -> None:
     """One input packet's copies to many subscribers leave together, as soon as FLUSH_AT are
     queued: the first subscribers never wait for the fan-out of the whole received batch."""
-    batches: list[int] = []
-    send_srtp = udpio.send_srtp
-
-    def counting(sock: socket.socket, packets: Any) -> tuple[int, list[Any]]:
-        batches.append(len(packets))
-        return send_srtp(sock, packets)
-
-    monkeypatch.setattr(udpio, "send_srtp", counting)
+    batches = count_batches(monkeypatch)
     fan_out = udpmux.FLUSH_AT  # subscribers per input packet
 
     class FanOut:

@@ -13,7 +13,9 @@ import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
+import pylibsrtp
 import pytest
 
 from sfu.media import udpio
@@ -196,6 +198,18 @@ def test_ipv6_destinations_with_two_or_four_item_addresses(impl: Impl, sockets: 
     assert (data, address) == (b"back", sender.getsockname()[:2])
 
 
+def run_rate_limited(script: str, rate: str) -> Any:
+    """Run ``script`` in a private network namespace whose loopback sends at ``rate``, so a
+    tiny SO_SNDBUF fills at once; return the JSON it prints."""
+    setup = f"ip link set lo up && tc qdisc add dev lo root tbf rate {rate} burst 1600 latency 30s"
+    result = subprocess.run(
+        ["unshare", "-rn", "sh", "-c", f'{setup} && exec "$0" -c "$1"', sys.executable, script],
+        capture_output=True, text=True, timeout=DEADLINE * 2, cwd=Path(__file__).parent.parent,
+    )
+    assert result.returncode == 0, result.stderr
+    return json.loads(result.stdout)
+
+
 def test_a_full_send_buffer_stops_the_batch_and_counts_only_what_left(impl: Impl) -> None:
     """In a private namespace whose loopback is rate-limited, a tiny SO_SNDBUF fills at once."""
     if not (shutil.which("unshare") and shutil.which("tc")):
@@ -218,13 +232,7 @@ marker.sendto(b"marker", receiver.getsockname())  # the qdisc is FIFO: next afte
 expected = [d for d, _ in packets[:sent] + packets[:again]]
 print(json.dumps({{"sent": sent, "again": again, "as_counted": got == expected, "next": receiver.recv(2048).decode()}}))
 """
-    setup = "ip link set lo up && tc qdisc add dev lo root tbf rate 200kbit burst 1600 latency 30s"
-    result = subprocess.run(
-        ["unshare", "-rn", "sh", "-c", f'{setup} && exec "$0" -c "$1"', sys.executable, script],
-        capture_output=True, text=True, timeout=DEADLINE * 2, cwd=Path(__file__).parent.parent,
-    )
-    assert result.returncode == 0, result.stderr
-    outcome = json.loads(result.stdout)
+    outcome = run_rate_limited(script, "200kbit")
     assert 1 <= outcome["sent"] < 100, outcome
     assert outcome["again"] < 100 - outcome["sent"], outcome
     assert outcome["as_counted"] and outcome["next"] == "marker", outcome
@@ -288,9 +296,7 @@ def test_the_extension_and_the_fallback_agree_on_the_longest_datagram() -> None:
 KEY = bytes(range(30))  # AES_CM_128_HMAC_SHA1_80 master key and salt
 
 
-def srtp_pair() -> tuple["pylibsrtp.Session", "pylibsrtp.Session"]:
-    import pylibsrtp
-
+def srtp_pair() -> tuple[pylibsrtp.Session, pylibsrtp.Session]:
     sessions = []
     for kind in (pylibsrtp.Policy.SSRC_ANY_OUTBOUND, pylibsrtp.Policy.SSRC_ANY_INBOUND):
         sessions.append(pylibsrtp.Session(pylibsrtp.Policy(key=KEY, ssrc_type=kind, srtp_profile=pylibsrtp.Policy.SRTP_PROFILE_AES128_CM_SHA1_80)))
@@ -374,12 +380,6 @@ while rest:  # as the mux's backlog does once the socket is writable
     got += [receiver.recv(2048) for _ in range(more)]
 print(json.dumps({{"first": sent, "all": [inbound.unprotect(p) == q for p, q in zip(got, plain)].count(True)}}))
 """
-    setup = "ip link set lo up && tc qdisc add dev lo root tbf rate 2mbit burst 1600 latency 30s"
-    result = subprocess.run(
-        ["unshare", "-rn", "sh", "-c", f'{setup} && exec "$0" -c "$1"', sys.executable, script],
-        capture_output=True, text=True, timeout=DEADLINE * 2, cwd=Path(__file__).parent.parent,
-    )
-    assert result.returncode == 0, result.stderr
-    outcome = json.loads(result.stdout)
+    outcome = run_rate_limited(script, "2mbit")
     assert 1 <= outcome["first"] < 60, outcome
     assert outcome["all"] == 60, outcome

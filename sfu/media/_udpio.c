@@ -1,12 +1,12 @@
 /* sendmmsg(2)/recvmmsg(2) for sfu.media.udpio: many datagrams per system call.
  *
- * send_many(sock, [(bytes, (host, port)), ...]) -> int
  * recv_many(sock, max_count=64) -> [(bytes, (host, port)), ...]
  * send_srtp(sock, [(bytes, (host, port)[, session, owner]), ...]) -> (sent, rest)
- *   as send_many, but an item carrying a libsrtp session (an srtp_t address, not 0) is plain
- *   RTP that is SRTP-protected here, into a buffer of this module, just before the system
- *   call: no Python bytes object per protected copy. ``owner`` keeps the session alive.
- *   ``rest``: what a full send buffer left unsent, in order, protected ones as bytes.
+ *   sends with sendmmsg; an item carrying a libsrtp session (an srtp_t address, not 0) is
+ *   plain RTP that is SRTP-protected here, into a buffer of this module, just before the
+ *   system call: no Python bytes object per protected copy. ``owner`` keeps the session
+ *   alive. ``rest``: what a full send buffer left unsent, in order, protected ones as bytes.
+ *   (udpio.send_many is send_srtp without the rest.)
  * set_srtp_protect(address): the srtp_protect function send_srtp calls (libsrtp 2's
  *   srtp_err_status_t srtp_protect(srtp_t, void *, int *), as pylibsrtp's build exports it).
  *
@@ -126,85 +126,6 @@ parse_address(PyObject *address, address_t *out, socklen_t *length)
     }
     *length = sizeof(out->v6);
     return 1;
-}
-
-/* Send send_msgs[0:count]. Returns how many left, or -1 with errno for a stop condition
- * (EAGAIN, ENOBUFS) after *sent is updated, or -2 with an exception set. */
-static int
-send_chunk(int fd, unsigned int count, Py_ssize_t *sent)
-{
-    unsigned int done = 0;
-    while (done < count) {
-        int n = sendmmsg(fd, send_msgs + done, count - done, MSG_DONTWAIT);
-        if (n > 0) {
-            done += (unsigned int)n;
-            *sent += n;
-        } else if (n < 0 && errno == EINTR) {
-            continue;
-        } else if (n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK || errno == ENOBUFS)) {
-            return -1;
-        } else if (n < 0 && socket_error(errno)) {
-            PyErr_SetFromErrno(PyExc_OSError);
-            return -2;
-        } else {
-            done++; /* sendmmsg stops at the first message the kernel refuses: skip it */
-        }
-    }
-    return 0;
-}
-
-static PyObject *
-send_many(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
-{
-    if (nargs != 2) {
-        PyErr_SetString(PyExc_TypeError, "send_many(sock, packets) takes 2 arguments");
-        return NULL;
-    }
-    int fd = socket_fd(args[0]);
-    if (fd < 0)
-        return NULL;
-    PyObject *seq = PySequence_Fast(args[1], "packets must be a sequence");
-    if (seq == NULL)
-        return NULL;
-    Py_ssize_t total = PySequence_Fast_GET_SIZE(seq);
-    PyObject **items = PySequence_Fast_ITEMS(seq);
-    Py_ssize_t sent = 0;
-    Py_ssize_t i = 0;
-    while (i < total) {
-        unsigned int count = 0;
-        for (; i < total && count < SEND_CHUNK; i++) {
-            PyObject *item = items[i];
-            if (!PyTuple_Check(item) || PyTuple_GET_SIZE(item) != 2 || !PyBytes_Check(PyTuple_GET_ITEM(item, 0))) {
-                PyErr_SetString(PyExc_TypeError, "packets must be (bytes, address) tuples");
-                goto error;
-            }
-            socklen_t length;
-            int parsed = parse_address(PyTuple_GET_ITEM(item, 1), &send_addrs[count], &length);
-            if (parsed < 0)
-                goto error;
-            if (parsed == 0)
-                continue;
-            PyObject *data = PyTuple_GET_ITEM(item, 0);
-            send_iovs[count].iov_base = PyBytes_AS_STRING(data);
-            send_iovs[count].iov_len = (size_t)PyBytes_GET_SIZE(data);
-            memset(&send_msgs[count], 0, sizeof(send_msgs[count]));
-            send_msgs[count].msg_hdr.msg_name = &send_addrs[count];
-            send_msgs[count].msg_hdr.msg_namelen = length;
-            send_msgs[count].msg_hdr.msg_iov = &send_iovs[count];
-            send_msgs[count].msg_hdr.msg_iovlen = 1;
-            count++;
-        }
-        int status = send_chunk(fd, count, &sent);
-        if (status == -2)
-            goto error;
-        if (status == -1)
-            break; /* the send buffer is full: the rest is dropped */
-    }
-    Py_DECREF(seq);
-    return PyLong_FromSsize_t(sent);
-error:
-    Py_DECREF(seq);
-    return NULL;
 }
 
 /* Errors a socket reports once, on the next call, after an ICMP message: read on. */
@@ -496,12 +417,10 @@ error:
 }
 
 static PyMethodDef methods[] = {
-    {"send_many", (PyCFunction)(void (*)(void))send_many, METH_FASTCALL,
-     "send_many(sock, packets) -> int\n\nSend every (data, address) with sendmmsg; stop at "
-     "EAGAIN/ENOBUFS, skip a packet the kernel refuses; return how many were sent."},
     {"send_srtp", (PyCFunction)(void (*)(void))send_srtp, METH_FASTCALL,
-     "send_srtp(sock, packets) -> (sent, rest)\n\nAs send_many; items (data, address, session, "
-     "owner) with a session are SRTP-protected first; rest: what a full send buffer left."},
+     "send_srtp(sock, packets) -> (sent, rest)\n\nSend every (data, address[, session, owner]) with "
+     "sendmmsg, SRTP-protecting those with a session first; stop at EAGAIN/ENOBUFS, skip a packet "
+     "the kernel refuses; rest: what a full send buffer left."},
     {"set_srtp_protect", (PyCFunction)set_srtp_protect, METH_O,
      "set_srtp_protect(address)\n\nThe srtp_protect function (its address) send_srtp calls."},
     {"recv_many", (PyCFunction)(void (*)(void))recv_many, METH_FASTCALL,

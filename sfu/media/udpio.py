@@ -39,19 +39,7 @@ def fallback_send_many(sock: socket.socket, packets: Sequence[tuple[bytes, Addre
     error (EPERM, EINVAL, an address that is not an IP literal...) skips that packet only.
     This pure-Python version makes one ``sendto`` per packet.
     """
-    sent = 0
-    sendto = sock.sendto
-    for data, address in packets:
-        try:
-            sendto(data, socket.MSG_DONTWAIT, address)
-        except OSError as exc:  # includes socket.gaierror for an address that is not a literal
-            if exc.errno in _STOP_ERRNOS:
-                break
-            if exc.errno in _SOCKET_ERRNOS:
-                raise
-            continue
-        sent += 1
-    return sent
+    return fallback_send_srtp(sock, packets)[0]
 
 
 def fallback_send_srtp(sock: socket.socket, packets: Sequence[tuple[Any, ...]]) -> tuple[int, list[tuple[Any, ...]]]:
@@ -106,9 +94,13 @@ except ImportError:  # built by `pip install -e .` when a C compiler is present
 ACCELERATED: bool = _udpio is not None
 
 if _udpio is not None:
-    send_many = _udpio.send_many
     recv_many = _udpio.recv_many
     send_srtp = _udpio.send_srtp
+
+    def send_many(sock: socket.socket, packets: Sequence[tuple[bytes, Address]]) -> int:
+        """Send every (data, address) with ``sendmmsg``; return how many were sent (see
+        ``fallback_send_many`` for the rules)."""
+        return int(_udpio.send_srtp(sock, packets)[0])
 else:
     send_many = fallback_send_many
     recv_many = fallback_recv_many

@@ -106,6 +106,18 @@ class Registration:
         self.mux._unregister(self)
 
 
+def _remember(index: dict[Any, Registration], own: dict[Any, None], key: Any, registration: Registration, limit: int) -> None:
+    """Route ``key`` to ``registration`` in the mux's ``index`` and in the connection's own
+    bounded, oldest-first table ``own``; past ``limit`` the oldest is forgotten in both."""
+    index[key] = registration
+    own[key] = None
+    if len(own) > limit:
+        oldest = next(iter(own))
+        del own[oldest]
+        if index.get(oldest) is registration:
+            del index[oldest]
+
+
 class UdpMux:
     """The server's one media socket. Create it in a running event loop; ``close`` it."""
 
@@ -217,26 +229,12 @@ class UdpMux:
         owner = self._by_address.get(addr)
         if owner is not None:
             owner.addresses.pop(addr, None)  # (refreshed below if it is the same connection)
-        self._by_address[addr] = registration
-        addresses = registration.addresses
-        addresses[addr] = None
-        if len(addresses) > MAX_ADDRESSES:
-            oldest = next(iter(addresses))
-            del addresses[oldest]
-            if self._by_address.get(oldest) is registration:
-                del self._by_address[oldest]
+        _remember(self._by_address, registration.addresses, addr, registration, MAX_ADDRESSES)
 
     def _expect_response(self, registration: Registration, transaction: bytes) -> None:
         if transaction in registration.transactions:
             return  # a retransmission
-        self._by_transaction[transaction] = registration
-        transactions = registration.transactions
-        transactions[transaction] = None
-        if len(transactions) > MAX_TRANSACTIONS:
-            oldest = next(iter(transactions))
-            del transactions[oldest]
-            if self._by_transaction.get(oldest) is registration:
-                del self._by_transaction[oldest]
+        _remember(self._by_transaction, registration.transactions, transaction, registration, MAX_TRANSACTIONS)
 
     def owner(self, addr: Address) -> str | None:
         """The ufrag of the connection ``addr`` was learned for (tests, diagnostics)."""
