@@ -46,9 +46,10 @@ class ServerConfig:
     turn_secret: str | None = field(default=None, repr=False)  # mints credentials for TURN entries without any
     turn_ttl: int = DEFAULT_TURN_TTL  # seconds a minted TURN credential is valid
     announced_address: str | None = None  # IP address the host candidates carry (1:1 NAT)
-    # The one UDP port of all media (bound on every interface at startup). 0: one the OS
+    # The one UDP port of all media (bound at startup on udp_host, or every interface). 0: one the OS
     # chooses (so servers built by tests never collide); `sfu serve` defaults to 7882.
     udp_port: int = 0
+    udp_host: str | None = None  # the media socket's address (None: every interface)
     reconnect_grace: float = 5.0
     retransmission_cache: int = 512  # packets kept per video track to answer NACKs
     status_callback: str | None = None  # default StatusCallback for rooms created without one (ad-hoc rooms)
@@ -147,7 +148,7 @@ class UdpPortUnavailable(Exception):
 
 def _open_udp_mux(config: ServerConfig) -> UdpMux:
     announced = config.announced_address
-    host = "::" if announced and ipaddress.ip_address(announced).version == 6 else "0.0.0.0"
+    host = config.udp_host or ("::" if announced and ipaddress.ip_address(announced).version == 6 else "0.0.0.0")
     try:
         mux = UdpMux.bind(config.udp_port, host)
     except OSError as exc:

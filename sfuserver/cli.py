@@ -129,6 +129,9 @@ def parser() -> argparse.ArgumentParser:
     serve.add_argument("--port", type=_port, default=8080, help="TCP port for HTTP and websockets")
     serve.add_argument("--udp-port", type=_udp_port, default=7882,
                        help="the one UDP port of all media, bound on every interface (0: one the OS chooses)")
+    serve.add_argument("--udp-host", type=_ip_address, metavar="ADDRESS",
+                       help="bind the media UDP port to this address only (default: every interface); host "
+                            "candidates then carry it, unless --announced-address")
     serve.add_argument("--data-dir", type=Path, default=Path("./data"), help="credentials and database")
     serve.add_argument("--ice-server", type=_ice_server, action="append", default=[], metavar="URL",
                        help="STUN/TURN server (repeatable; none by default). The server's own connections use STUN "
@@ -393,6 +396,7 @@ def _serve(args: argparse.Namespace) -> int:
         host=args.host,
         port=args.port,
         udp_port=args.udp_port,
+        udp_host=args.udp_host,
         data_dir=args.data_dir,
         ice_servers=args.ice_server,
         server_ice_relay=args.server_ice_relay,

@@ -81,10 +81,20 @@ def ice_connection(room: Room) -> Any:
     return room.pc.sctp.transport.transport._connection
 
 
-async def test_a_call_uses_one_udp_socket_on_the_given_port(tmp_path: Path, netns: None) -> None:
+@pytest.mark.parametrize(
+    ("options", "bound", "candidate"),
+    [
+        ((), "00000000", None),  # every interface; candidates carry the machine's addresses
+        (("--udp-host", "10.213.0.1"), "0100D50A", "10.213.0.1"),  # the test interface only (little-endian hex)
+    ],
+    ids=["every-interface", "udp-host"],
+)
+async def test_a_call_uses_one_udp_socket_on_the_given_port(
+    tmp_path: Path, netns: None, options: tuple[str, ...], bound: str, candidate: str | None
+) -> None:
     udp_port = free_udp_port()
-    async with sfu_serve(tmp_path, "--udp-port", str(udp_port)) as (process, port):
-        assert udp_sockets(process.pid) == [("00000000", udp_port)]  # bound at startup, on every interface
+    async with sfu_serve(tmp_path, "--udp-port", str(udp_port), *options) as (process, port):
+        assert udp_sockets(process.pid) == [(bound, udp_port)]  # bound at startup
         credentials = load_or_create(tmp_path / "data", environ={})[0]
         url = f"ws://127.0.0.1:{port}/signaling"
         rooms: list[Room] = []
@@ -108,10 +118,11 @@ async def test_a_call_uses_one_udp_socket_on_the_given_port(tmp_path: Path, netn
                 for line in candidates:
                     fields = line.split()
                     assert (fields[5], fields[7]) == (str(udp_port), "host"), line
+                    assert candidate is None or fields[4] == candidate, line
                 pair = ice_connection(room)._nominated.get(1)
                 assert pair is not None and pair.remote_candidate.port == udp_port
             # Mid-call, with two participants publishing and subscribing: still the one socket.
-            assert udp_sockets(process.pid) == [("00000000", udp_port)]
+            assert udp_sockets(process.pid) == [(bound, udp_port)]
         finally:
             for room in rooms:
                 await room.disconnect()

@@ -331,8 +331,9 @@ def use_udp_mux(pc: RTCPeerConnection, mux: UdpMux, announced_address: str | Non
 
     Call it right after creating ``pc`` (max-bundle: its SCTP transport's ICE connection is
     the only one). The connection gets a ufrag unique on the mux and is registered under it
-    with its password. Host candidates carry ``announced_address`` if given, else each host
-    address aioice gathers of the mux's family, all with the mux's port. Server-reflexive
+    with its password. Host candidates carry ``announced_address`` if given, else the mux's
+    own address if it is bound to one, else each host address aioice gathers of the mux's
+    family, all with the mux's port. Server-reflexive
     candidates are asked for through the mux; relayed (TURN) ones are gathered by aioice
     as before, on sockets of their own. Closing the ICE connection unregisters it.
     """
@@ -348,9 +349,12 @@ def use_udp_mux(pc: RTCPeerConnection, mux: UdpMux, announced_address: str | Non
         if protocol in endpoint.protocols:
             endpoint.protocols.remove(protocol)
 
+    bound = None if ipaddress.ip_address(mux.sockname[0]).is_unspecified else mux.sockname[0]  # --udp-host
+
     async def get_component_candidates(component: int, addresses: list[str], timeout: int = 5) -> list[Any]:
         # aioice passes no address under the relay policy: then no host candidate either.
-        hosts = [announced_address] if announced_address and addresses else addresses
+        own = announced_address or bound
+        hosts = [own] if own and addresses else addresses
         protocols: list[_MuxProtocol] = []
         for host in hosts:
             if _address_family(host) != mux.family:
