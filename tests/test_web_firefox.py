@@ -104,6 +104,17 @@ async def hear(room: Room, identity: str, name: str = "microphone", count: int =
     await read_audio(track, count)
 
 
+async def exchange_chat(py: Room, carol: Any, alice: Page) -> None:
+    """Data tracks both ways: Firefox (carol) to Chromium (alice) and the Python client, and back."""
+    heard: list[str] = []
+    (await subscribed_data(py, "carol", "chat")).on("message", heard.append)
+    await carol.send_chat("hello from firefox")
+    await alice.wait_chat("carol: hello from firefox")
+    await wait_for(lambda: "hello from firefox" in heard, message="py to hear carol's chat")
+    await alice.send_chat("hello from chromium")
+    await carol.wait_chat("alice: hello from chromium")
+
+
 # The codecs of every video RTP stream a page sends and receives (from the peer connection's stats).
 VIDEO_CODECS = """async () => {
     const stats = await window.room._pc.getStats();
@@ -143,13 +154,7 @@ async def test_firefox_chromium_and_python_client_decode_each_other(server, clie
                 await hear(py, identity)
 
             # Data tracks between Firefox and the others, both ways.
-            heard: list[str] = []
-            (await subscribed_data(py, "carol", "chat")).on("message", heard.append)
-            await carol.send_chat("hello from firefox")
-            await alice.wait_chat("carol: hello from firefox")
-            await wait_for(lambda: "hello from firefox" in heard, message="py to hear carol's chat")
-            await alice.send_chat("hello from chromium")
-            await carol.wait_chat("alice: hello from chromium")
+            await exchange_chat(py, carol, alice)
 
             assert await carol.js("() => document.querySelector('#room-state').dataset.state") == "connected"
             assert await carol.message() == "" and await alice.message() == ""
@@ -224,13 +229,7 @@ async def test_firefox_in_an_h264_room_keeps_audio_and_data(server, clients, fir
                 await wait_audio_flowing(carol, other)
 
             # Its data too, both ways.
-            heard: list[str] = []
-            (await subscribed_data(py, "carol", "chat")).on("message", heard.append)
-            await carol.send_chat("hello from firefox")
-            await alice.wait_chat("carol: hello from firefox")
-            await wait_for(lambda: "hello from firefox" in heard, message="py to hear carol's chat")
-            await alice.send_chat("hello from chromium")
-            await carol.wait_chat("alice: hello from chromium")
+            await exchange_chat(py, carol, alice)
 
             # The H264 video it cannot decode: a trackSubscriptionFailed (53404) for each, never
             # subscribed; its own camera: trackPublicationFailed (53404). The page says so.

@@ -48,6 +48,7 @@ from .udpmux import Address, Registration, UdpMux
 logger = logging.getLogger(__name__)
 
 AIORTC_VERSION = "1.16.0"
+_CONNECTED = State.CONNECTED  # (an Enum member read through its class costs ~0.15 µs: once per packet copy)
 
 RtcpHandler = Callable[[AnyRtcpPacket], None]
 
@@ -246,7 +247,7 @@ def attach_rtp_sink(dtls: RTCDtlsTransport, sink: Callable[[bytes], None]) -> No
         def datagram_received(data: bytes, addr: Any) -> None:
             if len(data) > 12 and 127 < data[0] < 192 and not 191 < data[1] < 224:
                 srtp = dtls._rx_srtp
-                if srtp is not None and dtls._state is State.CONNECTED:
+                if srtp is not None and dtls._state is _CONNECTED:
                     try:
                         plain = srtp.unprotect(data)
                     except pylibsrtp.Error:
@@ -663,7 +664,7 @@ def rtp_writer(dtls: RTCDtlsTransport) -> Callable[[bytes], bool]:
     route: list[Any] = [None, None, None, None, None]
 
     def write(data: bytes) -> bool:
-        if dtls._state is not State.CONNECTED:
+        if dtls._state is not _CONNECTED:
             return False
         pair = nominated.get(1)
         if pair is None:
