@@ -139,9 +139,15 @@ class TransportListener(Protocol):
 class ParticipantTransport(Protocol):
     """One participant's media connection (a peer connection, in whichever process)."""
 
-    def publish(self, track_sid: str, kind: Kind, codecs: list[str] | None = None) -> TrackSource:
+    def publish(
+        self, track_sid: str, kind: Kind, codecs: list[str] | None = None, client_track_id: str | None = None
+    ) -> TrackSource:
         """Receive an audio or video track (``codecs``, e.g. ["H264"], limits what the
-        publisher may send). Ready when ``on_publication_ready`` says so."""
+        publisher may send). Ready when ``on_publication_ready`` says so.
+
+        Without ``client_track_id`` the SFU offers a ``recvonly`` m-section for it. With it,
+        the media comes on the m-section the participant's own offer sends with that msid
+        track id (the official twilio-video SDK offers its tracks itself)."""
         ...
 
     def publish_data(self, track_sid: str, label: str) -> TrackSource | None:
@@ -174,6 +180,12 @@ class ParticipantTransport(Protocol):
 
     async def apply_answer(self, sdp: str, revision: int) -> None:
         """Raises NegotiationError."""
+
+    async def apply_offer(self, sdp: str, revision: int) -> str:
+        """The participant offers (the official SDK always makes the first offer): apply it
+        and return the answer's SDP. Raises NegotiationError. An offer that crosses one of
+        the SFU's own is refused with NegotiationError (the SFU wins glare; the SDK offers
+        again after answering)."""
 
     async def add_ice_candidate(self, candidate: str | None, sdp_mid: str | None, sdp_mline_index: int | None) -> None:
         """None: the end of the participant's candidates. Raises NegotiationError."""
