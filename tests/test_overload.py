@@ -332,13 +332,13 @@ def _serve(data_dir: Path) -> None:
         async def get(request: web.Request) -> web.Response:
             guard = overload.guard_for(asyncio.get_running_loop())
             participants = [p for room in rooms() for p in room.participants.values()]
-            producers = [t.producer for p in participants for t in p.published.values() if isinstance(t.producer, Producer)]
+            producers = [t.source for p in participants for t in p.published.values() if isinstance(t.source, Producer)]
             return web.json_response({
                 "time": time.monotonic(), "cost": burn["cost"], "level": int(guard.level), "lag": guard.lag, "saturation": guard.saturation,
                 "shed_total": guard.shed_total, "resumed_total": guard.resumed_total, "shed_now": guard.shed_now,
                 "registered": guard.registered,
                 "video_packets": sum(p.stats.packets for p in producers if p.kind == "video"),
-                "states": {p.identity: p.peer.pc.connectionState for p in participants},
+                "states": {p.identity: p.transport.peer.pc.connectionState for p in participants},
             })
 
         async def post(request: web.Request) -> web.Response:

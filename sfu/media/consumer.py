@@ -36,6 +36,7 @@ from aiortc.rtp import (
     unpack_remb_fci,
 )
 
+from ..contracts import MediaCounters, Priority
 from . import overload, rtp
 from .producer import CodecInfo, Producer
 from .rtp import InboundPacket
@@ -119,6 +120,20 @@ class Consumer:
         self._attached = False
         self._rtx_tokens = RTX_BURST
         self._rtx_refilled = time.monotonic()
+
+    # --- what the room model sees (contracts.TrackSink) ---------------------------------
+
+    @property
+    def track_sid(self) -> str:
+        return self.producer.track_sid
+
+    @property
+    def counters(self) -> MediaCounters:
+        s = self.stats
+        return MediaCounters(s.packets, s.octets, 0, s.retransmitted, s.nacks_received, s.plis_received)
+
+    def set_priority(self, priority: Priority) -> None:
+        self.priority = priority
 
     # --- negotiation -------------------------------------------------------------------
 

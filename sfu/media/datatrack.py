@@ -15,9 +15,10 @@ from __future__ import annotations
 import logging
 from collections import deque
 from collections.abc import Callable
-from dataclasses import dataclass
 
 from aiortc import RTCDataChannel
+
+from ..contracts import DataTrackOptions, Kind, MediaCounters, Priority
 
 logger = logging.getLogger(__name__)
 
@@ -29,21 +30,12 @@ def _size(message: str | bytes) -> int:
     return len(message) if isinstance(message, bytes) else len(message.encode("utf-8", "surrogatepass"))
 
 
-@dataclass(frozen=True, slots=True)
-class DataTrackOptions:
-    ordered: bool = True
-    max_packet_life_time: int | None = None
-    max_retransmits: int | None = None
-
-    @property
-    def reliable(self) -> bool:
-        return self.max_packet_life_time is None and self.max_retransmits is None
-
-
 class DataConsumer:
-    """One subscriber's copy of a data track. ``on_overflow`` is called when a reliable
-    track's queue overflows (the channel is then closed), ``on_closed`` when the
-    subscriber closes the channel."""
+    """One subscriber's copy of a data track (a ``contracts.TrackSink``). ``on_overflow`` is
+    called when a reliable track's queue overflows (the channel is then closed),
+    ``on_closed`` when the subscriber closes the channel."""
+
+    kind: Kind = "data"
 
     def __init__(
         self,
@@ -71,6 +63,17 @@ class DataConsumer:
         channel.on("bufferedamountlow", self._drain)
         channel.on("open", self._drain)
         channel.on("close", self._channel_closed)
+
+    @property
+    def track_sid(self) -> str:
+        return self.channel.label  # the SFU labels each subscriber's channel with the track SID
+
+    @property
+    def counters(self) -> MediaCounters:
+        return MediaCounters(packets=self.sent)
+
+    def set_priority(self, priority: Priority) -> None:
+        """(Data is never shed.)"""
 
     def send(self, message: str | bytes) -> None:
         if self.closed:
@@ -142,7 +145,9 @@ class DataConsumer:
 
 
 class DataProducer:
-    """The publisher's channel for one data track."""
+    """The publisher's channel for one data track (a ``contracts.TrackSource``)."""
+
+    kind: Kind = "data"
 
     def __init__(self, track_sid: str, channel: RTCDataChannel) -> None:
         self.track_sid = track_sid
@@ -154,7 +159,16 @@ class DataProducer:
         )
         self.consumers: list[DataConsumer] = []
         self.received = 0
+        self.closed = False
         channel.on("message", self._on_message)
+
+    @property
+    def data_options(self) -> DataTrackOptions:
+        return self.options
+
+    @property
+    def counters(self) -> MediaCounters:
+        return MediaCounters(packets=self.received)
 
     def _on_message(self, message: str | bytes) -> None:
         if len(message) > MAX_MESSAGE_SIZE:
@@ -172,6 +186,7 @@ class DataProducer:
         consumer.close()
 
     def close(self) -> None:
+        self.closed = True
         for consumer in self.consumers:
             consumer.close()
         self.consumers = []

@@ -54,30 +54,21 @@ from aiortc.rtp import (
 from aiortc.sdp import candidate_from_sdp
 from pyee.asyncio import AsyncIOEventEmitter
 
+from .. import errors
+from ..contracts import DataTrackOptions, Kind, MediaSection, NegotiationError, Offer, Role
 from . import aiortc_hooks as hooks
 from . import rtp
 from .codecs import codec_key
 from .consumer import AUDIO_LEVEL_URI, MID_URI, Consumer
-from .datatrack import DataTrackOptions
 from .producer import Producer, codec_infos
 from .udpmux import UdpMux
 
 logger = logging.getLogger(__name__)
 
-Role = Literal["publish", "subscribe"]
 IceRelay = Literal["off", "fallback", "only"]
 
 MAX_UNKNOWN_SSRCS = 64
 MAX_REMOTE_CANDIDATES = 32  # per peer: each one makes the server send STUN checks somewhere
-
-
-class NegotiationError(Exception):
-    """The remote description could not be applied."""
-
-    def __init__(self, code: int, message: str) -> None:
-        super().__init__(message)
-        self.code = code
-        self.message = message
 
 
 @dataclass
@@ -106,21 +97,6 @@ class MediaConfig:
 def _is_turn(server: RTCIceServer) -> bool:
     urls = [server.urls] if isinstance(server.urls, str) else server.urls
     return any(url.startswith("turn") for url in urls)
-
-
-@dataclass(frozen=True)
-class MediaSection:
-    mid: str
-    kind: str
-    role: Role
-    track_sid: str
-
-
-@dataclass(frozen=True)
-class Offer:
-    sdp: str
-    revision: int
-    sections: list[MediaSection]
 
 
 class Peer(AsyncIOEventEmitter):
@@ -167,7 +143,7 @@ class Peer(AsyncIOEventEmitter):
 
     # --- publishing --------------------------------------------------------------------
 
-    def add_publication(self, track_sid: str, kind: str, codecs: list[str] | None = None) -> Producer:
+    def add_publication(self, track_sid: str, kind: Kind, codecs: list[str] | None = None) -> Producer:
         """Offer a ``recvonly`` m-section for a track; ``codecs`` (e.g. ["H264"]) limits what
         the publisher may send (a room's VideoCodecs)."""
         transceiver = self._transceiver(kind, "recvonly")
@@ -415,12 +391,12 @@ class Peer(AsyncIOEventEmitter):
     async def apply_answer(self, sdp: str, revision: int) -> None:
         pending = self._pending_answer
         if pending is None or pending[0] != revision:
-            raise NegotiationError(53000, f"no offer with revision {revision} is waiting for an answer")
+            raise NegotiationError(errors.SIGNALING_ERROR, f"no offer with revision {revision} is waiting for an answer")
         sdp, rejected = self._accept_rejected_sections(sdp)
         try:
             await self.pc.setRemoteDescription(RTCSessionDescription(sdp=sdp, type="answer"))
         except Exception as exc:  # aiortc raises ValueError, OperationError, InvalidStateError...
-            raise NegotiationError(53403, f"unable to apply the answer: {exc}") from None
+            raise NegotiationError(errors.SERVER_REMOTE_DESCRIPTION_FAILED, f"unable to apply the answer: {exc}") from None
         for transceiver, when in list(self._retired.items()):
             if when is not None and when <= revision:
                 del self._retired[transceiver]
@@ -504,18 +480,18 @@ class Peer(AsyncIOEventEmitter):
         try:
             parsed = candidate_from_sdp(text)
         except (ValueError, IndexError, AssertionError) as exc:  # aiortc asserts on too few fields
-            raise NegotiationError(53000, f"malformed ICE candidate: {exc!r}") from None
+            raise NegotiationError(errors.SIGNALING_ERROR, f"malformed ICE candidate: {exc!r}") from None
         if parsed.component != 1 or parsed.protocol.lower() != "udp":
             return  # rtcp-mux and UDP only: nothing to check against
         if self._remote_candidates >= MAX_REMOTE_CANDIDATES:
-            raise NegotiationError(53000, "too many ICE candidates")
+            raise NegotiationError(errors.SIGNALING_ERROR, "too many ICE candidates")
         self._remote_candidates += 1
         parsed.sdpMid = sdp_mid
         parsed.sdpMLineIndex = sdp_mline_index
         try:
             await ice.addRemoteCandidate(parsed)
         except Exception as exc:
-            raise NegotiationError(53000, f"unable to add ICE candidate: {exc}") from None
+            raise NegotiationError(errors.SIGNALING_ERROR, f"unable to add ICE candidate: {exc}") from None
 
     def _announce(self, sdp: str) -> str:
         """Replace host candidate addresses with the operator's announced address."""

@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING, Any
 from . import rtp
 from .codecs import KeyframeProbe, codec_key, keyframe_probe
 from .keyframes import KeyframeRequester
+from ..contracts import Kind, MediaCounters
 from .rtp import InboundPacket
 
 if TYPE_CHECKING:
@@ -65,12 +66,15 @@ class ReceiveStats:
 
 
 class Producer:
-    """Receives one publisher track and fans its packets out to consumers."""
+    """Receives one publisher track and fans its packets out to consumers (a
+    ``contracts.TrackSource``)."""
+
+    data_options = None  # (a media track)
 
     def __init__(
         self,
         track_sid: str,
-        kind: str,
+        kind: Kind,
         send_pli: Callable[[int], None],
         send_nack: Callable[[int, list[int]], None],
         cache_size: int = 512,
@@ -135,6 +139,11 @@ class Producer:
             self.ssrc = ssrc
         if rtx_ssrc is not None:
             self.rtx_ssrc = rtx_ssrc
+
+    @property
+    def counters(self) -> MediaCounters:
+        stats = self.stats
+        return MediaCounters(packets=stats.packets, octets=stats.octets, lost=stats.lost_detected)
 
     @property
     def primary_codec(self) -> CodecInfo | None:
