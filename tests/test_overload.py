@@ -22,7 +22,9 @@ from aiortc.rtp import RtpPacket
 from sfu.credentials import generate
 from sfu.media.consumer import Consumer
 from sfu.media.overload import Level, OverloadGuard, OverloadSettings
-from sfu.media.producer import CodecInfo, Producer
+from sfu.media.producer import Producer
+from sfu.media.router import Router
+from sfu.media.source import CodecInfo
 from signaling.client import LocalAudioTrack, LocalVideoTrack, Room as ClientRoom, connect
 from signaling.tokens import mint_token
 
@@ -61,12 +63,13 @@ class Room:
         self.audio.configure([OPUS], {}, 0, 1, False)
         self.audio.set_ssrcs(3333, None)
         self.sent: dict[Consumer, list[bytes]] = {}
+        self.router = Router()
         self.seq = 100
         self.now = 0.0
 
     def consumer(self, producer: Producer, priority: str = "standard") -> Consumer:
         sent: list[bytes] = []
-        consumer = Consumer(producer, functools.partial(_keep, sent), 5000 + len(self.sent), 9000 + len(self.sent), guard=self.guard)
+        consumer = Consumer(producer, self.router, functools.partial(_keep, sent), 5000 + len(self.sent), 9000 + len(self.sent), guard=self.guard)
         consumer.priority = priority
         consumer.configure([VP8] if producer.kind == "video" else [OPUS], {}, EXTENSIONS, "0")
         consumer.attach()
@@ -132,7 +135,7 @@ async def test_sustained_lag_sheds_video_lowest_priority_then_newest_first_and_n
             break
     assert shed_order == [low, newest, newer]  # one at a time (10% of five, at least one)
     assert room.guard.shed_steps == 3 and room.guard.shed_now == 3
-    assert room.video.forwarding == [high, old]
+    assert room.router.forwarding(room.video) == [high, old]
 
     before = {c: len(s) for c, s in room.sent.items()}
     room.media()

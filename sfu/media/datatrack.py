@@ -1,7 +1,8 @@
 """Data tracks: messages on a publisher's data channel relayed to each subscriber's channel.
 
 A DataProducer wraps the channel the publisher opened; a DataConsumer wraps the channel
-the SFU opened towards one subscriber with the publisher's ordered / reliable settings.
+the SFU opened towards one subscriber with the publisher's ordered / reliable settings. The
+room's Router (sfu.media.router) keeps which consumers each producer's messages go to.
 Backpressure: each consumer writes to SCTP only while its ``bufferedAmount`` is under a
 high-water mark, and otherwise holds messages in a queue bounded by count and by bytes,
 drained on ``bufferedamountlow``. When that queue is full, an unreliable track drops its
@@ -157,7 +158,7 @@ class DataProducer:
             max_packet_life_time=channel.maxPacketLifeTime,
             max_retransmits=channel.maxRetransmits,
         )
-        self.consumers: list[DataConsumer] = []
+        self._sends: list[Callable[[str | bytes], None]] = []  # the Router's fan-out list
         self.received = 0
         self.closed = False
         channel.on("message", self._on_message)
@@ -175,18 +176,14 @@ class DataProducer:
             logger.warning("dropping a %d-byte message on data track %s", len(message), self.track_sid)
             return
         self.received += 1
-        for consumer in self.consumers:
-            consumer.send(message)
+        for send in self._sends:
+            send(message)
 
-    def add_consumer(self, consumer: DataConsumer) -> None:
-        self.consumers = [*self.consumers, consumer]
-
-    def remove_consumer(self, consumer: DataConsumer) -> None:
-        self.consumers = [c for c in self.consumers if c is not consumer]
-        consumer.close()
+    def set_fan_out(self, sends: list[Callable[[str | bytes], None]]) -> None:
+        """The send methods each message goes to from now on (the Router's list)."""
+        self._sends = sends
 
     def close(self) -> None:
+        """(The Router closes its consumers: ``Router.remove_source``.)"""
         self.closed = True
-        for consumer in self.consumers:
-            consumer.close()
-        self.consumers = []
+        self._sends = []

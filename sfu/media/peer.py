@@ -60,7 +60,9 @@ from . import aiortc_hooks as hooks
 from . import rtp
 from .codecs import codec_key
 from .consumer import AUDIO_LEVEL_URI, MID_URI, Consumer
-from .producer import Producer, codec_infos
+from .producer import Producer
+from .router import Router
+from .source import codec_infos
 from .udpmux import UdpMux
 
 logger = logging.getLogger(__name__)
@@ -104,10 +106,12 @@ class Peer(AsyncIOEventEmitter):
     (Consumer), ``publication_failed`` (Producer, reason str), ``subscription_failed``
     (Consumer, reason str), ``datachannel`` (RTCDataChannel), ``failed`` (reason str)."""
 
-    def __init__(self, name: str, config: MediaConfig) -> None:
+    def __init__(self, name: str, config: MediaConfig, router: Router | None = None) -> None:
+        """``router``: the fan-out map of the peer's room (its producers' consumers)."""
         super().__init__()
         self.name = name
         self.config = config
+        self.router = router if router is not None else Router()
         relay = config.ice_relay
         self.pc = RTCPeerConnection(
             RTCConfiguration(
@@ -180,6 +184,7 @@ class Peer(AsyncIOEventEmitter):
             hooks.unhook_receiver(transceiver.receiver)
         for ssrc in [s for s, p in self._by_ssrc.items() if p is producer]:
             del self._by_ssrc[ssrc]
+        self.router.remove_source(producer)
         producer.close()
 
     def _publication_started(self, transceiver: RTCRtpTransceiver, producer: Producer, params: RTCRtpReceiveParameters) -> None:
@@ -270,7 +275,7 @@ class Peer(AsyncIOEventEmitter):
         transceiver.setCodecPreferences(self._codec_preferences(producer))
         hooks.set_sender_msid(transceiver.sender, stream_id, producer.track_sid)
         ssrc, rtx_ssrc = hooks.sender_ssrcs(transceiver.sender)
-        consumer = Consumer(producer, lambda data: False, ssrc, rtx_ssrc)
+        consumer = Consumer(producer, self.router, lambda data: False, ssrc, rtx_ssrc)
         hooks.hook_sender(
             transceiver.sender,
             on_started=lambda params: self._subscription_started(transceiver, consumer, params),
@@ -573,7 +578,7 @@ class Peer(AsyncIOEventEmitter):
 
     def _upstream_bitrate(self, producer: Producer) -> int:
         cap = self.config.max_video_bitrate
-        estimates = [e for e in (c.remb() for c in producer.consumers) if e]
+        estimates = [e for e in (c.remb() for c in self.router.consumers(producer)) if e]
         return max(100_000, min([cap, *estimates]))
 
     # --- lifecycle ---------------------------------------------------------------------
@@ -596,6 +601,7 @@ class Peer(AsyncIOEventEmitter):
         for consumer in self._subscriptions.values():
             consumer.detach()
         for producer in self._publications.values():
+            self.router.remove_source(producer)
             producer.close()
         self._subscriptions.clear()
         self._publications.clear()

@@ -61,6 +61,7 @@ class PeerTransport:
         self.router = router
         self._pending_channels: dict[str, RTCDataChannel] = {}
         self._arriving: RTCDataChannel | None = None  # the channel on_data_channel is about
+        self._data: set[DataProducer | DataConsumer] = set()  # (the Peer keeps the audio and video ones)
         self.closed = False
         peer.on("offer", listener.on_offer)
         peer.on("publication_ready", listener.on_publication_ready)
@@ -91,7 +92,7 @@ class PeerTransport:
         if channel is None:
             return None
         source = DataProducer(track_sid, channel)
-        self.router.add_source(source)
+        self._data.add(source)
 
         def closed() -> None:
             if not source.closed:
@@ -102,10 +103,11 @@ class PeerTransport:
 
     def unpublish(self, source: TrackSource) -> None:
         if isinstance(source, Producer):
-            self.peer.remove_publication(source)
+            self.peer.remove_publication(source)  # (detaches its consumers from the router)
         elif isinstance(source, DataProducer):
+            self._data.discard(source)
+            self.router.remove_source(source)
             source.close()
-        self.router.remove_source(source)
 
     def _on_datachannel(self, channel: RTCDataChannel) -> None:
         """Offer the channel to the room model (``on_data_channel``); if it publishes no track
@@ -154,6 +156,7 @@ class PeerTransport:
             on_closed=lost,
         )
         self.router.add_data_consumer(source, sink)
+        self._data.add(sink)
         return sink
 
     def unsubscribe(self, sink: TrackSink) -> None:
@@ -166,6 +169,7 @@ class PeerTransport:
         if isinstance(sink, Consumer):
             sink.detach()
         elif isinstance(sink, DataConsumer):
+            self._data.discard(sink)
             self.router.remove_data_consumer(sink)
 
     # --- negotiation -------------------------------------------------------------------
@@ -197,6 +201,11 @@ class PeerTransport:
         self._pending_channels.clear()
         for channel in channels:
             channel.close()
+        for endpoint in list(self._data):  # (the room released them already, unless it failed)
+            if isinstance(endpoint, DataProducer):
+                self.unpublish(endpoint)
+            else:
+                self.release(endpoint)
         if self._on_closed is not None:
             self._on_closed(self)
         await self.peer.close()
@@ -254,7 +263,8 @@ class LocalMediaPlane:
         return router
 
     def create_transport(self, room_sid: str, name: str, listener: TransportListener) -> PeerTransport:
-        transport = PeerTransport(Peer(name, self.config), listener, self.router(room_sid), self.transports.discard)
+        router = self.router(room_sid)
+        transport = PeerTransport(Peer(name, self.config, router), listener, router, self.transports.discard)
         self.transports.add(transport)
         return transport
 
