@@ -61,6 +61,7 @@ class RoomRegistry(AsyncIOEventEmitter):
         self.now = clock
         self._call_later = call_later
         self.records = RecordKeeper(store, account_sid, clock)
+        self.records.observe(self)  # (first: the store hears of each change before anyone else acts on it)
         self.rooms: dict[str, Room] = {}
         self._by_name: dict[str, Room] = {}
         self._ad_hoc_max_participants = ad_hoc_max_participants
@@ -110,7 +111,6 @@ class RoomRegistry(AsyncIOEventEmitter):
         room = Room(sid, name, settings, self, self.now())
         self.rooms[sid] = room
         self._by_name[name] = room
-        self.records.room(room)
         self.emit("room_created", room)
         if settings.created_via_rest:
             room._schedule_end(settings.unused_room_timeout * 60)
@@ -131,5 +131,4 @@ class RoomRegistry(AsyncIOEventEmitter):
         if self._by_name.get(room.unique_name) is room:
             del self._by_name[room.unique_name]
         self.plane.room_closed(room.sid)
-        self.records.room(room)
         self.emit("room_ended", room)

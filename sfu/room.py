@@ -62,7 +62,11 @@ class RoomSettings:
 class Room(AsyncIOEventEmitter):
     """Events (all after the state changed): ``participant_connected`` (p),
     ``participant_disconnected`` (p), ``participant_updated`` (p), ``track_added``,
-    ``track_removed``, ``track_enabled``, ``track_disabled`` (p, track), ``ended`` ()."""
+    ``track_removed``, ``track_enabled``, ``track_disabled`` (p, track),
+    ``subscribe_rules_changed`` (p), ``recording_rules_changed`` (rules), ``ended`` ().
+
+    The room is the only writer of its state and its participants' (their status included);
+    records, signaling and metrics follow it through these events."""
 
     def __init__(self, sid: str, unique_name: str, settings: RoomSettings, registry: "RoomRegistry", created_at: datetime) -> None:
         super().__init__()
@@ -80,7 +84,6 @@ class Room(AsyncIOEventEmitter):
         self._session_timers: dict[str, asyncio.TimerHandle] = {}
         self._lifetime_timer = registry.call_later(MAX_ROOM_DURATION, lambda: asyncio.ensure_future(self.end()))
         self.recording_rules: list[dict[str, Any]] | None = None
-        self.on("participant_updated", registry.records.participant)  # e.g. reconnecting
 
     @property
     def in_progress(self) -> bool:
@@ -124,8 +127,6 @@ class Room(AsyncIOEventEmitter):
                     self.remove(participant, SESSION_LENGTH_EXCEEDED, "Participant session length exceeded")
                 ),
             )
-            self.registry.records.participant(participant)
-            self.registry.records.rules(participant)
             self.emit("participant_connected", participant)
             self._reconcile(participant)
             participant.transport.request_negotiation()  # the first offer always opens the data channel transport
@@ -153,7 +154,6 @@ class Room(AsyncIOEventEmitter):
         participant.failed_subscriptions.clear()
         participant.emit("removed", code, message)
         await participant.transport.close()  # (and the data channels it held for tracks not published)
-        self.registry.records.participant(participant)
         self.emit("participant_disconnected", participant)
         if not self.participants and self.in_progress:
             self._on_empty()
@@ -283,7 +283,6 @@ class Room(AsyncIOEventEmitter):
         track.ready = True
         participant.revision += 1
         participant.published_revision += 1
-        self.registry.records.track(track)
         participant.emit("published_changed")
         self.emit("participant_updated", participant)
         self.emit("track_added", participant, track)
@@ -310,7 +309,6 @@ class Room(AsyncIOEventEmitter):
         participant.published.pop(track.sid, None)
         participant.published_revision += 1
         if was_ready:
-            self.registry.records.track(track)
             participant.revision += 1
             self.emit("track_removed", participant, track)
         if notify:
@@ -364,7 +362,6 @@ class Room(AsyncIOEventEmitter):
         track.enabled = enabled
         if track.ready:
             participant.revision += 1
-            self.registry.records.track(track)
             self.emit("participant_updated", participant)
             self.emit("track_enabled" if enabled else "track_disabled", participant, track)
 
@@ -375,14 +372,14 @@ class Room(AsyncIOEventEmitter):
         normalised = subscribe_rules.validate(rules)
         participant.rules = normalised
         participant.rules_updated_at = self.registry.now()
-        self.registry.records.rules(participant)
+        self.emit("subscribe_rules_changed", participant)
         self._reconcile(participant)
         return normalised
 
     def set_recording_rules(self, rules: list[dict[str, Any]]) -> None:
         """Replace the room's (already validated) recording rules."""
         self.recording_rules = rules
-        self.registry.records.recording_rules(self, rules)
+        self.emit("recording_rules_changed", rules)
 
     def _reconcile(self, subscriber: Participant) -> None:
         """Make the subscriber's subscriptions match its rules and the published tracks.
