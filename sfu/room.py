@@ -12,7 +12,7 @@ from pyee.asyncio import AsyncIOEventEmitter
 
 from . import rules as subscribe_rules
 from . import sids
-from .contracts import Kind, Priority, TrackSink, TrackSource
+from .contracts import Kind, NegotiationError, Priority, TrackSink, TrackSource
 from .errors import (
     DUPLICATE_IDENTITY,
     MAX_TRACKS_EXCEEDED,
@@ -226,7 +226,11 @@ class Room(AsyncIOEventEmitter):
         kind: str,
         name: str | None = None,
         enabled: bool = True,
+        offered: bool = False,
     ) -> PublishedTrack:
+        """Publish a track for the participant. ``offered``: its media comes on the m-section
+        the participant's own offer sends with msid track id ``client_id`` (the official
+        twilio-video SDK offers its tracks itself); otherwise the SFU offers a section for it."""
         if participant.status != "connected":
             raise ParticipantError(PARTICIPANT_NOT_FOUND, "Participant is not connected")
         if kind not in KINDS:
@@ -255,13 +259,18 @@ class Room(AsyncIOEventEmitter):
             created_at=self.registry.now(),
             enabled=enabled,
         )
+        if kind != "data":
+            codecs = self.settings.video_codecs if kind == "video" else None
+            try:
+                track.source = participant.transport.publish(
+                    track.sid, cast(Kind, kind), codecs, client_track_id=client_id if offered else None
+                )
+            except NegotiationError as exc:  # (the transport cannot take this track: nothing changed)
+                raise ParticipantError(exc.code, exc.message) from None
         participant.published[track.sid] = track
         participant.published_revision += 1
         if kind == "data":
             self.attach_data(participant, track)  # if its channel is open already
-        else:
-            codecs = self.settings.video_codecs if kind == "video" else None
-            track.source = participant.transport.publish(track.sid, cast(Kind, kind), codecs)
         participant.emit("published_changed")
         return track
 

@@ -15,7 +15,7 @@ from typing import Any
 import pytest
 
 from sfu import errors
-from sfu.contracts import DataTrackOptions, Kind, MediaCounters, PlaneFigures, Priority, TrackSink, TrackSource, TransportListener
+from sfu.contracts import DataTrackOptions, Kind, MediaCounters, NegotiationError, PlaneFigures, Priority, TrackSink, TrackSource, TransportListener
 from sfu.participant import Participant, ParticipantError, PublishedTrack
 from sfu.registry import RoomRegistry
 from sfu.room import Room, RoomSettings
@@ -56,6 +56,8 @@ class FakeTransport:
         self.name = name
         self.listener = listener
         self.sources: dict[str, FakeSource] = {}
+        self.offered: dict[str, str] = {}  # track SID -> the msid track id of the participant's offer
+        self.refuse_offered = False
         self.sinks: dict[str, FakeSink] = {}  # by track SID, the live ones
         self.unpublished: list[TrackSource] = []
         self.unsubscribed: list[TrackSink] = []
@@ -66,6 +68,10 @@ class FakeTransport:
         self.closed = False
 
     def publish(self, track_sid: str, kind: Kind, codecs: list[str] | None = None, client_track_id: str | None = None) -> TrackSource:
+        if client_track_id is not None:
+            if self.refuse_offered:
+                raise NegotiationError(errors.SIGNALING_ERROR, "publishing a track the participant offers is not supported")
+            self.offered[track_sid] = client_track_id
         source = self.sources[track_sid] = FakeSource(track_sid, kind)
         return source
 
@@ -327,6 +333,21 @@ async def test_the_room_refuses_bad_publications_with_their_codes(model: Model) 
     with pytest.raises(ParticipantError) as refused:
         room.publish(alice, "mic-2", "audio", "mic2")
     assert refused.value.code == errors.MAX_TRACKS_EXCEEDED
+
+
+async def test_a_track_the_participant_offers_is_bound_to_its_msid_and_a_refusal_changes_nothing(model: Model) -> None:
+    room = model.room()
+    alice = await room.join("alice")
+
+    cam = room.publish(alice, "a1b2-msid", "video", "cam", offered=True)
+
+    assert transport(alice).offered == {cam.sid: "a1b2-msid"}
+    transport(alice).refuse_offered = True
+    revision = alice.published_revision
+    with pytest.raises(ParticipantError) as refused:
+        room.publish(alice, "c3d4-msid", "audio", "mic", offered=True)
+    assert refused.value.code == errors.SIGNALING_ERROR
+    assert [t.client_id for t in alice.published.values()] == ["a1b2-msid"] and alice.published_revision == revision
 
 
 # --- data tracks: bound to their channel by label -------------------------------------------
