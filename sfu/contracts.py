@@ -20,6 +20,9 @@ from typing import Literal, Protocol
 Kind = Literal["audio", "video", "data"]
 Role = Literal["publish", "subscribe"]
 Priority = Literal["high", "standard", "low"]
+BandwidthProfileMode = Literal["grid", "collaboration", "presentation"]
+SwitchOffControl = Literal["auto", "manual", "disabled"]
+ContentPreferencesMode = Literal["auto", "manual"]
 
 
 class NegotiationError(Exception):
@@ -57,6 +60,20 @@ class DataTrackOptions:
     @property
     def reliable(self) -> bool:
         return self.max_packet_life_time is None and self.max_retransmits is None
+
+
+@dataclass(frozen=True, slots=True)
+class BandwidthProfile:
+    """Twilio's ``bandwidthProfile.video`` of one subscriber: how its downlink is shared
+    among the video tracks it subscribes to (sfu.media.allocator). ``max_subscription_bitrate``
+    in bps (None: no limit). ``dominant_speaker_priority`` is applied by the room model,
+    which raises the dominant speaker's sinks to at least that priority."""
+
+    mode: BandwidthProfileMode = "grid"
+    max_subscription_bitrate: int | None = None
+    dominant_speaker_priority: Priority = "standard"
+    client_track_switch_off_control: SwitchOffControl = "auto"
+    content_preferences_mode: ContentPreferencesMode = "auto"
 
 
 @dataclass(slots=True)
@@ -131,6 +148,14 @@ class TransportListener(Protocol):
     def on_data_channel(self, label: str) -> None:
         """The participant opened a data channel; ``publish_data(…, label)`` attaches it."""
 
+    def on_sink_switched(self, sink: TrackSink, switched_off: bool, reason: str | None) -> None:
+        """The media plane switched a video sink off (no forwarding at all) or on again
+        (resuming at a keyframe). ``reason``: why it is off (sfu.media.allocator's
+        ``disabled-by-subscriber``, ``max-bandwidth-reached``, ``network-congestion``)."""
+
+    def on_sink_layer(self, sink: TrackSink, layer: int) -> None:
+        """The layer (index, low to high) the media plane now forwards to a video sink."""
+
     def on_failed(self, code: int, reason: str) -> None:
         """The transport is gone: its connection failed, negotiation timed out, or the
         process carrying it died. The participant must be removed with ``code``."""
@@ -167,6 +192,15 @@ class ParticipantTransport(Protocol):
     def release(self, sink: TrackSink) -> None:
         """Stop forwarding to ``sink`` without renegotiating (the participant is leaving or
         reconnecting has given up)."""
+        ...
+
+    def set_bandwidth_profile(self, profile: BandwidthProfile) -> None:
+        """How this subscriber's downlink is shared among its video sinks (from now on)."""
+        ...
+
+    def set_sink_hints(self, sink: TrackSink, render_dimensions: tuple[int, int] | None, switched_off_by_client: bool) -> None:
+        """What the subscriber says of one video sink: the size it draws it at (None:
+        unknown, any size) and whether it switched it off (hidden, detached, ``switchOff()``)."""
         ...
 
     def request_negotiation(self) -> None:

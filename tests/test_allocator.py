@@ -1,0 +1,137 @@
+"""The allocation rule (sfu.media.allocator): layers and switch-off from bandwidth, render
+dimensions, priority and Twilio's bandwidth profile modes. Pure: no network, no clock."""
+
+from __future__ import annotations
+
+from sfu.contracts import BandwidthProfile
+from sfu.media.allocator import (
+    DISABLED_BY_SUBSCRIBER,
+    MAX_BANDWIDTH_REACHED,
+    NETWORK_CONGESTION,
+    UPGRADE_HOLD,
+    Decision,
+    Demand,
+    Layer,
+    StreamAllocator,
+    allocate,
+    wanted_layer,
+)
+
+SIMULCAST = (Layer(150_000, 320, 180), Layer(500_000, 640, 360), Layer(1_500_000, 1280, 720))
+SINGLE = (Layer(400_000),)
+
+
+def demand(key: str, priority: str = "standard", layers=SIMULCAST, render=None, off=False, order=0) -> Demand:
+    return Demand(key, priority, layers, render, off, order)  # type: ignore[arg-type]
+
+
+def layers_of(decisions: dict) -> dict:
+    return {k: d.layer for k, d in decisions.items()}
+
+
+def test_without_any_limit_every_track_gets_the_layer_its_render_size_needs() -> None:
+    got = allocate([demand("a"), demand("b", render=(320, 180)), demand("c", render=(600, 300))], None, BandwidthProfile())
+    assert layers_of(got) == {"a": 2, "b": 0, "c": 1}
+
+
+def test_wanted_layer_is_the_top_one_when_sizes_are_unknown() -> None:
+    assert wanted_layer(SINGLE, (100, 100)) == 0
+    assert wanted_layer((Layer(1), Layer(2)), (100, 100)) == 1
+    assert wanted_layer(SIMULCAST, (4000, 4000)) == 2
+
+
+def test_a_track_the_subscriber_switched_off_is_off_whatever_the_bandwidth() -> None:
+    got = allocate([demand("a", off=True), demand("b")], None, BandwidthProfile())
+    assert got["a"] == Decision(None, DISABLED_BY_SUBSCRIBER)
+    assert got["b"].layer == 2
+
+
+def test_under_pressure_the_lowest_priority_is_switched_off_first() -> None:
+    demands = [demand("low", "low", SINGLE, order=0), demand("std", "standard", SINGLE, order=1), demand("high", "high", SINGLE, order=2)]
+    got = allocate(demands, 900_000, BandwidthProfile())
+    assert layers_of(got) == {"high": 0, "std": 0, "low": None}
+    assert got["low"].reason == NETWORK_CONGESTION
+    got = allocate(demands, 500_000, BandwidthProfile())
+    assert layers_of(got) == {"high": 0, "std": None, "low": None}
+
+
+def test_equal_priorities_keep_the_older_subscription() -> None:
+    got = allocate([demand("new", order=5, layers=SINGLE), demand("old", order=1, layers=SINGLE)], 500_000, BandwidthProfile())
+    assert layers_of(got) == {"old": 0, "new": None}
+
+
+def test_max_subscription_bitrate_caps_the_estimate_and_names_the_reason() -> None:
+    profile = BandwidthProfile(max_subscription_bitrate=500_000)
+    got = allocate([demand("a", layers=SINGLE, order=0), demand("b", layers=SINGLE, order=1)], 10_000_000, profile)
+    assert layers_of(got) == {"a": 0, "b": None}
+    assert got["b"].reason == MAX_BANDWIDTH_REACHED
+
+
+def test_grid_shares_equally_one_layer_at_a_time() -> None:
+    # 2 x 150k base = 300k; 1.3M left: each goes to 500k (700k), then 1.5M does not fit.
+    got = allocate([demand("high", "high"), demand("low", "low")], 1_300_000, BandwidthProfile(mode="grid"))
+    assert layers_of(got) == {"high": 1, "low": 1}
+
+
+def test_collaboration_gives_higher_priority_all_it_needs_first_but_keeps_the_others_on() -> None:
+    got = allocate([demand("high", "high"), demand("low", "low")], 1_700_000, BandwidthProfile(mode="collaboration"))
+    assert layers_of(got) == {"high": 2, "low": 0}
+
+
+def test_presentation_switches_lower_priority_off_until_higher_has_all_it_needs() -> None:
+    profile = BandwidthProfile(mode="presentation")
+    got = allocate([demand("high", "high"), demand("low", "low")], 1_400_000, profile)
+    assert layers_of(got) == {"high": 1, "low": None}  # high could not reach its top layer
+    got = allocate([demand("high", "high"), demand("low", "low")], 1_700_000, profile)
+    assert layers_of(got) == {"high": 2, "low": 0}
+
+
+def test_render_dimensions_keep_a_small_tile_low_even_with_bandwidth_to_spare() -> None:
+    got = allocate([demand("tile", render=(160, 90)), demand("stage", render=(1280, 720))], 10_000_000, BandwidthProfile(mode="collaboration"))
+    assert layers_of(got) == {"tile": 0, "stage": 2}
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 0.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def test_drops_apply_at_once_and_recoveries_only_once_they_have_held() -> None:
+    clock = Clock()
+    allocator = StreamAllocator(BandwidthProfile(), clock)
+    demands = [demand("a")]
+    assert allocator.update(demands, 5_000_000) == {"a": Decision(2)}
+    assert allocator.update(demands, 200_000) == {"a": Decision(0)}  # the estimate fell: at once
+    clock.now += 0.5
+    assert allocator.update(demands, 5_000_000) == {}  # recovered: not yet
+    clock.now += UPGRADE_HOLD / 2
+    assert allocator.update(demands, 5_000_000) == {}
+    clock.now += UPGRADE_HOLD
+    assert allocator.update(demands, 5_000_000) == {"a": Decision(2)}
+    assert allocator.decisions["a"] == Decision(2)
+
+
+def test_a_flapping_estimate_never_raises_the_layer() -> None:
+    clock = Clock()
+    allocator = StreamAllocator(BandwidthProfile(), clock)
+    allocator.update([demand("a")], 200_000)
+    for i in range(10):
+        clock.now += UPGRADE_HOLD / 3
+        allocator.update([demand("a")], 5_000_000 if i % 2 == 0 else 200_000)
+    assert allocator.decisions["a"] == Decision(0)
+
+
+def test_the_subscribers_own_switch_on_applies_at_once() -> None:
+    allocator = StreamAllocator(BandwidthProfile(), Clock())
+    assert allocator.update([demand("a", off=True)], None) == {"a": Decision(None, DISABLED_BY_SUBSCRIBER)}
+    assert allocator.update([demand("a")], None) == {"a": Decision(2)}
+
+
+def test_a_sink_that_goes_is_forgotten() -> None:
+    allocator = StreamAllocator(BandwidthProfile(), Clock())
+    allocator.update([demand("a"), demand("b")], None)
+    allocator.update([demand("b")], None)
+    assert set(allocator.decisions) == {"b"}
