@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING, Any
 from pyee.asyncio import AsyncIOEventEmitter
 
 from . import rules as subscribe_rules
-from .contracts import DataTrackOptions, MediaPlane, Offer, ParticipantTransport, TrackSink, TrackSource
+from .contracts import BandwidthProfile, DataTrackOptions, MediaPlane, Offer, ParticipantTransport, Priority, TrackSink, TrackSource
 
 if TYPE_CHECKING:
     from .room import Room
@@ -46,12 +46,13 @@ class PublishedTrack:
     ready: bool = False
     unpublished: bool = False
     error: tuple[int, str] | None = None  # the publication failed (code, message); kept for the client
+    priority: Priority = "standard"  # Twilio's publish priority (publishTrack(track, {priority}))
 
     def ref(self) -> subscribe_rules.TrackRef:
         return subscribe_rules.TrackRef(self.sid, self.name, self.kind, self.publisher.sid, self.publisher.identity)
 
     def describe(self) -> dict[str, Any]:
-        return {"sid": self.sid, "name": self.name, "kind": self.kind, "enabled": self.enabled}
+        return {"sid": self.sid, "name": self.name, "kind": self.kind, "enabled": self.enabled, "priority": self.priority}
 
 
 @dataclass(eq=False)
@@ -60,10 +61,17 @@ class Subscription:
     sink: TrackSink
     label: str | None = None  # the data channel label, for data tracks
     created_at: datetime | None = None
+    # Issue 12: what the subscriber said of it, and whether the media plane switched it off.
+    priority: Priority | None = None  # the subscriber's own (RemoteVideoTrack.setPriority); None: the publisher's
+    render_dimensions: tuple[int, int] | None = None
+    switched_off_by_client: bool = False
+    switched_off: bool = False
+    switch_off_reason: str | None = None
 
 
 class Participant(AsyncIOEventEmitter):
     """Events: ``offer`` (Offer), ``subscriptions_changed``, ``published_changed``,
+    ``track_switched`` (Subscription: its ``switched_off`` changed, or the reason),
     ``removed`` (code: int | None, message: str | None).
 
     Its state is written by its room only (``sfu.room.Room``); what its transport reports
@@ -87,6 +95,7 @@ class Participant(AsyncIOEventEmitter):
         self.rules_updated_at = now
         self.subscribed_revision = 1
         self.published_revision = 1
+        self.bandwidth_profile = BandwidthProfile()
         self.transport: ParticipantTransport = plane.create_transport(room.sid, f"{room.unique_name}/{identity}", self)
 
     # --- state as the others see it -----------------------------------------------------
@@ -121,6 +130,10 @@ class Participant(AsyncIOEventEmitter):
             entry: dict[str, Any] = {"sid": sub.track.sid, "kind": sub.track.kind, "publisher": sub.track.publisher.sid}
             if sub.label is not None:
                 entry["label"] = sub.label
+            if sub.track.kind == "video":
+                entry["switched_off"] = sub.switched_off
+                if sub.switch_off_reason is not None:
+                    entry["switch_off_reason"] = sub.switch_off_reason
             tracks.append(entry)
         for sid, (code, message) in self.failed_subscriptions.items():
             tracks.append({"sid": sid, "error": {"code": code, "message": message}})
@@ -161,6 +174,15 @@ class Participant(AsyncIOEventEmitter):
         track = self.track_by_client_id(label)
         if track is not None and track.kind == "data" and track.source is None and not track.unpublished:
             self.room.attach_data(self, track)
+
+    def on_sink_switched(self, sink: TrackSink, switched_off: bool, reason: str | None) -> None:
+        sub = self.subscriptions.get(sink.track_sid)
+        if sub is not None and sub.sink is sink:
+            sub.switched_off, sub.switch_off_reason = switched_off, reason if switched_off else None
+            self.emit("track_switched", sub)
+
+    def on_sink_layer(self, sink: TrackSink, layer: int) -> None:
+        pass  # (the layer is the media plane's business; the client sees it in the video)
 
     def on_failed(self, code: int, reason: str) -> None:
         self.room.transport_failed(self, code, reason)

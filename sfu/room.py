@@ -6,13 +6,13 @@ import asyncio
 import logging
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import TYPE_CHECKING, Any, cast
+from typing import TYPE_CHECKING, Any, Literal, cast
 
 from pyee.asyncio import AsyncIOEventEmitter
 
 from . import rules as subscribe_rules
 from . import sids
-from .contracts import Kind, NegotiationError, Priority, TrackSink, TrackSource
+from .contracts import BandwidthProfile, Kind, NegotiationError, Priority, TrackSink, TrackSource
 from .errors import (
     DUPLICATE_IDENTITY,
     MAX_TRACKS_EXCEEDED,
@@ -32,6 +32,7 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger(__name__)
 
+PRIORITY_RANK = {"low": 0, "standard": 1, "high": 2}
 ROOM_TYPES = {"go": 2, "peer-to-peer": 10, "group-small": 4, "group": 50}
 MAX_TRACK_NAME = 128
 MAX_ROOM_DURATION = 24 * 3600  # seconds: Twilio ends every room after 24 hours
@@ -227,6 +228,7 @@ class Room(AsyncIOEventEmitter):
         name: str | None = None,
         enabled: bool = True,
         offered: bool = False,
+        priority: Priority = "standard",
     ) -> PublishedTrack:
         """Publish a track for the participant. ``offered``: its media comes on the m-section
         the participant's own offer sends with msid track id ``client_id`` (the official
@@ -258,6 +260,7 @@ class Room(AsyncIOEventEmitter):
             publisher=participant,
             created_at=self.registry.now(),
             enabled=enabled,
+            priority=priority,
         )
         if kind != "data":
             codecs = self.settings.video_codecs if kind == "video" else None
@@ -412,7 +415,7 @@ class Room(AsyncIOEventEmitter):
             self._drop_subscription(subscriber, subscriber.subscriptions.pop(sid))
             changed = True
         for kept in subscriber.subscriptions.values():  # the rules may give them a new priority
-            kept.sink.set_priority(cast(Priority, subscribe_rules.priority(subscriber.rules, kept.track.ref())))
+            kept.sink.set_priority(self.priority_for(subscriber, kept.track))
         for sid, track in wanted.items():
             if sid not in subscriber.subscriptions and sid not in subscriber.failed_subscriptions:
                 sub = self._subscribe(subscriber, track)
@@ -426,7 +429,7 @@ class Room(AsyncIOEventEmitter):
     def _subscribe(self, subscriber: Participant, track: PublishedTrack) -> Subscription | None:
         if track.source is None:
             return None
-        priority = cast(Priority, subscribe_rules.priority(subscriber.rules, track.ref()))  # (what overload sheds first)
+        priority = self.priority_for(subscriber, track)  # (what overload sheds first, and the allocator)
         sink = subscriber.transport.subscribe(track.source, stream_id=track.publisher.sid, priority=priority)
         label = track.sid if track.kind == "data" else None  # (a data sink's channel is labelled with the track SID)
         return Subscription(track, sink, label=label, created_at=self.registry.now())
@@ -452,3 +455,77 @@ class Room(AsyncIOEventEmitter):
         sub = subscriber.subscriptions.get(sink.track_sid)
         if sub is not None and sub.sink is sink:  # not a later subscription to the same track
             self._unsubscribe(subscriber, sink.track_sid)
+
+    # --- bandwidth profiles, priorities and switch-off (issue 12) --------------------------
+    # The media plane decides layers and switch-off per subscriber (sfu.media.allocator);
+    # the room passes down what the participants say and relays what the plane did.
+
+    def priority_for(self, subscriber: Participant, track: PublishedTrack) -> Priority:
+        """The priority ``subscriber`` receives ``track`` with: its own (RemoteVideoTrack.
+        setPriority), else its subscribe rules', else the publisher's; the dominant
+        speaker's video at least the subscriber's ``dominant_speaker_priority``."""
+        sub = subscriber.subscriptions.get(track.sid)
+        found = sub.priority if sub is not None and sub.priority is not None else None
+        if found is None:
+            found = cast(Priority, subscribe_rules.priority(subscriber.rules, track.ref(), default=track.priority))
+        floor = subscriber.bandwidth_profile.dominant_speaker_priority
+        if track.kind == "video" and track.publisher is getattr(self, "dominant_speaker", None):
+            if PRIORITY_RANK[floor] > PRIORITY_RANK[found]:
+                found = floor
+        return found
+
+    def refresh_priorities(self) -> None:
+        """Give every subscription its priority again (say, the dominant speaker changed)."""
+        for subscriber in self.participants.values():
+            for sub in subscriber.subscriptions.values():
+                sub.sink.set_priority(self.priority_for(subscriber, sub.track))
+
+    def set_bandwidth_profile(self, participant: Participant, profile: BandwidthProfile) -> None:
+        participant.bandwidth_profile = profile
+        participant.transport.set_bandwidth_profile(profile)
+        for sub in participant.subscriptions.values():
+            sub.sink.set_priority(self.priority_for(participant, sub.track))
+            if sub.track.kind == "video":
+                self._pass_hints(participant, sub)
+
+    def set_track_priority(self, participant: Participant, track: PublishedTrack, priority: Priority) -> None:
+        """The publisher's priority for its track (LocalTrackPublication.setPriority)."""
+        if track.priority == priority:
+            return
+        track.priority = priority
+        for other in self.participants.values():
+            sub = other.subscriptions.get(track.sid)
+            if sub is not None:
+                sub.sink.set_priority(self.priority_for(other, track))
+        if track.ready and not track.unpublished:
+            participant.revision += 1
+            self.emit("participant_updated", participant)
+
+    def set_subscription_hints(
+        self,
+        subscriber: Participant,
+        track_sid: str,
+        render_dimensions: tuple[int, int] | None = None,
+        switched_off: bool | None = None,
+        priority: Priority | None | Literal["keep"] = "keep",
+    ) -> bool:
+        """What the subscriber says of one of its video subscriptions: the size it renders
+        it at, whether it switched it off, its own priority (None: the publisher's). False
+        when it has no such video subscription (the hint is dropped)."""
+        sub = subscriber.subscriptions.get(track_sid)
+        if sub is None or sub.track.kind != "video":
+            return False
+        if render_dimensions is not None:
+            sub.render_dimensions = render_dimensions
+        if switched_off is not None:
+            sub.switched_off_by_client = switched_off
+        if priority != "keep":
+            sub.priority = cast("Priority | None", priority)
+            sub.sink.set_priority(self.priority_for(subscriber, sub.track))
+        self._pass_hints(subscriber, sub)
+        return True
+
+    def _pass_hints(self, subscriber: Participant, sub: Subscription) -> None:
+        # "disabled": the subscriber's side switches nothing off (Twilio's clientTrackSwitchOffControl).
+        off = sub.switched_off_by_client and subscriber.bandwidth_profile.client_track_switch_off_control != "disabled"
+        subscriber.transport.set_sink_hints(sub.sink, sub.render_dimensions, off)

@@ -98,10 +98,10 @@ def subscribes(rules: Iterable[Mapping[str, Any]], track: TrackRef) -> bool:
     return included and not excluded
 
 
-def priority(rules: Iterable[Mapping[str, Any]], track: TrackRef) -> str:
+def priority(rules: Iterable[Mapping[str, Any]], track: TrackRef, default: str = "standard") -> str:
     """The priority the subscriber gave ``track``: that of the last matching include rule
-    carrying one, else ``standard``."""
-    found = "standard"
+    carrying one, else ``default`` (the priority the publisher gave it)."""
+    found = default
     for rule in rules:
         if rule["type"] == "include" and "priority" in rule and _matches(rule, track):
             found = rule["priority"]

@@ -65,6 +65,7 @@ class LocalTrack(AsyncIOEventEmitter):
         self.sid: str | None = None
         self.enabled = True
         self.error: SignalingError | None = None  # why the server could not publish it (53404)
+        self.priority = "standard"  # Twilio's publish priority: high, standard or low
         self._participant: LocalParticipant | None = None
 
     def enable(self) -> None:
@@ -73,6 +74,13 @@ class LocalTrack(AsyncIOEventEmitter):
     def disable(self) -> None:
         self._set_enabled(False)
 
+    def set_priority(self, priority: str) -> None:
+        """The publish priority subscribers receive the track with (unless they set their own)."""
+        if priority != self.priority:
+            self.priority = priority
+            if self._participant is not None:
+                self._participant._send_tracks()
+
     def _set_enabled(self, enabled: bool) -> None:
         if self.enabled != enabled:
             self.enabled = enabled
@@ -80,7 +88,7 @@ class LocalTrack(AsyncIOEventEmitter):
                 self._participant._send_tracks()
 
     def describe(self) -> dict[str, Any]:
-        return {"id": self.id, "kind": self.kind, "name": self.name, "enabled": self.enabled}
+        return {"id": self.id, "kind": self.kind, "name": self.name, "enabled": self.enabled, "priority": self.priority}
 
 
 class _Gate(MediaStreamTrack):
@@ -183,6 +191,11 @@ class RemoteTrack(AsyncIOEventEmitter):
 class RemoteMediaTrack(RemoteTrack):
     """``await recv()`` gives decoded frames, or ``aiortc.rtp.RtpPacket`` in packet mode.
 
+    Video (issue 12): ``switch_off()`` / ``switch_on()``, ``set_content_preferences(
+    render_dimensions=(w, h))`` and ``set_priority(p | None)`` tell the server; it emits
+    ``switched_off`` (reason) and ``switched_on`` as the server switches it (``is_switched_off``,
+    ``switch_off_reason``).
+
     It keeps the receiver its m-section had when it was subscribed: once the server retires
     the m-section, the client gives it a fresh receiver for the next track, and this track
     ends (``recv`` raises ``MediaStreamError``) instead of showing the next one's frames."""
@@ -195,6 +208,10 @@ class RemoteMediaTrack(RemoteTrack):
         self.packets_received = 0
         self._packets: asyncio.Queue[RtpPacket] = asyncio.Queue(maxsize=2048)
         self._last_ssrc: int | None = None
+        self.is_switched_off = False
+        self.switch_off_reason: str | None = None
+        self.priority: str | None = None  # our own; None: the publisher's
+        self._room: "Room | None" = None
         if packets:
             hooks.packet_receiver(self.receiver, self._on_packet)
 
@@ -215,6 +232,31 @@ class RemoteMediaTrack(RemoteTrack):
         if self.packet_mode:
             return await self._packets.get()
         return await self.media.recv()
+
+    def switch_off(self) -> None:
+        self._hint(switched_off=True)
+
+    def switch_on(self) -> None:
+        self._hint(switched_off=False)
+
+    def set_content_preferences(self, render_dimensions: tuple[int, int]) -> None:
+        self._hint(render_dimensions={"width": render_dimensions[0], "height": render_dimensions[1]})
+
+    def set_priority(self, priority: str | None) -> None:
+        self.priority = priority
+        self._hint(priority=priority)
+
+    def _hint(self, **hint: Any) -> None:
+        if self._room is not None:
+            self._room._send({"type": "update", "track_hints": [{"sid": self.sid, **hint}]})
+
+    def _switched(self, off: bool, reason: str | None) -> None:
+        changed = off != self.is_switched_off
+        self.is_switched_off, self.switch_off_reason = off, reason if off else None
+        if changed and off:
+            self.emit("switched_off", reason)
+        elif changed:
+            self.emit("switched_on")
 
     async def request_keyframe(self) -> None:
         if self._last_ssrc is not None:
@@ -371,7 +413,10 @@ class Room(AsyncIOEventEmitter):
 
     # --- wire ---------------------------------------------------------------------------
 
-    async def _open(self, name: str | None, tracks: list[LocalTrack], rules: list[dict[str, Any]] | None, timeout: float) -> None:
+    async def _open(
+        self, name: str | None, tracks: list[LocalTrack], rules: list[dict[str, Any]] | None, timeout: float,
+        bandwidth_profile: dict[str, Any] | None = None,
+    ) -> None:  # fmt: skip
         self._http = aiohttp.ClientSession()
         self._ws = await self._http.ws_connect(self.url, heartbeat=protocol.HEARTBEAT_INTERVAL, max_msg_size=0)
         message: dict[str, Any] = {
@@ -384,6 +429,8 @@ class Room(AsyncIOEventEmitter):
             message["name"] = name
         if rules is not None:
             message["subscribe"] = {"rules": rules}
+        if bandwidth_profile is not None:
+            message["bandwidth_profile"] = bandwidth_profile
         self._pending_tracks = tracks
         self._reader = asyncio.create_task(self._read(self._ws))
         await self._ws.send_str(protocol.encode(message))
@@ -478,6 +525,8 @@ class Room(AsyncIOEventEmitter):
             self._apply_published(message["published"])
         if "subscribed" in message:
             self._apply_subscribed(message["subscribed"])
+        for entry in message.get("switched", []):
+            self._on_switched(entry)
         if "subscribe" in message:
             self.subscribe_rules = message["subscribe"]["rules"]
             self.emit("subscribe_rules", self.subscribe_rules)
@@ -573,6 +622,16 @@ class Room(AsyncIOEventEmitter):
             if sid not in self._subscribed:
                 self._subscribed[sid] = entry
                 self._maybe_subscribed(sid)
+            elif "switched_off" in entry:  # (synced: what happened while our socket was down)
+                self._on_switched(entry)
+
+    def _on_switched(self, entry: dict[str, Any]) -> None:
+        sid = entry.get("sid")
+        if isinstance(sid, str) and sid in self._subscribed:
+            self._subscribed[sid].update(switched_off=bool(entry.get("switched_off")), switch_off_reason=entry.get("switch_off_reason"))
+            track = self._remote_tracks.get(sid)
+            if isinstance(track, RemoteMediaTrack) and sid in self._announced:
+                track._switched(bool(entry.get("switched_off")), entry.get("switch_off_reason"))
 
     def _find_publication(self, sid: str) -> tuple[RemoteParticipant, RemoteTrackPublication] | None:
         for p in self.participants.values():
@@ -593,6 +652,11 @@ class Room(AsyncIOEventEmitter):
         track.name = pub.track_name
         track.enabled = pub.enabled
         pub.track = track
+        if isinstance(track, RemoteMediaTrack):
+            track._room = self
+            entry = self._subscribed[sid]
+            track.is_switched_off = bool(entry.get("switched_off"))
+            track.switch_off_reason = entry.get("switch_off_reason")
         self._announced.add(sid)
         track.subscribed_at = asyncio.get_running_loop().time()
         p.emit("track_subscribed", track, pub)
@@ -823,16 +887,19 @@ async def connect(
     ice_servers: list[RTCIceServer] | None = None,
     ice_transport_policy: str = "all",
     receive: str = "frames",
+    bandwidth_profile: dict[str, Any] | None = None,
     timeout: float = 20.0,
 ) -> Room:
     """Join a room; raises SignalingError with Twilio's code if the server refuses.
     ``ice_servers`` are used besides the ones the server hands out; ``ice_transport_policy``
-    "relay" gathers relayed candidates only (like a browser's ``iceTransportPolicy``)."""
+    "relay" gathers relayed candidates only (like a browser's ``iceTransportPolicy``).
+    ``bandwidth_profile``: Twilio's bandwidthProfile as the protocol carries it, e.g.
+    ``{"video": {"mode": "presentation", "max_subscription_bitrate": 500_000}}``."""
     if receive not in ("frames", "packets"):
         raise ValueError("receive must be 'frames' or 'packets'")
     room = Room(url, token, list(ice_servers or []), receive == "packets", RTCIceTransportPolicy(ice_transport_policy))
     try:
-        await room._open(name, list(tracks), rules, timeout)
+        await room._open(name, list(tracks), rules, timeout, bandwidth_profile)
     except BaseException:
         await room._close(None)
         raise

@@ -3,14 +3,23 @@
 Every message is an object with ``type``; client messages carry ``version`` (1).
 
 Client -> server
-  connect    {token, name, participant: {tracks: [Track]}, subscribe?: {rules}}
+  connect    {token, name, participant: {tracks: [Track]}, subscribe?: {rules},
+             bandwidth_profile?: BandwidthProfile}
   update     {participant?: {tracks: [Track]}, peer_connection?: {description?: {type:
              "answer", revision, sdp}, ice?: {candidates: [{candidate, sdpMid,
-             sdpMLineIndex}], complete?}}, subscribe?: {rules}}
+             sdpMLineIndex}], complete?}}, subscribe?: {rules}, track_hints?: [TrackHint]}
   sync       {token, session}            resume a session after the websocket dropped
   disconnect {}
   heartbeat  {}
-  Track = {id, kind: audio|video|data, name?, enabled?}
+  Track = {id, kind: audio|video|data, name?, enabled?, priority?: high|standard|low}
+  BandwidthProfile = {video?: {mode?: grid|collaboration|presentation,
+             max_subscription_bitrate?: bps (0 or null: no limit), dominant_speaker_priority?,
+             client_track_switch_off_control?: auto|manual|disabled,
+             content_preferences_mode?: auto|manual}}   (Twilio's bandwidthProfile.video)
+  TrackHint = {sid, render_dimensions?: {width, height} | null, switched_off?: bool,
+             priority?: high|standard|low|null}   for a subscribed video track: the size
+             it is drawn at, switched off by the subscriber (hidden / switchOff()), the
+             subscriber's own priority (null: the publisher's). At most 64 a message.
 
 Server -> client
   connected  {session, room: {sid, name, type}, participant: {sid, identity},
@@ -31,7 +40,12 @@ Server -> client
   Participant = {sid, identity, state, revision, tracks: [{sid, name, kind, enabled}]}
   published  = {revision, tracks: [{id, sid, kind, name, state: pending|ready}
                | {id, sid, kind, name, state: "failed", error: {code, message}}]}
-  subscribed = {revision, tracks: [{sid, kind, publisher, label?} | {sid, error: {code, message}}]}
+  subscribed = {revision, tracks: [{sid, kind, publisher, label?, switched_off?,
+               switch_off_reason?} | {sid, error: {code, message}}]}
+  update {switched: [{sid, switched_off, switch_off_reason?}]}: the server switched a
+             subscribed video track off (no media at all) or on (it resumes at a keyframe);
+             reasons: disabled-by-subscriber, max-bandwidth-reached, network-congestion.
+             Participant tracks carry the publisher's ``priority``.
   IceServer = {urls: str | [str], username?, credential?}  (W3C RTCIceServer)
 
 ICE servers (our stand-in for Twilio's Network Traversal Service, whose ``iced`` answer the
@@ -70,7 +84,8 @@ a field of the wrong type, out of order (``update`` before
 other description from the client, a malformed ICE candidate. 53403: an answer the server
 cannot apply (garbage SDP; the offer stays open for a proper answer). Tracks: 53125 unknown
 kind, 53300 empty / overlong / repeated id or overlong name, 53304 repeated name, 53203 too
-many. 53215: invalid subscribe rules. Fatal (error, then the socket closes): token refusals
+many. 53215: invalid subscribe rules. A malformed bandwidth profile or track hint, or a
+priority other than high/standard/low: 53000 (fatal on ``connect``). Fatal (error, then the socket closes): token refusals
 20101-20107 and 53200 on ``connect`` / ``sync``, a room grant for another room (20106),
 53100-53102 bad room name, 53105 room full, 53215 invalid rules on ``connect``, 53002 no
 session to resume, 53006 a ``connect`` while the server is draining.
@@ -87,6 +102,7 @@ from __future__ import annotations
 import json
 from typing import Any
 
+from sfu.contracts import BandwidthProfile, Priority
 from sfu.errors import (
     MAX_TRACKS_EXCEEDED,
     SIGNALING_ERROR,
@@ -162,7 +178,8 @@ def field(message: dict[str, Any], name: str, kind: type | tuple[type, ...], req
         if required:
             raise ProtocolError(SIGNALING_ERROR, f"Missing field: {name}")
         return None
-    if not isinstance(value, kind) or (kind is int and isinstance(value, bool)):
+    numeric = kind is int or (isinstance(kind, tuple) and int in kind)
+    if not isinstance(value, kind) or (numeric and isinstance(value, bool)):
         raise ProtocolError(SIGNALING_ERROR, f"Field {name} has the wrong type")
     return value
 
@@ -184,6 +201,7 @@ def tracks(value: object) -> list[dict[str, Any]]:
         kind = field(entry, "kind", str)
         name = field(entry, "name", str, required=False)
         enabled = field(entry, "enabled", bool, required=False)
+        priority = choice(entry, "priority", PRIORITIES) or "standard"
         if kind not in TRACK_KINDS:
             raise ProtocolError(TRACK_KIND_NOT_SUPPORTED, f"Track kind {kind[:16]!r} is not supported")
         if not track_id or len(track_id) > MAX_TRACK_ID:
@@ -196,7 +214,70 @@ def tracks(value: object) -> list[dict[str, Any]]:
             raise ProtocolError(TRACK_NAME_DUPLICATED, f"Track name {(name or track_id)[:64]!r} is duplicated")
         ids.add(track_id)
         names.add(name or track_id)
-        out.append({"id": track_id, "kind": kind, "name": name, "enabled": True if enabled is None else enabled})
+        out.append({"id": track_id, "kind": kind, "name": name, "enabled": True if enabled is None else enabled, "priority": priority})
+    return out
+
+
+PRIORITIES = ("high", "standard", "low")
+MODES = ("grid", "collaboration", "presentation")
+SWITCH_OFF_CONTROLS = ("auto", "manual", "disabled")
+CONTENT_PREFERENCES_MODES = ("auto", "manual")
+MAX_TRACK_HINTS = 64
+MAX_DIMENSION = 65535
+MAX_BITRATE = 10**10
+
+
+def choice(message: dict[str, Any], name: str, values: tuple[str, ...]) -> Any:
+    """An optional string field that must be one of ``values`` (None when absent)."""
+    value = field(message, name, str, required=False)
+    if value is not None and value not in values:
+        raise ProtocolError(SIGNALING_ERROR, f"Field {name} must be one of {', '.join(values)}")
+    return value
+
+
+def bandwidth_profile(value: object) -> BandwidthProfile:
+    """Twilio's ``bandwidthProfile`` (its ``video`` part), checked whole."""
+    if not isinstance(value, dict):
+        raise ProtocolError(SIGNALING_ERROR, "bandwidth_profile must be an object")
+    video = field(value, "video", dict, required=False) or {}
+    bitrate = field(video, "max_subscription_bitrate", (int, float), required=False)
+    if bitrate is not None and not 0 <= bitrate <= MAX_BITRATE:
+        raise ProtocolError(SIGNALING_ERROR, "Field max_subscription_bitrate is out of range")
+    return BandwidthProfile(
+        mode=choice(video, "mode", MODES) or "grid",
+        max_subscription_bitrate=int(bitrate) or None if bitrate is not None else None,
+        dominant_speaker_priority=choice(video, "dominant_speaker_priority", PRIORITIES) or "standard",
+        client_track_switch_off_control=choice(video, "client_track_switch_off_control", SWITCH_OFF_CONTROLS) or "auto",
+        content_preferences_mode=choice(video, "content_preferences_mode", CONTENT_PREFERENCES_MODES) or "auto",
+    )
+
+
+def track_hints(value: object) -> list[dict[str, Any]]:
+    """TrackHint entries, checked whole: ``{sid, render_dimensions?, switched_off?, priority?}``
+    with ``priority`` "keep" when absent (None: back to the publisher's)."""
+    if not isinstance(value, list):
+        raise ProtocolError(SIGNALING_ERROR, "track_hints must be a list")
+    if len(value) > MAX_TRACK_HINTS:
+        raise ProtocolError(SIGNALING_ERROR, f"At most {MAX_TRACK_HINTS} track hints a message")
+    out = []
+    for entry in value:
+        if not isinstance(entry, dict):
+            raise ProtocolError(SIGNALING_ERROR, "Each track hint must be an object")
+        sid = field(entry, "sid", str)
+        if not sid or len(sid) > MAX_TRACK_ID:
+            raise ProtocolError(SIGNALING_ERROR, "Track hint sid is invalid")
+        dimensions = None
+        render = field(entry, "render_dimensions", dict, required=False)
+        if render is not None:
+            width, height = field(render, "width", (int, float)), field(render, "height", (int, float))
+            if not (0 <= width <= MAX_DIMENSION and 0 <= height <= MAX_DIMENSION):
+                raise ProtocolError(SIGNALING_ERROR, "render_dimensions are out of range")
+            dimensions = (int(width), int(height))
+        priority: Priority | None | str = "keep"
+        if "priority" in entry:
+            priority = choice(entry, "priority", PRIORITIES)
+        switched_off = field(entry, "switched_off", bool, required=False)
+        out.append({"sid": sid, "render_dimensions": dimensions, "switched_off": switched_off, "priority": priority})
     return out
 
 

@@ -19,7 +19,7 @@ from aiohttp.web_protocol import RequestHandler
 from sfu import errors
 from sfu.credentials import Credentials
 from sfu.contracts import NegotiationError, Offer
-from sfu.participant import Participant, ParticipantError
+from sfu.participant import Participant, ParticipantError, Subscription
 from sfu.records import RecordsUnavailable
 from sfu.registry import RoomRegistry
 from sfu.room import Room
@@ -133,6 +133,7 @@ class Session:
         participant.on("subscriptions_changed", lambda: self.send({"type": "update", "subscribed": participant.subscribed_state()}))
         participant.on("published_changed", lambda: self.send({"type": "update", "published": participant.published_state()}))
         participant.on("removed", self._on_removed)
+        participant.on("track_switched", self._on_track_switched)
 
     # --- outgoing -----------------------------------------------------------------------
 
@@ -212,6 +213,12 @@ class Session:
             "peer_connection": {"description": {"type": "offer", "revision": offer.revision, "sdp": offer.sdp}, "sections": sections},
         }
 
+    def _on_track_switched(self, sub: Subscription) -> None:
+        entry: dict[str, Any] = {"sid": sub.track.sid, "switched_off": sub.switched_off}
+        if sub.switch_off_reason is not None:
+            entry["switch_off_reason"] = sub.switch_off_reason
+        self.send({"type": "update", "switched": [entry]})
+
     def _on_removed(self, code: int | None, message: str | None) -> None:
         status = "completed" if code == errors.ROOM_COMPLETED else "disconnected"
         out: dict[str, Any] = {"type": "disconnected", "status": status}
@@ -229,6 +236,7 @@ class Session:
         for event, handler in self._room_handlers.items():
             self.room.remove_listener(event, handler)
         self.participant.remove_all_listeners("offer")
+        self.participant.remove_listener("track_switched", self._on_track_switched)
         self.service.sessions.pop(self.id, None)
         self._stop_writer()
 
@@ -251,6 +259,9 @@ class Session:
         tracks = None
         if participant_part is not None and "tracks" in participant_part:
             tracks = protocol.tracks(participant_part["tracks"])
+        hints = None
+        if "track_hints" in message:
+            hints = protocol.track_hints(message["track_hints"])
         rules = None
         if subscribe is not None:
             try:
@@ -264,6 +275,10 @@ class Session:
         if rules is not None:
             stored = self.room.set_subscribe_rules(self.participant, rules)
             self.send({"type": "update", "subscribe": {"rules": stored}})
+        for hint in hints or ():  # (a hint for a track no longer subscribed is dropped)
+            self.room.set_subscription_hints(
+                self.participant, hint["sid"], hint["render_dimensions"], hint["switched_off"], hint["priority"]
+            )
 
     def apply_tracks(self, tracks: list[dict[str, Any]]) -> None:
         """Make the published tracks match the client's list (publish, unpublish, mute)."""
@@ -277,11 +292,12 @@ class Session:
             existing = p.track_by_client_id(entry["id"])
             if existing is None:
                 try:
-                    self.room.publish(p, entry["id"], entry["kind"], entry["name"], entry["enabled"])
+                    self.room.publish(p, entry["id"], entry["kind"], entry["name"], entry["enabled"], priority=entry["priority"])
                 except ParticipantError as exc:
                     errors.append(exc)
             else:
                 self.room.set_track_enabled(p, existing, entry["enabled"])
+                self.room.set_track_priority(p, existing, entry["priority"])
         if errors:
             raise ProtocolError(errors[0].code, errors[0].message)
 
@@ -606,6 +622,12 @@ class SignalingService:
                 rules = validate_rules(subscribe["rules"])
             except InvalidRules as exc:
                 raise ProtocolError(exc.code, str(exc), fatal=True) from None
+        profile = None
+        if message.get("bandwidth_profile") is not None:
+            try:
+                profile = protocol.bandwidth_profile(message["bandwidth_profile"])
+            except ProtocolError as exc:
+                raise ProtocolError(exc.code, exc.message, fatal=True) from None
         if not self.registry.records.healthy:
             raise ProtocolError(errors.UNABLE_TO_CONNECT, STORE_FAILING, fatal=True)
         try:
@@ -613,6 +635,8 @@ class SignalingService:
             participant = await room.join(grant.identity, rules)
         except ParticipantError as exc:
             raise ProtocolError(exc.code, exc.message, fatal=True) from None
+        if profile is not None:
+            room.set_bandwidth_profile(participant, profile)
         session = Session(self, participant, grant)
         self.sessions[session.id] = session
         refused: ProtocolError | None = None

@@ -26,6 +26,7 @@ The rule, as Twilio documents the modes:
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import math
 import time
@@ -202,3 +203,165 @@ class StreamAllocator:
     def forget(self, key: Hashable) -> None:
         self.decisions.pop(key, None)
         self._pending.pop(key, None)
+
+
+# --- the plumbing: one subscriber transport's video sinks ------------------------------------
+
+TICK = 0.5  # seconds between decisions (the bandwidth estimate and the bitrates move)
+BITRATE_SMOOTHING = 0.3  # weight of a new bitrate sample
+
+
+class BitrateMeter:
+    """A source's received bitrate (bps), smoothed, from its running octet count."""
+
+    def __init__(self) -> None:
+        self.bitrate: float | None = None
+        self._last: tuple[int, float] | None = None
+
+    def sample(self, octets: int, now: float) -> None:
+        last = self._last
+        self._last = (octets, now)
+        if last is None or now <= last[1] or octets < last[0]:
+            return
+        rate = (octets - last[0]) * 8 / (now - last[1])
+        self.bitrate = rate if self.bitrate is None else self.bitrate + BITRATE_SMOOTHING * (rate - self.bitrate)
+
+
+class SubscriberAllocation:
+    """Runs a ``StreamAllocator`` over one transport's video consumers every ``TICK`` and
+    when its inputs change, and carries the decisions out.
+
+    A consumer switched off leaves its producer's fan-out (``set_target_layer(None)`` where
+    the consumer knows simulcast layers, else ``pause()``), so it costs no forwarding; on
+    again, it resumes at a keyframe. ``on_switched(sink, off, reason)`` and
+    ``on_layer(sink, layer)`` report the changes (the transport's listener)."""
+
+    def __init__(
+        self,
+        on_switched: Callable[[object, bool, str | None], None],
+        on_layer: Callable[[object, int], None],
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.allocator = StreamAllocator(clock=clock)
+        self.clock = clock
+        self._on_switched = on_switched
+        self._on_layer = on_layer
+        self.sinks: dict[object, tuple[tuple[int, int] | None, bool]] = {}  # consumer -> (render, switched off by client)
+        self._meters: dict[object, BitrateMeter] = {}  # producer -> its meter
+        self._task: asyncio.Task[None] | None = None
+        self._poked: asyncio.Handle | None = None
+        self.closed = False
+
+    def set_profile(self, profile: BandwidthProfile) -> None:
+        self.allocator.profile = profile
+        self.poke()
+
+    def add(self, consumer: object) -> None:
+        self.sinks.setdefault(consumer, (None, False))
+        if self._task is None and not self.closed:
+            self._task = asyncio.ensure_future(self._run())
+        self.poke()
+
+    def remove(self, consumer: object) -> None:
+        if self.sinks.pop(consumer, None) is not None:
+            self.allocator.forget(consumer)
+            producer = getattr(consumer, "producer", None)
+            if not any(getattr(c, "producer", None) is producer for c in self.sinks):
+                self._meters.pop(producer, None)
+
+    def set_hints(self, consumer: object, render: tuple[int, int] | None, switched_off: bool) -> None:
+        if consumer in self.sinks:
+            self.sinks[consumer] = (render, switched_off)
+            self.poke()
+
+    def poke(self) -> None:
+        """Decide again soon (coalesced): an input changed."""
+        if self._poked is None and not self.closed:
+            self._poked = asyncio.get_running_loop().call_soon(self._poked_now)
+
+    def _poked_now(self) -> None:
+        self._poked = None
+        self.update()
+
+    async def _run(self) -> None:
+        while not self.closed:
+            await asyncio.sleep(TICK)
+            try:
+                self.update()
+            except Exception:  # a bug here must not stop allocation for good
+                logger.exception("allocation update failed")
+
+    def estimate(self) -> int | None:
+        """The subscriber's bandwidth: its latest REMB (one REMB lists all its SSRCs)."""
+        estimates = [e for e in (getattr(c, "remb")() for c in self.sinks) if e]
+        return max(estimates) if estimates else None
+
+    def layers(self, consumer: object) -> list[Layer]:
+        producer = getattr(consumer, "producer")
+        described = getattr(producer, "layers", None)  # simulcast: the producer's layers, low to high
+        if described:
+            return [
+                Layer(int(getattr(l, "bitrate", 0) or DEFAULT_LAYER_BITRATE), getattr(l, "width", None), getattr(l, "height", None))
+                for l in described
+            ]
+        meter = self._meters.get(producer)
+        bitrate = meter.bitrate if meter is not None else None
+        return [Layer(int(bitrate) if bitrate else DEFAULT_LAYER_BITRATE)]
+
+    def update(self) -> None:
+        if self.closed:
+            return
+        now = self.clock()
+        for consumer in self.sinks:
+            producer = getattr(consumer, "producer")
+            meter = self._meters.get(producer)
+            if meter is None:
+                meter = self._meters[producer] = BitrateMeter()
+            meter.sample(producer.stats.octets, now)
+        demands = [
+            Demand(consumer, getattr(consumer, "priority", "standard"), self.layers(consumer), render, off, getattr(consumer, "order", 0))
+            for consumer, (render, off) in self.sinks.items()
+        ]
+        before = dict(self.allocator.decisions)
+        for consumer, decision in self.allocator.update(demands, self.estimate()).items():
+            self._apply(consumer, decision, before.get(consumer))
+        for consumer, decision in self.allocator.decisions.items():
+            self.enforce(consumer, decision)
+
+    def enforce(self, consumer: object, decision: Decision | None = None) -> None:
+        """Keep a switched-off consumer out of the fan-out (attaching one unpauses it)."""
+        decision = decision or self.allocator.decisions.get(consumer)
+        if decision is None or decision.layer is not None:
+            return
+        if not hasattr(consumer, "set_target_layer") and not getattr(consumer, "paused"):
+            getattr(consumer, "pause")()
+
+    def _apply(self, consumer: object, decision: Decision, old: Decision | None) -> None:
+        target = getattr(consumer, "set_target_layer", None)
+        if target is not None:
+            target(decision.layer)
+        elif decision.layer is None:
+            getattr(consumer, "pause")()
+        else:
+            getattr(consumer, "resume")()
+        was_off = old is not None and old.layer is None
+        if decision.layer is None and not was_off:
+            logger.debug("switching off track %s: %s", getattr(consumer, "track_sid", "?"), decision.reason)
+            self._on_switched(consumer, True, decision.reason)
+        elif decision.layer is not None:
+            if was_off:
+                logger.debug("switching on track %s", getattr(consumer, "track_sid", "?"))
+                self._on_switched(consumer, False, None)
+            if old is None or old.layer != decision.layer:
+                self._on_layer(consumer, decision.layer)
+        elif old is not None and old.reason != decision.reason:
+            self._on_switched(consumer, True, decision.reason)  # still off, for another reason
+
+    def close(self) -> None:
+        self.closed = True
+        if self._task is not None:
+            self._task.cancel()
+        if self._poked is not None:
+            self._poked.cancel()
+            self._poked = None
+        self.sinks.clear()

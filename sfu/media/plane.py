@@ -23,6 +23,7 @@ from aiortc import RTCDataChannel
 
 from .. import errors
 from ..contracts import (
+    BandwidthProfile,
     Kind,
     NegotiationError,
     PlaneFigures,
@@ -32,6 +33,7 @@ from ..contracts import (
     TransportListener,
 )
 from . import overload
+from .allocator import SubscriberAllocation
 from .consumer import Consumer
 from .datatrack import DataConsumer, DataProducer
 from .peer import MediaConfig, Peer
@@ -63,6 +65,12 @@ class PeerTransport:
         self._arriving: RTCDataChannel | None = None  # the channel on_data_channel is about
         self._data: set[DataProducer | DataConsumer] = set()  # (the Peer keeps the audio and video ones)
         self.closed = False
+        # Which layer of each video sink this subscriber gets, or none (issue 12).
+        self.allocation = SubscriberAllocation(
+            lambda sink, off, reason: listener.on_sink_switched(sink, off, reason),  # type: ignore[arg-type]
+            lambda sink, layer: listener.on_sink_layer(sink, layer),  # type: ignore[arg-type]
+        )
+        peer.on("subscription_ready", self.allocation.enforce)  # (attaching a consumer unpauses it)
         peer.on("offer", listener.on_offer)
         peer.on("publication_ready", listener.on_publication_ready)
         peer.on("publication_failed", listener.on_publication_failed)
@@ -139,7 +147,9 @@ class PeerTransport:
     def subscribe(self, source: TrackSource, stream_id: str, priority: Priority = "standard") -> TrackSink:
         if isinstance(source, Producer):
             consumer = self.peer.add_subscription(source, stream_id=stream_id)
-            consumer.priority = priority  # (what overload sheds first)
+            consumer.priority = priority  # (what overload sheds first, and the allocator)
+            if consumer.kind == "video":
+                self.allocation.add(consumer)
             return consumer
         if not isinstance(source, DataProducer):
             raise TypeError(f"not a source of this media plane: {source!r}")
@@ -161,16 +171,26 @@ class PeerTransport:
 
     def unsubscribe(self, sink: TrackSink) -> None:
         if isinstance(sink, Consumer):
+            self.allocation.remove(sink)
             self.peer.remove_subscription(sink)
         else:
             self.release(sink)
 
     def release(self, sink: TrackSink) -> None:
         if isinstance(sink, Consumer):
+            self.allocation.remove(sink)
             sink.detach()
         elif isinstance(sink, DataConsumer):
             self._data.discard(sink)
             self.router.remove_data_consumer(sink)
+
+    # --- allocation (issue 12) ----------------------------------------------------------
+
+    def set_bandwidth_profile(self, profile: BandwidthProfile) -> None:
+        self.allocation.set_profile(profile)
+
+    def set_sink_hints(self, sink: TrackSink, render_dimensions: tuple[int, int] | None, switched_off_by_client: bool) -> None:
+        self.allocation.set_hints(sink, render_dimensions, switched_off_by_client)
 
     # --- negotiation -------------------------------------------------------------------
 
@@ -197,6 +217,7 @@ class PeerTransport:
         if self.closed:
             return
         self.closed = True
+        self.allocation.close()
         channels = list(self._pending_channels.values())
         self._pending_channels.clear()
         for channel in channels:
