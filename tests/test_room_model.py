@@ -15,7 +15,7 @@ from typing import Any
 import pytest
 
 from sfu import errors
-from sfu.contracts import DataTrackOptions, Kind, MediaCounters, NegotiationError, PlaneFigures, Priority, TrackSink, TrackSource, TransportListener
+from sfu.contracts import BandwidthProfile, DataTrackOptions, Kind, MediaCounters, NegotiationError, PlaneFigures, Priority, TrackSink, TrackSource, TransportListener
 from sfu.participant import Participant, ParticipantError, PublishedTrack
 from sfu.registry import RoomRegistry
 from sfu.room import Room, RoomSettings
@@ -64,6 +64,8 @@ class FakeTransport:
         self.released: list[TrackSink] = []
         self.channels: set[str] = set()  # labels of data channels held for tracks not published
         self.negotiations = 0
+        self.profile: BandwidthProfile | None = None
+        self.hints: dict[str, tuple[tuple[int, int] | None, bool]] = {}  # track SID -> the last set_sink_hints
         self.negotiating = False
         self.closed = False
 
@@ -100,6 +102,12 @@ class FakeTransport:
     def release(self, sink: TrackSink) -> None:
         self._drop(sink)
         self.released.append(sink)
+
+    def set_bandwidth_profile(self, profile: BandwidthProfile) -> None:
+        self.profile = profile
+
+    def set_sink_hints(self, sink: TrackSink, render_dimensions: tuple[int, int] | None, switched_off_by_client: bool) -> None:
+        self.hints[sink.track_sid] = (render_dimensions, switched_off_by_client)
 
     def request_negotiation(self) -> None:
         self.negotiations += 1
