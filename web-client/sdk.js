@@ -188,7 +188,7 @@ class LocalTrack extends EventEmitter {
   _applyEnabled() {}
 
   _describe() {
-    return { id: this.id, kind: this.kind, name: this.name, enabled: this.isEnabled };
+    return { id: this.id, kind: this.kind, name: this.name, enabled: this.isEnabled, priority: this._priority || 'standard' };
   }
 }
 
@@ -351,7 +351,192 @@ class RemoteMediaTrack extends RemoteTrack {
 Object.assign(RemoteMediaTrack.prototype, MediaAttachment);
 
 export class RemoteAudioTrack extends RemoteMediaTrack {}
-export class RemoteVideoTrack extends RemoteMediaTrack {}
+
+// --- subscriber side of bandwidth profiles: switch-off, content preferences, priority ----
+// Twilio's names (issue 12). The server decides layers and switch-off per subscriber; this
+// section only tells it what the app (or, in 'auto' mode, the attached elements) says, and
+// reports what it switched.
+
+const PRIORITIES = ['high', 'standard', 'low'];
+const TRACK_TURN_OFF_DELAY_MS = 50; // (Twilio's: an element hidden this long switches the track off)
+
+function checkPriority(priority, nullable) {
+  if ((priority === null && nullable) || PRIORITIES.includes(priority)) return priority;
+  throw new RangeError(`priority must be one of ${PRIORITIES.join(', ')}${nullable ? ' or null' : ''}`);
+}
+
+/** Events: `switchedOff` (this track, switchOffReason), `switchedOn` (this track), and those
+ * of every remote track. `isSwitchedOff`, `switchOffReason` (null while on, or when the
+ * server gives none), `priority` (the subscriber's own; null: the publisher's). */
+export class RemoteVideoTrack extends RemoteMediaTrack {
+  constructor(sid, kind, transceiver) {
+    super(sid, kind, transceiver);
+    this.isSwitchedOff = false;
+    this.switchOffReason = null;
+    this.priority = null;
+    this._profile = null; // the room's VideoBandwidth, once subscribed
+    this._hidden = new Set(); // attached elements not visible ('auto')
+    this._observers = null;
+    this._offTimer = null;
+  }
+
+  switchOn() {
+    this._requireMode('clientTrackSwitchOffControl', 'switchOn');
+    this._hint({ switched_off: false });
+    return this;
+  }
+
+  switchOff() {
+    this._requireMode('clientTrackSwitchOffControl', 'switchOff');
+    this._hint({ switched_off: true });
+    return this;
+  }
+
+  setContentPreferences(contentPreferences = {}) {
+    this._requireMode('contentPreferencesMode', 'setContentPreferences');
+    const dims = contentPreferences.renderDimensions;
+    if (dims) this._hint({ render_dimensions: { width: Math.max(0, dims.width | 0), height: Math.max(0, dims.height | 0) } });
+    return this;
+  }
+
+  setPriority(priority) {
+    this.priority = checkPriority(priority, true);
+    this._hint({ priority: this.priority });
+    return this;
+  }
+
+  attach(element) {
+    const el = super.attach(element);
+    if (this._mode('clientTrackSwitchOffControl') === 'auto') this._hidden.add(el); // until the observer says otherwise
+    this._observe(el);
+    return el;
+  }
+
+  detach(element) {
+    const result = super.detach(element);
+    for (const el of Array.isArray(result) ? result : [result]) {
+      this._hidden.delete(el);
+      if (this._observers) {
+        this._observers.intersection.unobserve(el);
+        this._observers.resize.unobserve(el);
+      }
+    }
+    this._autoHints();
+    return result;
+  }
+
+  _mode(name) {
+    return this._profile ? this._profile[name] : 'disabled';
+  }
+
+  _requireMode(name, method) {
+    if (this._mode(name) !== 'manual') {
+      throw new Error(`Invalid state. You can call ${method} only when bandwidthProfile.video.${name} is set to "manual"`);
+    }
+  }
+
+  _hint(hint) {
+    if (this._profile) this._profile.send(this.sid, hint);
+  }
+
+  _bind(profile) {
+    if (this._profile) this._profile.forget(this.sid);
+    this._profile = profile;
+    clearTimeout(this._offTimer);
+    for (const el of this._attachments) {
+      if (this._mode('clientTrackSwitchOffControl') === 'auto') this._hidden.add(el);
+      this._observe(el);
+    }
+    this._autoHints();
+  }
+
+  _observe(el) {
+    const auto = this._mode('clientTrackSwitchOffControl') === 'auto' || this._mode('contentPreferencesMode') === 'auto';
+    if (!auto || typeof IntersectionObserver === 'undefined') return;
+    if (!this._observers) {
+      this._observers = {
+        intersection: new IntersectionObserver((entries) => {
+          for (const entry of entries) {
+            if (entry.isIntersecting) this._hidden.delete(entry.target);
+            else this._hidden.add(entry.target);
+          }
+          this._autoHints();
+        }, { threshold: 0.25 }),
+        resize: new ResizeObserver(() => this._autoHints()),
+      };
+    }
+    this._observers.intersection.observe(el);
+    this._observers.resize.observe(el);
+  }
+
+  /** 'auto' modes: switched on while some attached element is visible, at the size of the
+   * largest visible one. */
+  _autoHints() {
+    if (!this._profile) return;
+    const visible = [...this._attachments].filter((el) => !this._hidden.has(el));
+    if (this._mode('contentPreferencesMode') === 'auto' && visible.length) {
+      const largest = visible.reduce((a, b) => (b.clientWidth * b.clientHeight > a.clientWidth * a.clientHeight ? b : a));
+      this._hint({ render_dimensions: { width: largest.clientWidth, height: largest.clientHeight } });
+    }
+    if (this._mode('clientTrackSwitchOffControl') !== 'auto') return;
+    const on = visible.length > 0 && document.visibilityState === 'visible';
+    clearTimeout(this._offTimer);
+    this._offTimer = null;
+    if (on) this._hint({ switched_off: false });
+    else this._offTimer = setTimeout(() => this._hint({ switched_off: true }), TRACK_TURN_OFF_DELAY_MS);
+  }
+
+  _switched(off, reason) {
+    const changed = off !== this.isSwitchedOff;
+    this.isSwitchedOff = off;
+    this.switchOffReason = off ? reason || null : null;
+    if (changed && off) this.emit('switchedOff', this, this.switchOffReason);
+    else if (changed) this.emit('switchedOn', this);
+  }
+}
+
+/** One room's `bandwidthProfile.video` (Twilio's defaults: without a bandwidth profile the
+ * app switches nothing off; with one, 'auto' unless it says 'manual'), and the hints its
+ * remote video tracks send, deduplicated per track. */
+class VideoBandwidth {
+  constructor(room, bandwidthProfile) {
+    const video = (bandwidthProfile && bandwidthProfile.video) || {};
+    const given = Boolean(bandwidthProfile);
+    this._room = room;
+    this.clientTrackSwitchOffControl = !given ? 'disabled' : video.clientTrackSwitchOffControl === 'manual' ? 'manual' : 'auto';
+    this.contentPreferencesMode = !given ? 'disabled' : video.contentPreferencesMode === 'manual' ? 'manual' : 'auto';
+    this._sent = new Map(); // track SID -> JSON of the last hint of each field
+    this.payload = null;
+    if (given) {
+      this.payload = { video: { client_track_switch_off_control: this.clientTrackSwitchOffControl, content_preferences_mode: this.contentPreferencesMode } };
+      if (video.mode !== undefined) this.payload.video.mode = video.mode;
+      if (video.maxSubscriptionBitrate !== undefined) this.payload.video.max_subscription_bitrate = video.maxSubscriptionBitrate;
+      if (video.dominantSpeakerPriority !== undefined) this.payload.video.dominant_speaker_priority = video.dominantSpeakerPriority;
+      if (this.payload.video.client_track_switch_off_control === 'disabled') delete this.payload.video.client_track_switch_off_control;
+    }
+  }
+
+  send(sid, hint) {
+    const sent = this._sent.get(sid) || {};
+    const fresh = {};
+    for (const [key, value] of Object.entries(hint)) {
+      if (JSON.stringify(sent[key]) !== JSON.stringify(value)) fresh[key] = sent[key] = value;
+    }
+    this._sent.set(sid, sent);
+    if (Object.keys(fresh).length) this._room._send({ type: 'update', track_hints: [{ sid, ...fresh }] });
+  }
+
+  forget(sid) {
+    this._sent.delete(sid);
+  }
+
+  /** A `switched` entry (or a `subscribed` one carrying `switched_off`). */
+  switched(entry, track) {
+    if (track instanceof RemoteVideoTrack && typeof entry.switched_off === 'boolean') {
+      track._switched(entry.switched_off, entry.switch_off_reason);
+    }
+  }
+}
 
 /** Events: `message` (data, this track). */
 export class RemoteDataTrack extends RemoteTrack {
@@ -386,6 +571,17 @@ export class LocalTrackPublication {
     return this.track.isEnabled;
   }
 
+  /** Twilio's publish priority: what subscribers receive the track with by default. */
+  get priority() {
+    return this.track._priority || 'standard';
+  }
+
+  setPriority(priority) {
+    this.track._priority = checkPriority(priority, false);
+    this._participant._sendTracks();
+    return this;
+  }
+
   unpublish() {
     this._participant.unpublishTrack(this.track);
     return this;
@@ -393,14 +589,15 @@ export class LocalTrackPublication {
 }
 
 /** Events: `subscribed` (track), `unsubscribed` (track), `subscriptionFailed` (error),
- * `trackEnabled`, `trackDisabled`. */
+ * `trackEnabled`, `trackDisabled`, `publishPriorityChanged` (priority). */
 export class RemoteTrackPublication extends EventEmitter {
-  constructor(sid, name, kind, enabled) {
+  constructor(sid, name, kind, enabled, priority) {
     super();
     this.trackSid = sid;
     this.trackName = name;
     this.kind = kind;
     this.isTrackEnabled = enabled;
+    this.publishPriority = priority || 'standard';
     this.track = null;
   }
 
@@ -484,6 +681,13 @@ export class LocalParticipant extends Participant {
     }
     const waiting = this._waiting.get(track.id);
     if (waiting) return waiting.promise;
+    if (options && options.priority !== undefined) {
+      try {
+        track._priority = checkPriority(options.priority, false);
+      } catch (error) {
+        return Promise.reject(error);
+      }
+    }
     const entry = {};
     entry.promise = new Promise((resolve, reject) => {
       entry.resolve = resolve;
@@ -635,6 +839,7 @@ export class Room extends EventEmitter {
     // Twilio: `iceServers` given to connect() replace the server's (its Network Traversal
     // Service); otherwise `connected` brings them (_useServerIceServers), before any offer.
     this._iceServersGiven = Array.isArray(options.iceServers);
+    this._videoBandwidth = new VideoBandwidth(this, options.bandwidthProfile);
     this._pc = new RTCPeerConnection({
       bundlePolicy: options.bundlePolicy || 'max-bundle',
       iceServers: this._iceServersGiven ? options.iceServers : [],
@@ -670,6 +875,7 @@ export class Room extends EventEmitter {
       };
       if (name) message.name = name;
       if (options.subscribeRules) message.subscribe = { rules: options.subscribeRules };
+      if (this._videoBandwidth.payload) message.bandwidth_profile = this._videoBandwidth.payload;
       this._send(message);
       await connected;
     } finally {
@@ -806,6 +1012,9 @@ export class Room extends EventEmitter {
     if (message.published) this._applyPublished(message.published);
     if (message.subscribed) this._applySubscribed(message.subscribed);
     if (message.subscribe) this.subscribeRules = message.subscribe.rules;
+    for (const entry of message.switched || []) {
+      if (this._announced.has(entry.sid)) this._videoBandwidth.switched(entry, this._remoteTracks.get(entry.sid));
+    }
     const pc = message.peer_connection;
     if (pc && pc.description && pc.description.type === 'offer') {
       await this._answer(pc.description, pc.sections || []);
@@ -850,13 +1059,17 @@ export class Room extends EventEmitter {
       seen.add(t.sid);
       let pub = p.tracks.get(t.sid);
       if (!pub) {
-        pub = new RemoteTrackPublication(t.sid, t.name, t.kind, t.enabled);
+        pub = new RemoteTrackPublication(t.sid, t.name, t.kind, t.enabled, t.priority);
         p._addPublication(pub);
         p.emit('trackPublished', pub);
         this.emit('trackPublished', pub, p);
         this._maybeSubscribed(t.sid);
         this._maybeSubscriptionFailed(t.sid);
-      } else if (pub.isTrackEnabled !== t.enabled) {
+      } else if (t.priority && pub.publishPriority !== t.priority) {
+        pub.publishPriority = t.priority;
+        pub.emit('publishPriorityChanged', t.priority);
+      }
+      if (pub.isTrackEnabled !== t.enabled) {
         pub.isTrackEnabled = t.enabled;
         if (pub.track) pub.track._setEnabled(t.enabled, true);
         const event = t.enabled ? 'trackEnabled' : 'trackDisabled';
@@ -909,6 +1122,8 @@ export class Room extends EventEmitter {
       if (!this._subscribed.has(sid)) {
         this._subscribed.set(sid, entry);
         this._maybeSubscribed(sid);
+      } else if (this._announced.has(sid)) {
+        this._videoBandwidth.switched(entry, this._remoteTracks.get(sid)); // (synced: switched while away)
       }
     }
   }
@@ -933,6 +1148,10 @@ export class Room extends EventEmitter {
     track.isSubscribed = true;
     pub.track = track;
     this._announced.add(sid);
+    if (track instanceof RemoteVideoTrack) {
+      this._videoBandwidth.switched(this._subscribed.get(sid), track);
+      track._bind(this._videoBandwidth);
+    }
     if (track instanceof RemoteDataTrack) {
       track._relay = (data) => {
         p.emit('trackMessage', data, track);
@@ -969,6 +1188,7 @@ export class Room extends EventEmitter {
       pub.track = null;
       track.isSubscribed = false;
       if (track instanceof RemoteDataTrack) track._relay = null;
+      if (track instanceof RemoteVideoTrack) track._bind(null); // (sends no more hints)
       pub.emit('unsubscribed', track);
       p.emit('trackUnsubscribed', track, pub);
       this.emit('trackUnsubscribed', track, pub, p);
