@@ -135,3 +135,105 @@ def test_a_sink_that_goes_is_forgotten() -> None:
     allocator.update([demand("a"), demand("b")], None)
     allocator.update([demand("b")], None)
     assert set(allocator.decisions) == {"b"}
+
+
+# --- the plumbing, with fake consumers: REMB in, pause/resume or set_target_layer out ------
+
+
+class FakeProducer:
+    def __init__(self, layers=None) -> None:
+        self.stats = type("Stats", (), {"octets": 0})()
+        if layers is not None:
+            self.layers = layers
+
+
+class FakeConsumer:
+    def __init__(self, name: str, priority: str, order: int, layers=None, simulcast: bool = False) -> None:
+        self.track_sid = name
+        self.producer = FakeProducer(layers)
+        self.priority = priority
+        self.order = order
+        self.estimate: int | None = None
+        self.paused = False
+        self.targets: list[int | None] = []
+        if simulcast:
+            self.set_target_layer = self.targets.append
+
+    def remb(self) -> int | None:
+        return self.estimate
+
+    def pause(self) -> None:
+        self.paused = True
+
+    def resume(self) -> None:
+        self.paused = False
+
+
+def plumbing(clock: Clock):
+    from sfu.media.allocator import SubscriberAllocation
+
+    events: list[tuple] = []
+    allocation = SubscriberAllocation(
+        lambda sink, off, reason: events.append((sink.track_sid, "off" if off else "on", reason)),
+        lambda sink, layer: events.append((sink.track_sid, "layer", layer)),
+        clock=clock,
+    )
+    return allocation, events
+
+
+async def test_a_low_remb_pauses_the_lowest_priority_consumer_and_recovery_resumes_it() -> None:
+    clock = Clock()
+    allocation, events = plumbing(clock)
+    consumers = [FakeConsumer("low", "low", 0), FakeConsumer("high", "high", 1), FakeConsumer("std", "standard", 2)]
+    try:
+        for c in consumers:
+            allocation.add(c)
+        for step in range(3):  # each producer measured at 400 kbps
+            clock.now += 1.0
+            for c in consumers:
+                c.producer.stats.octets += 50_000
+            allocation.update()
+        assert not any(c.paused for c in consumers)
+        for c in consumers:
+            c.estimate = 900_000  # two of the three fit
+        allocation.update()
+        assert [c.paused for c in consumers] == [True, False, False]
+        assert ("low", "off", NETWORK_CONGESTION) in events
+        for c in consumers:
+            c.estimate = 2_000_000
+        allocation.update()
+        assert consumers[0].paused  # not yet: a recovery must hold
+        clock.now += UPGRADE_HOLD + 0.1
+        allocation.update()
+        assert not consumers[0].paused and events[-2:] == [("low", "on", None), ("low", "layer", 0)]
+    finally:
+        allocation.close()
+
+
+async def test_a_falling_estimate_drops_a_simulcast_layer_and_recovery_raises_it() -> None:
+    clock = Clock()
+    allocation, events = plumbing(clock)
+    consumer = FakeConsumer("cam", "standard", 0, layers=[Layer(150_000, 320, 180), Layer(500_000, 640, 360), Layer(1_500_000, 1280, 720)], simulcast=True)
+    try:
+        allocation.add(consumer)
+        allocation.update()
+        assert consumer.targets[-1] == 2 and not consumer.paused
+        consumer.estimate = 600_000
+        allocation.update()
+        assert consumer.targets[-1] == 1 and events[-1] == ("cam", "layer", 1)
+        consumer.estimate = 100_000
+        allocation.update()
+        assert consumer.targets[-1] is None and events[-1] == ("cam", "off", NETWORK_CONGESTION)
+        consumer.estimate = 5_000_000
+        allocation.update()
+        clock.now += UPGRADE_HOLD + 0.1
+        allocation.update()
+        assert consumer.targets[-1] == 2 and events[-2:] == [("cam", "on", None), ("cam", "layer", 2)]
+        allocation.set_hints(consumer, (320, 180), False)  # a small tile needs only the low layer
+        allocation.update()
+        assert consumer.targets[-1] == 0
+        allocation.set_hints(consumer, (320, 180), True)
+        allocation.update()
+        assert consumer.targets[-1] is None and events[-1] == ("cam", "off", DISABLED_BY_SUBSCRIBER)
+    finally:
+        allocation.close()
