@@ -263,6 +263,9 @@ class SfuCollector(Collector):
                                       value=total["video_consumers_shed"])
             yield CounterMetricFamily("sfu_video_consumers_resumed", "Shed video subscriptions the overload guard let back",
                                       value=total["video_consumers_resumed"])
+        if any("video_sinks_switched_off" in f.extra for f in figures):
+            yield _gauge("sfu_video_tracks_switched_off", "Video subscriptions switched off now (by the subscriber or for its bandwidth)",
+                         total["video_sinks_switched_off"])
         yield from _per_worker(figures)
 
 

@@ -17,6 +17,7 @@ from signaling.client import LocalVideoTrack, SignalingError, connect
 from .conftest import wait_for
 from .helpers.clients import subscribed_media
 from .media import CounterVideoTrack
+from .test_metrics import scrape, value
 
 
 def live_participant(server, identity: str):
@@ -65,6 +66,7 @@ async def test_switch_off_stops_the_packets_and_switch_on_resumes_at_a_keyframe(
         await wait_for(lambda: events == [("off", "disabled-by-subscriber")], message="switchedOff reaches bob")
         assert track.is_switched_off and track.switch_off_reason == "disabled-by-subscriber"
         assert consumer not in router.forwarding(producer), "a switched-off track must leave the fan-out"
+        assert value(await scrape(server), "sfu_video_tracks_switched_off") == 1
         # Nothing more arrives while alice goes on sending (after what was in flight).
         start = producer.stats.packets
         await wait_for(lambda: producer.stats.packets > start + 10, message="alice goes on sending")
@@ -81,6 +83,7 @@ async def test_switch_off_stops_the_packets_and_switch_on_resumes_at_a_keyframe(
         track.switch_on()
         await wait_for(lambda: events[-1:] == [("on", None)] and len(after) > 5, message="switchedOn and packets again")
         assert not track.is_switched_off and track.switch_off_reason is None
+        assert value(await scrape(server), "sfu_video_tracks_switched_off") == 0
         assert vp8.is_keyframe_start(after[0].payload), "a switched-on track must resume at a keyframe"
         if last is not None:  # no sequence gap for what bob never got
             assert (after[0].sequence_number - last.sequence_number) & 0xFFFF == 1

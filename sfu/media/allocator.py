@@ -252,6 +252,11 @@ class SubscriberAllocation:
         self._poked: asyncio.Handle | None = None
         self.closed = False
 
+    @property
+    def switched_off(self) -> int:
+        """How many of its sinks are switched off now."""
+        return sum(1 for d in self.allocator.decisions.values() if d.layer is None)
+
     def set_profile(self, profile: BandwidthProfile) -> None:
         self.allocator.profile = profile
         self.poke()

@@ -314,6 +314,8 @@ class LocalMediaPlane:
                 overload_level=int(guard.level), overload_lag_seconds=guard.lag, video_consumers_shed_now=guard.shed_now,
                 video_consumers_shed=guard.shed_total, video_consumers_resumed=guard.resumed_total,
             )  # fmt: skip
+        # Issue 12: video subscriptions switched off now (they cost no forwarding).
+        extra["video_sinks_switched_off"] = sum(t.allocation.switched_off for t in self.transports)
         figures.extra = extra
         return [figures]
 
