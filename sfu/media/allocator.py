@@ -9,13 +9,16 @@ producer's simulcast layers, low to high; one layer when it sends one stream).
 
 ``allocate`` is the pure rule; ``StreamAllocator`` adds what must not flap: a decision that
 gives more (switch on, or a higher layer) is applied only once it has held for
-``UPGRADE_HOLD`` seconds, while one that gives less is applied at once.
+``UPGRADE_HOLD`` seconds, a switch-off for the estimate once it has held ``CONGESTION_HOLD``,
+and any other that gives less at once.
 
 The rule, as Twilio documents the modes:
 - tracks the subscriber switched off (hidden or detached elements, ``switchOff()``) are off;
 - every other track, highest priority first (older subscriptions first among equals), gets
   its lowest layer while the budget lasts; a track that does not fit is switched off, so
-  lower priorities give way first;
+  lower priorities give way first. The bandwidth estimate alone never switches off the first
+  track (it keeps its lowest layer: an estimate below one track is more often a dip than a
+  link that cannot carry it); ``maxSubscriptionBitrate`` does;
 - then what is left of the budget raises tracks towards the layer their render dimensions
   need (the top one when unknown): ``presentation`` and ``collaboration`` give the highest
   priority track all it needs before the next one gets more; ``grid`` raises every track one
@@ -39,6 +42,7 @@ logger = logging.getLogger(__name__)
 
 PRIORITY_RANK: dict[str, int] = {"low": 0, "standard": 1, "high": 2}
 UPGRADE_HOLD = 2.0  # seconds a decision giving more must hold before it applies
+CONGESTION_HOLD = 1.0  # seconds a switch-off for the bandwidth estimate must hold (estimates dip)
 DEFAULT_LAYER_BITRATE = 150_000  # bps of a layer not measured yet
 
 # Why a track is off (the reasons Twilio's newer SDKs give as RemoteVideoTrack.switchOffReason).
@@ -111,6 +115,8 @@ def allocate(
     blocked = False  # presentation: a track above did not get all it needs
     for demand in live:
         cost = demand.layers[0].bitrate
+        if not layer and not blocked and squeezed == NETWORK_CONGESTION:
+            cost = min(cost, budget)  # (the first track keeps its lowest layer, see above)
         if cost <= budget and not blocked:
             layer[demand.key] = 0
             budget -= cost
@@ -187,13 +193,17 @@ class StreamAllocator:
                 self._pending.pop(key, None)
                 continue
             # The subscriber's own switch-on is no upgrade to wait for: it asked.
-            hold = gives_more(decision, old) and not (old is not None and old.reason == DISABLED_BY_SUBSCRIBER)
+            hold = 0.0
+            if gives_more(decision, old) and not (old is not None and old.reason == DISABLED_BY_SUBSCRIBER):
+                hold = UPGRADE_HOLD
+            elif decision.reason == NETWORK_CONGESTION and old is not None and old.layer is not None:
+                hold = CONGESTION_HOLD
             if hold:
                 waiting = self._pending.get(key)
                 if waiting is None or waiting[0] != decision:
                     self._pending[key] = (decision, now)
                     continue
-                if now - waiting[1] < UPGRADE_HOLD:
+                if now - waiting[1] < hold:
                     continue
             self._pending.pop(key, None)
             self.decisions[key] = decision
