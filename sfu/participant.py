@@ -176,10 +176,7 @@ class Participant(AsyncIOEventEmitter):
             self.room.attach_data(self, track)
 
     def on_sink_switched(self, sink: TrackSink, switched_off: bool, reason: str | None) -> None:
-        sub = self.subscriptions.get(sink.track_sid)
-        if sub is not None and sub.sink is sink:
-            sub.switched_off, sub.switch_off_reason = switched_off, reason if switched_off else None
-            self.emit("track_switched", sub)
+        self.room.sink_switched(self, sink, switched_off, reason)
 
     def on_sink_layer(self, sink: TrackSink, layer: int) -> None:
         pass  # (the layer is the media plane's business; the client sees it in the video)

@@ -525,6 +525,13 @@ class Room(AsyncIOEventEmitter):
         self._pass_hints(subscriber, sub)
         return True
 
+    def sink_switched(self, subscriber: Participant, sink: TrackSink, switched_off: bool, reason: str | None) -> None:
+        """The media plane switched one of the subscriber's video sinks off or on."""
+        sub = subscriber.subscriptions.get(sink.track_sid)
+        if sub is not None and sub.sink is sink:  # not a later subscription to the same track
+            sub.switched_off, sub.switch_off_reason = switched_off, reason if switched_off else None
+            subscriber.emit("track_switched", sub)
+
     def _pass_hints(self, subscriber: Participant, sub: Subscription) -> None:
         # "disabled": the subscriber's side switches nothing off (Twilio's clientTrackSwitchOffControl).
         off = sub.switched_off_by_client and subscriber.bandwidth_profile.client_track_switch_off_control != "disabled"
