@@ -114,7 +114,7 @@ def allocate(
     presentation = profile.mode == "presentation"
     blocked = False  # presentation: a track above did not get all it needs
     for demand in live:
-        cost = demand.layers[0].bitrate
+        cost: float = demand.layers[0].bitrate
         if not layer and not blocked and squeezed == NETWORK_CONGESTION:
             cost = min(cost, budget)  # (the first track keeps its lowest layer, see above)
         if cost <= budget and not blocked:
