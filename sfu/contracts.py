@@ -66,8 +66,8 @@ class DataTrackOptions:
 class BandwidthProfile:
     """Twilio's ``bandwidthProfile.video`` of one subscriber: how its downlink is shared
     among the video tracks it subscribes to (sfu.media.allocator). ``max_subscription_bitrate``
-    in bps (None: no limit). ``dominant_speaker_priority`` is applied by the room model,
-    which raises the dominant speaker's sinks to at least that priority."""
+    in bps (None: no limit). ``dominant_speaker_priority``: the media plane raises the
+    room's dominant speaker's tracks to at least that priority for this subscriber."""
 
     mode: BandwidthProfileMode = "grid"
     max_subscription_bitrate: int | None = None

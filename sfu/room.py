@@ -32,7 +32,6 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger(__name__)
 
-PRIORITY_RANK = {"low": 0, "standard": 1, "high": 2}
 ROOM_TYPES = {"go": 2, "peer-to-peer": 10, "group-small": 4, "group": 50}
 MAX_TRACK_NAME = 128
 MAX_ROOM_DURATION = 24 * 3600  # seconds: Twilio ends every room after 24 hours
@@ -462,23 +461,12 @@ class Room(AsyncIOEventEmitter):
 
     def priority_for(self, subscriber: Participant, track: PublishedTrack) -> Priority:
         """The priority ``subscriber`` receives ``track`` with: its own (RemoteVideoTrack.
-        setPriority), else its subscribe rules', else the publisher's; the dominant
-        speaker's video at least the subscriber's ``dominant_speaker_priority``."""
+        setPriority), else its subscribe rules', else the publisher's. (The media plane
+        raises the dominant speaker's to the subscriber's ``dominant_speaker_priority``.)"""
         sub = subscriber.subscriptions.get(track.sid)
-        found = sub.priority if sub is not None and sub.priority is not None else None
-        if found is None:
-            found = cast(Priority, subscribe_rules.priority(subscriber.rules, track.ref(), default=track.priority))
-        floor = subscriber.bandwidth_profile.dominant_speaker_priority
-        if track.kind == "video" and track.publisher is getattr(self, "dominant_speaker", None):
-            if PRIORITY_RANK[floor] > PRIORITY_RANK[found]:
-                found = floor
-        return found
-
-    def refresh_priorities(self) -> None:
-        """Give every subscription its priority again (say, the dominant speaker changed)."""
-        for subscriber in self.participants.values():
-            for sub in subscriber.subscriptions.values():
-                sub.sink.set_priority(self.priority_for(subscriber, sub.track))
+        if sub is not None and sub.priority is not None:
+            return sub.priority
+        return cast(Priority, subscribe_rules.priority(subscriber.rules, track.ref(), default=track.priority))
 
     def set_bandwidth_profile(self, participant: Participant, profile: BandwidthProfile) -> None:
         participant.bandwidth_profile = profile

@@ -27,27 +27,8 @@ async def test_priority_is_the_subscribers_own_else_its_rules_else_the_publisher
     assert sink.priority == "low"
     room.set_subscription_hints(bob, cam.sid, priority=None)  # back to the rules'
     assert sink.priority == "standard"
-
-
-async def test_the_dominant_speakers_video_gets_at_least_the_subscribers_dominant_speaker_priority(model: Model) -> None:  # noqa: F811
-    room = model.room()
-    alice, bob = await room.join("alice"), await room.join("bob")
-    cam = room.publish(alice, "cam-1", "video", "cam", priority="low")
-    mic = room.publish(alice, "mic-1", "audio", "mic", priority="low")
-    for track in (cam, mic):
-        assert track.source is not None
-        alice.on_publication_ready(track.source)
-    room.set_bandwidth_profile(bob, BandwidthProfile(dominant_speaker_priority="high"))
-    assert transport(bob).profile == BandwidthProfile(dominant_speaker_priority="high")
-    sinks = transport(bob).sinks
-    assert sinks[cam.sid].priority == "low"
-
-    room.dominant_speaker = alice  # type: ignore[attr-defined]  (what the speaker helper's code keeps)
-    room.refresh_priorities()
-    assert sinks[cam.sid].priority == "high" and sinks[mic.sid].priority == "low"  # video only
-    room.dominant_speaker = None  # type: ignore[attr-defined]
-    room.refresh_priorities()
-    assert sinks[cam.sid].priority == "low"
+    room.set_bandwidth_profile(bob, BandwidthProfile(mode="presentation"))
+    assert transport(bob).profile == BandwidthProfile(mode="presentation") and sink.priority == "standard"
 
 
 async def test_hints_go_down_and_switches_come_up_as_subscription_state(model: Model) -> None:  # noqa: F811

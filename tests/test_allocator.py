@@ -252,3 +252,28 @@ async def test_a_falling_estimate_drops_a_simulcast_layer_and_recovery_raises_it
         assert consumer.targets[-1] is None and events[-1] == ("cam", "off", DISABLED_BY_SUBSCRIBER)
     finally:
         allocation.close()
+
+
+async def test_the_dominant_speakers_track_gets_at_least_the_dominant_speaker_priority() -> None:
+    clock = Clock()
+    dominant: set[str] = set()
+    from sfu.media.allocator import SubscriberAllocation
+
+    allocation = SubscriberAllocation(lambda *a: None, lambda *a: None, clock=clock, dominant=lambda: dominant)
+    allocation.set_profile(BandwidthProfile(mode="presentation", dominant_speaker_priority="high"))
+    speaker, other = FakeConsumer("speaker", "low", 1), FakeConsumer("other", "standard", 0)
+    try:
+        for c in (speaker, other):
+            allocation.add(c)
+            c.estimate = 1  # room for one track only (the first keeps its lowest layer)
+        clock.now += 10.0
+        allocation.update()
+        assert (speaker.paused, other.paused) == (True, False)
+        dominant.add("speaker")  # the room says who speaks: its low track now counts as high
+        clock.now += 10.0
+        allocation.update()
+        clock.now += 10.0
+        allocation.update()
+        assert (speaker.paused, other.paused) == (False, True)
+    finally:
+        allocation.close()

@@ -2,10 +2,10 @@
 
 One ``StreamAllocator`` per subscriber transport (LiveKit's StreamAllocator): its inputs are
 the subscriber's bandwidth (REMB from the subscriber), Twilio's bandwidth profile
-(``contracts.BandwidthProfile``: mode, maxSubscriptionBitrate, dominantSpeakerPriority is
-applied by the room model to the priorities it passes down), and per video sink its
-priority, render dimensions, whether the subscriber switched it off, and its layers (a
-producer's simulcast layers, low to high; one layer when it sends one stream).
+(``contracts.BandwidthProfile``: mode, maxSubscriptionBitrate, and dominantSpeakerPriority:
+the dominant speaker's tracks, which the room passes down, get at least that priority), and
+per video sink its priority, render dimensions, whether the subscriber switched it off, and
+its layers (a producer's simulcast layers, low to high; one layer when it sends one stream).
 
 ``allocate`` is the pure rule; ``StreamAllocator`` adds what must not flap: a decision that
 gives more (switch on, or a higher layer) is applied only once it has held for
@@ -33,7 +33,7 @@ import asyncio
 import logging
 import math
 import time
-from collections.abc import Callable, Hashable, Sequence
+from collections.abc import Callable, Collection, Hashable, Sequence
 from dataclasses import dataclass
 
 from ..contracts import BandwidthProfile, Priority
@@ -251,8 +251,11 @@ class SubscriberAllocation:
         on_switched: Callable[[object, bool, str | None], None],
         on_layer: Callable[[object, int], None],
         clock: Callable[[], float] = time.monotonic,
+        dominant: Callable[[], Collection[str]] = frozenset,
     ) -> None:
+        """``dominant``: the track SIDs of the room's dominant speaker, as the room last said."""
         self.allocator = StreamAllocator(clock=clock)
+        self._dominant = dominant
         self.clock = clock
         self._on_switched = on_switched
         self._on_layer = on_layer
@@ -333,10 +336,13 @@ class SubscriberAllocation:
             if meter is None:
                 meter = self._meters[producer] = BitrateMeter()
             meter.sample(producer.stats.octets, now)
-        demands = [
-            Demand(consumer, getattr(consumer, "priority", "standard"), self.layers(consumer), render, off, getattr(consumer, "order", 0))
-            for consumer, (render, off) in self.sinks.items()
-        ]
+        dominant, floor = self._dominant(), self.allocator.profile.dominant_speaker_priority
+        demands = []
+        for consumer, (render, off) in self.sinks.items():
+            priority: Priority = getattr(consumer, "priority", "standard")
+            if getattr(consumer, "track_sid", None) in dominant and PRIORITY_RANK[floor] > PRIORITY_RANK.get(priority, 1):
+                priority = floor  # Twilio: the dominant speaker's video at least dominantSpeakerPriority
+            demands.append(Demand(consumer, priority, self.layers(consumer), render, off, getattr(consumer, "order", 0)))
         before = dict(self.allocator.decisions)
         for consumer, decision in self.allocator.update(demands, self.estimate()).items():
             self._apply(consumer, decision, before.get(consumer))

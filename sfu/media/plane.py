@@ -69,6 +69,8 @@ class PeerTransport:
         self.allocation = SubscriberAllocation(
             lambda sink, off, reason: listener.on_sink_switched(sink, off, reason),  # type: ignore[arg-type]
             lambda sink, layer: listener.on_sink_layer(sink, layer),  # type: ignore[arg-type]
+            # (the dominant speaker's tracks, kept by set_dominant_speaker: issue 12's speaker work)
+            dominant=lambda: getattr(self, "dominant_speaker_tracks", frozenset()),
         )
         peer.on("subscription_ready", self.allocation.enforce)  # (attaching a consumer unpauses it)
         peer.on("offer", listener.on_offer)
