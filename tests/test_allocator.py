@@ -277,3 +277,21 @@ async def test_the_dominant_speakers_track_gets_at_least_the_dominant_speaker_pr
         assert (speaker.paused, other.paused) == (False, True)
     finally:
         allocation.close()
+
+
+async def test_a_top_layer_receiving_nothing_is_not_chosen() -> None:
+    class Stream:
+        def __init__(self, bitrate: int, width: int) -> None:
+            self.bitrate, self.width, self.height = bitrate, width, width * 9 // 16
+
+    layers = [Stream(150_000, 320), Stream(500_000, 640), Stream(0, 1280)]  # the publisher stopped its top layer
+    allocation, _ = plumbing(Clock())
+    consumer = FakeConsumer("cam", "standard", 0, layers=layers, simulcast=True)
+    try:
+        allocation.add(consumer)
+        allocation.update()
+        assert consumer.targets[-1] == 1
+        layers[2].bitrate = 1_500_000
+        assert [layer.bitrate for layer in allocation.layers(consumer)] == [150_000, 500_000, 1_500_000]
+    finally:
+        allocation.close()

@@ -35,6 +35,7 @@ import math
 import time
 from collections.abc import Callable, Collection, Hashable, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 from ..contracts import BandwidthProfile, Priority
 
@@ -237,6 +238,12 @@ class BitrateMeter:
         self.bitrate = rate if self.bitrate is None else self.bitrate + BITRATE_SMOOTHING * (rate - self.bitrate)
 
 
+def _track(consumer: object) -> Any:
+    """The published track a consumer forwards (``source`` where the consumer knows
+    simulcast layers: its ``producer`` is then the layer it forwards now)."""
+    return getattr(consumer, "source", None) or getattr(consumer, "producer")
+
+
 class SubscriberAllocation:
     """Runs a ``StreamAllocator`` over one transport's video consumers every ``TICK`` and
     when its inputs change, and carries the decisions out.
@@ -283,9 +290,9 @@ class SubscriberAllocation:
     def remove(self, consumer: object) -> None:
         if self.sinks.pop(consumer, None) is not None:
             self.allocator.forget(consumer)
-            producer = getattr(consumer, "producer", None)
-            if not any(getattr(c, "producer", None) is producer for c in self.sinks):
-                self._meters.pop(producer, None)
+            track = _track(consumer)
+            if not any(_track(c) is track for c in self.sinks):
+                self._meters.pop(track, None)
 
     def set_hints(self, consumer: object, render: tuple[int, int] | None, switched_off: bool) -> None:
         if consumer in self.sinks:
@@ -315,14 +322,20 @@ class SubscriberAllocation:
         return max(estimates) if estimates else None
 
     def layers(self, consumer: object) -> list[Layer]:
-        producer = getattr(consumer, "producer")
-        described = getattr(producer, "layers", None)  # simulcast: the producer's layers, low to high
+        """The track's layers, low to high: the producer's own (simulcast: each measured)
+        without the top ones that receive nothing now (a publisher short of bandwidth stops
+        its high layers), or one layer measured here."""
+        track = _track(consumer)
+        described = getattr(track, "layers", None)
         if described:
+            rates = [int(getattr(layer, "bitrate", 0) or 0) for layer in described]
+            while len(rates) > 1 and rates[-1] == 0 and any(rates):
+                rates.pop()
             return [
-                Layer(int(getattr(l, "bitrate", 0) or DEFAULT_LAYER_BITRATE), getattr(l, "width", None), getattr(l, "height", None))
-                for l in described
+                Layer(rate or DEFAULT_LAYER_BITRATE, getattr(layer, "width", None), getattr(layer, "height", None))
+                for rate, layer in zip(rates, described)
             ]
-        meter = self._meters.get(producer)
+        meter = self._meters.get(track)
         bitrate = meter.bitrate if meter is not None else None
         return [Layer(int(bitrate) if bitrate else DEFAULT_LAYER_BITRATE)]
 
@@ -331,11 +344,11 @@ class SubscriberAllocation:
             return
         now = self.clock()
         for consumer in self.sinks:
-            producer = getattr(consumer, "producer")
-            meter = self._meters.get(producer)
+            track = _track(consumer)
+            meter = self._meters.get(track)
             if meter is None:
-                meter = self._meters[producer] = BitrateMeter()
-            meter.sample(producer.stats.octets, now)
+                meter = self._meters[track] = BitrateMeter()
+            meter.sample(getattr(track, "stats").octets, now)
         dominant, floor = self._dominant(), self.allocator.profile.dominant_speaker_priority
         demands = []
         for consumer, (render, off) in self.sinks.items():
