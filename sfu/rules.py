@@ -5,7 +5,7 @@ A rule is ``{"type": "include"|"exclude", ...filters}`` where the filters are ``
 SID) and ``kind`` (audio, video, data); the filters of one rule must all match; a rule
 may also carry ``priority`` (high, standard or low: the subscription's priority when the
 media plane shares the subscriber's bandwidth or sheds video under overload, see
-``priority``; without one the publisher's priority holds). A filter given as null is absent. A track
+``priority``; without one the publisher's priority holds). A track
 is subscribed when some include rule matches it and no exclude rule does. The default,
 ``[{"type": "include", "all": true}]``, subscribes to everything.
 """
@@ -53,8 +53,6 @@ def validate(rules: object) -> list[dict[str, Any]]:
     for rule in rules:
         if not isinstance(rule, Mapping):
             raise InvalidRules("Each rule must be an object")
-        # A filter given as null is absent (Twilio's REST answers list every filter, null when unset).
-        rule = {k: v for k, v in rule.items() if v is not None or k == "type"}
         if rule.get("type") not in ("include", "exclude"):
             raise InvalidRules("Each rule needs a type of include or exclude")
         unknown = set(rule) - {"type", *FILTERS}

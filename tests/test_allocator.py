@@ -49,23 +49,30 @@ def test_a_track_the_subscriber_switched_off_is_off_whatever_the_bandwidth() -> 
 
 def test_under_pressure_the_lowest_priority_is_switched_off_first() -> None:
     demands = [demand("low", "low", SINGLE, order=0), demand("std", "standard", SINGLE, order=1), demand("high", "high", SINGLE, order=2)]
-    got = allocate(demands, 900_000, BandwidthProfile())
+    got = allocate(demands, None, BandwidthProfile(max_subscription_bitrate=900_000))
     assert layers_of(got) == {"high": 0, "std": 0, "low": None}
-    assert got["low"].reason == NETWORK_CONGESTION
-    got = allocate(demands, 500_000, BandwidthProfile())
+    assert got["low"].reason == MAX_BANDWIDTH_REACHED
+    got = allocate(demands, None, BandwidthProfile(max_subscription_bitrate=500_000))
     assert layers_of(got) == {"high": 0, "std": None, "low": None}
 
 
-def test_the_estimate_alone_never_switches_off_the_first_track_but_the_cap_does() -> None:
-    demands = [demand("low", "low", SINGLE), demand("high", "high", SINGLE)]
-    got = allocate(demands, 100_000, BandwidthProfile())
-    assert got["high"] == Decision(0) and got["low"] == Decision(None, NETWORK_CONGESTION)
+def test_the_estimate_lowers_layers_lowest_priority_first_but_switches_nothing_off() -> None:
+    demands = [demand("low", "low"), demand("high", "high")]
+    got = allocate(demands, 100_000, BandwidthProfile(mode="collaboration"))
+    assert got == {"high": Decision(0), "low": Decision(0)}
+    got = allocate(demands, 900_000, BandwidthProfile(mode="collaboration"))
+    assert layers_of(got) == {"high": 1, "low": 0}
     got = allocate(demands, None, BandwidthProfile(max_subscription_bitrate=100_000))
     assert got["high"] == Decision(None, MAX_BANDWIDTH_REACHED) and got["low"] == Decision(None, MAX_BANDWIDTH_REACHED)
 
 
+def test_presentation_switches_lower_tracks_off_for_the_estimate_too() -> None:
+    got = allocate([demand("high", "high"), demand("low", "low")], 1_000_000, BandwidthProfile(mode="presentation"))
+    assert got == {"high": Decision(1), "low": Decision(None, NETWORK_CONGESTION)}
+
+
 def test_equal_priorities_keep_the_older_subscription() -> None:
-    got = allocate([demand("new", order=5, layers=SINGLE), demand("old", order=1, layers=SINGLE)], 500_000, BandwidthProfile())
+    got = allocate([demand("new", order=5, layers=SINGLE), demand("old", order=1, layers=SINGLE)], None, BandwidthProfile(max_subscription_bitrate=500_000))
     assert layers_of(got) == {"old": 0, "new": None}
 
 
@@ -190,7 +197,7 @@ def plumbing(clock: Clock):
     return allocation, events
 
 
-async def test_a_low_remb_pauses_the_lowest_priority_consumer_and_recovery_resumes_it() -> None:
+async def test_a_low_remb_lowers_layers_but_pauses_nothing_and_the_cap_pauses_the_lowest_priority() -> None:
     clock = Clock()
     allocation, events = plumbing(clock)
     consumers = [FakeConsumer("low", "low", 0), FakeConsumer("high", "high", 1), FakeConsumer("std", "standard", 2)]
@@ -207,16 +214,15 @@ async def test_a_low_remb_pauses_the_lowest_priority_consumer_and_recovery_resum
         for c in consumers:
             allocation.add(c)
         run(2.0)
-        assert not any(c.paused for c in consumers)
         for c in consumers:
-            c.estimate = 900_000  # two of the three fit
-        allocation.update()
-        assert not any(c.paused for c in consumers)  # an estimate may dip: not yet
+            c.estimate = 100_000  # far below the three: with one layer each, nothing to lower
         run(CONGESTION_HOLD + 0.5)
+        assert not any(c.paused for c in consumers)
+        allocation.set_profile(BandwidthProfile(max_subscription_bitrate=900_000))  # two of the three fit
+        run(0.5)
         assert [c.paused for c in consumers] == [True, False, False]
-        assert ("low", "off", NETWORK_CONGESTION) in events
-        for c in consumers:
-            c.estimate = 2_000_000
+        assert ("low", "off", MAX_BANDWIDTH_REACHED) in events
+        allocation.set_profile(BandwidthProfile(max_subscription_bitrate=2_000_000))
         run(0.5)
         assert consumers[0].paused  # not yet: a recovery must hold
         run(UPGRADE_HOLD + 0.5)
@@ -238,7 +244,7 @@ async def test_a_falling_estimate_drops_a_simulcast_layer_and_recovery_raises_it
         assert consumer.targets[-1] == 1 and events[-1] == ("cam", "layer", 1)
         consumer.estimate = 100_000
         allocation.update()
-        assert consumer.targets[-1] == 0 and events[-1] == ("cam", "layer", 0)  # the only track keeps its lowest layer
+        assert consumer.targets[-1] == 0 and events[-1] == ("cam", "layer", 0)  # the estimate switches nothing off
         consumer.estimate = 5_000_000
         allocation.update()
         clock.now += UPGRADE_HOLD + 0.1
@@ -260,12 +266,11 @@ async def test_the_dominant_speakers_track_gets_at_least_the_dominant_speaker_pr
     from sfu.media.allocator import SubscriberAllocation
 
     allocation = SubscriberAllocation(lambda *a: None, lambda *a: None, clock=clock, dominant=lambda: dominant)
-    allocation.set_profile(BandwidthProfile(mode="presentation", dominant_speaker_priority="high"))
+    allocation.set_profile(BandwidthProfile(dominant_speaker_priority="high", max_subscription_bitrate=200_000))
     speaker, other = FakeConsumer("speaker", "low", 1), FakeConsumer("other", "standard", 0)
     try:
         for c in (speaker, other):
-            allocation.add(c)
-            c.estimate = 1  # room for one track only (the first keeps its lowest layer)
+            allocation.add(c)  # (not measured: 150 kbps each, room for one)
         clock.now += 10.0
         allocation.update()
         assert (speaker.paused, other.paused) == (True, False)

@@ -15,10 +15,11 @@ and any other that gives less at once.
 The rule, as Twilio documents the modes:
 - tracks the subscriber switched off (hidden or detached elements, ``switchOff()``) are off;
 - every other track, highest priority first (older subscriptions first among equals), gets
-  its lowest layer while the budget lasts; a track that does not fit is switched off, so
-  lower priorities give way first. The bandwidth estimate alone never switches off the first
-  track (it keeps its lowest layer: an estimate below one track is more often a dip than a
-  link that cannot carry it); ``maxSubscriptionBitrate`` does;
+  its lowest layer while ``maxSubscriptionBitrate`` lasts; a track that does not fit is
+  switched off, so lower priorities give way first. The bandwidth estimate alone lowers
+  layers but switches no track off (except in ``presentation``, below): REMB is a delay-based
+  estimate bounded by what the subscriber receives now (about 1.5 times it), so without
+  probing a track switched off for it would never come back;
 - then what is left of the budget raises tracks towards the layer their render dimensions
   need (the top one when unknown): ``presentation`` and ``collaboration`` give the highest
   priority track all it needs before the next one gets more; ``grid`` raises every track one
@@ -100,9 +101,8 @@ def allocate(
     """Decide a layer (or switch-off) for every demand. ``estimate``: the subscriber's
     available bandwidth in bps (None: unknown, no limit from the network)."""
     cap = profile.max_subscription_bitrate or None
-    limits = [x for x in (estimate, cap) if x is not None]
-    budget: float = min(limits) if limits else math.inf
-    squeezed = MAX_BANDWIDTH_REACHED if cap is not None and (estimate is None or cap <= estimate) else NETWORK_CONGESTION
+    cap_left: float = cap if cap is not None else math.inf
+    estimate_left: float = estimate if estimate is not None else math.inf
     out: dict[Hashable, Decision] = {}
     live = []
     for demand in demands:
@@ -114,19 +114,24 @@ def allocate(
     layer: dict[Hashable, int] = {}
     presentation = profile.mode == "presentation"
     blocked = False  # presentation: a track above did not get all it needs
+    reason = MAX_BANDWIDTH_REACHED
     for demand in live:
-        cost: float = demand.layers[0].bitrate
-        if not layer and not blocked and squeezed == NETWORK_CONGESTION:
-            cost = min(cost, budget)  # (the first track keeps its lowest layer, see above)
-        if cost <= budget and not blocked:
+        cost = demand.layers[0].bitrate
+        if cost <= cap_left and not blocked:
             layer[demand.key] = 0
-            budget -= cost
+            cap_left -= cost
+            estimate_left = max(0.0, estimate_left - cost)  # (the estimate alone switches nothing off)
             if presentation:
-                budget = _raise_fully(demand, layer, budget)
-                blocked = layer[demand.key] < wanted_layer(demand.layers, demand.render_dimensions)
+                budget = min(cap_left, estimate_left)
+                spent = budget - _raise_fully(demand, layer, budget)
+                cap_left, estimate_left = cap_left - spent, estimate_left - spent
+                if layer[demand.key] < wanted_layer(demand.layers, demand.render_dimensions):
+                    blocked = True
+                    reason = NETWORK_CONGESTION if estimate_left < cap_left else MAX_BANDWIDTH_REACHED
         else:
-            out[demand.key] = Decision(None, squeezed)
+            out[demand.key] = Decision(None, reason)
             blocked = blocked or presentation
+    budget = min(cap_left, estimate_left)
     on = [d for d in live if d.key in layer]
     if profile.mode == "collaboration":
         for demand in on:
