@@ -189,3 +189,16 @@ async def test_malformed_track_hints_get_a_protocol_error(server, hints) -> None
         assert len(got) == 1
     finally:
         await alice.disconnect()
+
+
+async def test_a_bad_publish_priority_is_refused_and_publishes_nothing(server) -> None:
+    alice = await connect(server.url, server.token("alice"), name="badprio")
+    try:
+        got: list[SignalingError] = []
+        alice.on("error", got.append)
+        track = {"id": "cam-1", "kind": "video", "name": "cam", "priority": "urgent"}
+        await alice.send_raw(json.dumps({"type": "update", "version": 1, "participant": {"tracks": [track]}}))
+        await wait_for(lambda: got, message="an error for the bad priority")
+        assert got[0].code == 53000 and not live_participant(server, "alice").published
+    finally:
+        await alice.disconnect()
