@@ -300,3 +300,32 @@ async def test_a_top_layer_receiving_nothing_is_not_chosen() -> None:
         assert [layer.bitrate for layer in allocation.layers(consumer)] == [150_000, 500_000, 1_500_000]
     finally:
         allocation.close()
+
+
+async def test_an_estimate_at_its_ceiling_lets_the_layers_climb_back_step_by_step() -> None:
+    clock = Clock()
+    allocation, _ = plumbing(clock)
+    layers = [Layer(150_000, 320, 180), Layer(500_000, 640, 360), Layer(1_500_000, 1280, 720)]
+    consumer = FakeConsumer("cam", "standard", 0, layers=layers, simulcast=True)
+    try:
+        allocation.add(consumer)
+        consumer.estimate = 100_000  # congested: the lowest layer
+        allocation.update()
+        assert consumer.targets[-1] == 0
+        # Recovered: REMB climbs only to about 1.5x what is received (225 kbps), never 500.
+        climbed = []
+        for _ in range(6):
+            received = layers[consumer.targets[-1]].bitrate
+            consumer.estimate = int(1.5 * received) + 10_000
+            clock.now += UPGRADE_HOLD + 0.1
+            allocation.update()
+            clock.now += UPGRADE_HOLD + 0.1
+            allocation.update()
+            climbed.append(consumer.targets[-1])
+        assert climbed[0] == 0 or climbed[0] == 1
+        assert climbed[-1] == 2, climbed
+        consumer.estimate = 400_000  # congested again (below what the top layer needs): down at once
+        allocation.update()
+        assert consumer.targets[-1] == 0
+    finally:
+        allocation.close()

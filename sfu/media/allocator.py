@@ -224,6 +224,11 @@ class StreamAllocator:
 # --- the plumbing: one subscriber transport's video sinks ------------------------------------
 
 TICK = 0.5  # seconds between decisions (the bandwidth estimate and the bitrates move)
+# REMB without congestion sits at about 1.5 times what the subscriber receives (the AIMD
+# ceiling): there the estimate says "no congestion", not "no more room", and the allocator
+# lets the subscriber try one more layer step (each after UPGRADE_HOLD): with no probing of
+# its own, real media is the probe, and a step too far is taken back at the next REMB.
+CEILING_RATIO = 1.3
 BITRATE_SMOOTHING = 0.3  # weight of a new bitrate sample
 
 
@@ -326,6 +331,23 @@ class SubscriberAllocation:
         estimates = [e for e in (getattr(c, "remb")() for c in self.sinks) if e]
         return max(estimates) if estimates else None
 
+    def budget(self, demands: Sequence[Demand]) -> int | None:
+        """The bandwidth to allocate: the estimate, or more when it sits at its ceiling."""
+        estimate = self.estimate()
+        if estimate is None:
+            return None
+        received = step = 0
+        for demand in demands:
+            decision = self.allocator.decisions.get(demand.key)
+            if decision is not None and decision.layer is not None:
+                current = min(decision.layer, len(demand.layers) - 1)
+                received += demand.layers[current].bitrate
+                if current < wanted_layer(demand.layers, demand.render_dimensions):
+                    step = max(step, demand.layers[current + 1].bitrate - demand.layers[current].bitrate)
+        if received and step and estimate >= CEILING_RATIO * received:
+            return max(estimate, received + step)
+        return estimate
+
     def layers(self, consumer: object) -> list[Layer]:
         """The track's layers, low to high: the producer's own (simulcast: each measured)
         without the top ones that receive nothing now (a publisher short of bandwidth stops
@@ -362,7 +384,7 @@ class SubscriberAllocation:
                 priority = floor  # Twilio: the dominant speaker's video at least dominantSpeakerPriority
             demands.append(Demand(consumer, priority, self.layers(consumer), render, off, getattr(consumer, "order", 0)))
         before = dict(self.allocator.decisions)
-        for consumer, decision in self.allocator.update(demands, self.estimate()).items():
+        for consumer, decision in self.allocator.update(demands, self.budget(demands)).items():
             self._apply(consumer, decision, before.get(consumer))
         for consumer, decision in self.allocator.decisions.items():
             self.enforce(consumer, decision)
