@@ -116,3 +116,36 @@ async def test_auto_mode_switches_off_a_hidden_or_detached_element_and_sizes_fro
             await page.wait("() => window.track.isSwitchedOff", message="a detached track is switched off")
         finally:
             await page.close()
+
+
+async def test_publish_track_priority_and_set_priority_reach_the_subscribers(server, clients: Clients) -> None:
+    await clients.join("py", "switch", publish="", receive="packets")
+    async with chromium() as browser, harness_site() as origin:
+        page = await Page.harness(browser, origin, server.http, "web")
+        try:
+            await page.js(
+                """async (token) => {
+                    const room = await Video.connect(token, {name: 'switch', audio: false, video: false});
+                    const track = await Video.createLocalVideoTrack({name: 'cam'});
+                    window.publication = await room.localParticipant.publishTrack(track, {priority: 'high'});
+                    window.room = room;
+                }""",
+                server.token("web"),
+            )
+            assert await page.js("() => window.publication.priority") == "high"
+            sub = await wait_for(lambda: next((s for s in py_subscriptions(server, "py")), None), message="py subscribed to web's camera")
+            assert sub.sink.priority == "high"
+            await page.js("() => window.publication.setPriority('low')")
+            await wait_for(lambda: sub.sink.priority == "low", message="setPriority reaches py's subscription")
+            refused = await page.js("() => { try { window.publication.setPriority('urgent'); return null; } catch (e) { return e.name; } }")
+            assert refused == "RangeError"
+        finally:
+            await page.close()
+
+
+def py_subscriptions(server, subscriber: str):
+    for room in server.registry.rooms.values():
+        for p in room.participants.values():
+            if p.identity == subscriber:
+                return [s for s in p.subscriptions.values() if s.track.kind == "video"]
+    return []
