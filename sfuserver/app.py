@@ -64,6 +64,9 @@ class ServerConfig:
     max_unauthenticated: int = 256  # websockets not yet authenticated, in all (the oldest is shed past it)
     auth_timeout: float = 10.0  # seconds a websocket has to send a valid connect / sync
     http_timeout: float = 15.0  # seconds an HTTP connection may take for a request head, or stay idle
+    # Media worker processes (README "Workers"): 1 keeps the media in this process; N > 1 starts N
+    # workers, worker i on UDP port udp_port + i (udp_port 0: each lets the OS choose).
+    workers: int = 1
 
 
 def build_app(
