@@ -10,16 +10,22 @@ import signal
 import socket
 import struct
 from collections.abc import AsyncIterator
+from pathlib import Path
 from typing import Any
 
 import pytest
 
 from sfu.contracts import NegotiationError, Offer
 from sfu.workers.channel import MAX_FRAME, Channel, ChannelClosed, ProtocolError, RequestError, encode
-from sfu.workers.pool import RemoteMediaPlane, WorkerSpec, WorkerStartError
+from sfu.workers.pool import RemoteMediaPlane, Worker, WorkerSpec, WorkerStartError
 from sfu.workers.remote import WORKER_DIED, RemoteSink, RemoteSource, RemoteTransport
+from signaling.client import Room
 
-from .conftest import wait_for
+from .conftest import Server, running_server, wait_for
+from .helpers.browser import Page, chromium
+from .helpers.clients import Clients, EventLog, VideoReader, subscribed_media
+from .rest_support import call, helper_client, until
+from .test_metrics import scrape, value
 
 FAKE = "tests.helpers.fake_plane:build"
 
@@ -233,3 +239,166 @@ async def test_a_worker_that_cannot_start_reports_why() -> None:
         await plane.start()
     assert all(w.process is None or w.process.returncode is not None for w in plane.workers)
 
+
+
+# --- real calls with workers=2 -----------------------------------------------------------------
+
+
+@pytest.fixture
+async def server2(tmp_path: Path, netns: None) -> AsyncIterator[Server]:
+    """A server whose media runs in two worker processes."""
+    async with running_server(tmp_path, workers=2) as (running, _):
+        yield running
+
+
+@pytest.fixture
+async def clients2(server2: Server) -> AsyncIterator[Clients]:
+    joined = Clients(server2)
+    yield joined
+    await joined.close()
+
+
+def plane_of(server: Server) -> RemoteMediaPlane:
+    plane = server.registry.plane
+    assert isinstance(plane, RemoteMediaPlane)
+    return plane
+
+
+def worker_of(server: Server, room_sid: str) -> Worker:
+    return plane_of(server).placement[room_sid]
+
+
+async def pair_in(clients: Clients, room: str) -> tuple[Room, Room, VideoReader]:
+    """A publisher and a subscriber in ``room``, the subscriber decoding the publisher's video."""
+    publisher = await clients.join(f"{room}-pub", room, publish="va")
+    subscriber = await clients.join(f"{room}-sub", room, publish="")
+    reader = await clients.watch(subscriber, f"{room}-pub")
+    await reader.advance(10)
+    return publisher, subscriber, reader
+
+
+async def test_two_rooms_land_on_different_workers_and_both_carry_media(server2: Server, clients2: Clients) -> None:
+    one = await pair_in(clients2, "one")
+    two = await pair_in(clients2, "two")
+    first, second = worker_of(server2, one[0].sid), worker_of(server2, two[0].sid)
+    assert first is not second and {first.index, second.index} == {0, 1}
+    await one[2].advance(10)
+    await two[2].advance(10)
+    figures = {f.worker: f for f in plane_of(server2).figures()}
+    assert set(figures) == {0, 1}
+    for f in figures.values():
+        assert f.alive and f.pid not in (0, os.getpid()) and f.rooms == 1 and f.transports == 2
+    # Each worker forwards its own room's packets on its own UDP port; the front none of them.
+    await wait_for(lambda: all(f.packets_out > 100 for f in plane_of(server2).figures()), message="both workers forwarding")
+    assert len({f.udp_port for f in plane_of(server2).figures()}) == 2
+
+
+def gaps(reader: VideoReader, start: float, end: float) -> float:
+    """The longest time between two decoded frames arriving within [start, end]."""
+    times = [start] + [t for t, _, _ in reader.frames if start <= t <= end] + [end]
+    return max(b - a for a, b in zip(times, times[1:]))
+
+
+async def test_a_killed_worker_disconnects_only_its_rooms_and_the_room_comes_back(server2: Server, clients2: Clients) -> None:
+    doomed_pub, doomed_sub, _ = await pair_in(clients2, "doomed")
+    spared_pub, spared_sub, spared = await pair_in(clients2, "spared")
+    victim = worker_of(server2, doomed_pub.sid)
+    assert victim is not worker_of(server2, spared_pub.sid)
+    old_pid, doomed_sid = victim.pid, doomed_pub.sid
+    logs = [EventLog(room) for room in (doomed_pub, doomed_sub, spared_pub, spared_sub)]
+    loop = asyncio.get_running_loop()
+    await spared.advance(10)
+
+    killed_at = loop.time()
+    os.kill(old_pid, signal.SIGKILL)
+    # Its participants hear 53405; the other room's do not.
+    for log in logs[:2]:
+        (error,) = await log.wait("disconnected")
+        assert error is not None and error.code == WORKER_DIED, error
+    # Their records are closed: participants disconnected, the emptied ad-hoc room completed.
+    rest = helper_client(server2.http, server2.credentials.api_key_sid, server2.credentials.api_key_secret)
+    room = await until(lambda: rest.video.v1.rooms(doomed_sid).fetch(), lambda r: r.status == "completed", "the room to complete")
+    assert room.unique_name == "doomed"
+    statuses = await call(lambda: {p.identity: p.status for p in rest.video.v1.rooms(doomed_sid).participants.list()})
+    assert statuses == {"doomed-pub": "disconnected", "doomed-sub": "disconnected"}
+    # A replacement worker starts, on the same index, and the room name is joinable again.
+    await wait_for(lambda: victim.alive and victim.pid != old_pid, message="a replacement worker")
+    assert victim.restarts == 1
+    again_pub, _, again = await pair_in(clients2, "doomed")
+    assert again_pub.sid != doomed_sid
+    rejoined_after = loop.time() - killed_at
+    assert rejoined_after < 20, f"the room took {rejoined_after:.1f} s to carry media again"
+
+    # The other room never paused: frames kept arriving across the kill, never a second apart.
+    await spared.advance(20)
+    window = [t for t, _, _ in spared.frames if killed_at - 1.0 <= t <= killed_at + 3.0]
+    assert len(window) >= 40, f"{len(window)} frames in the 4 s around the kill (30 fps sent)"
+    assert gaps(spared, killed_at - 1.0, killed_at + 3.0) < 1.0, spared.frames[-150:]
+    assert all(log.find("disconnected") is None for log in logs[2:])
+    assert [p.identity for p in server2.registry.find_in_progress("spared").participants.values()] == ["spared-pub", "spared-sub"]  # type: ignore[union-attr]
+
+
+async def test_rest_lists_fetches_and_ends_rooms_on_every_worker(server2: Server, clients2: Clients) -> None:
+    one = await pair_in(clients2, "one")
+    two = await pair_in(clients2, "two")
+    assert worker_of(server2, one[0].sid) is not worker_of(server2, two[0].sid)
+    rest = helper_client(server2.http, server2.credentials.api_key_sid, server2.credentials.api_key_secret)
+    listed = await call(lambda: {r.unique_name: r.sid for r in rest.video.v1.rooms.list(status="in-progress")})
+    assert listed == {"one": one[0].sid, "two": two[0].sid}
+    for name, sid in listed.items():
+        fetched = await call(rest.video.v1.rooms(sid).fetch)
+        assert fetched.unique_name == name and fetched.status == "in-progress"
+        identities = await call(lambda: sorted(p.identity for p in rest.video.v1.rooms(sid).participants.list(status="connected")))
+        assert identities == [f"{name}-pub", f"{name}-sub"]
+    ended = worker_of(server2, two[0].sid)
+    log = EventLog(two[1])
+    await call(rest.video.v1.rooms(two[0].sid).update, status="completed")
+    (error,) = await log.wait("disconnected")
+    assert error is not None and error.code == 53118
+    await wait_for(lambda: ended.figures.get("transports") == 0, message="the worker to drop the ended room's transports")
+    await one[2].advance(10)
+    still = await call(lambda: [r.unique_name for r in rest.video.v1.rooms.list(status="in-progress")])
+    assert still == ["one"]
+
+
+async def test_metrics_show_each_worker(server2: Server, clients2: Clients) -> None:
+    await pair_in(clients2, "one")
+    await pair_in(clients2, "two")
+    await wait_for(lambda: all(f.packets_out > 0 for f in plane_of(server2).figures()), message="stats from both workers")
+    samples = await scrape(server2)  # type: ignore[arg-type]
+    for index in (0, 1):
+        labels = {"worker": str(index)}
+        assert value(samples, "sfu_media_worker_up", **labels) == 1
+        assert value(samples, "sfu_media_worker_rooms", **labels) == 1
+        assert value(samples, "sfu_media_worker_transports", **labels) == 2
+        assert value(samples, "sfu_media_worker_packets_sent_total", **labels) > 0
+        assert value(samples, "sfu_media_worker_restarts_total", **labels) == 0
+    assert value(samples, "sfu_media_workers") == 2
+    # The workers' UDP ports are summed as one process's would be.
+    assert value(samples, "sfu_udp_datagrams_sent_total") > 0
+
+
+@pytest.mark.browser
+async def test_chromium_calls_through_a_worker(server2: Server, clients2: Clients) -> None:
+    """Two Chromium tabs meet on the second worker (a Python room holds the first) and a Python
+    client in their room receives both cameras."""
+    await pair_in(clients2, "first")
+    py = await clients2.join("py", "browsers", publish="va", receive="packets")
+    assert worker_of(server2, py.sid).index != worker_of(server2, clients2.rooms[0].sid).index
+    async with chromium() as browser:
+        alice = await Page.open(browser, server2.http + "/", "alice")
+        bob = await Page.open(browser, server2.http + "/", "bob")
+        try:
+            await alice.join("browsers", "alice")
+            await bob.join("browsers", "bob")
+            for page, others in ((alice, ("bob", "py")), (bob, ("alice", "py"))):
+                for other in others:
+                    await page.wait_video_playing(other)
+                    await page.wait_audio_flowing(other)
+            for identity in ("alice", "bob"):
+                track = await subscribed_media(py, identity, "camera")
+                start = track.packets_received
+                await wait_for(lambda: track.packets_received > start + 20, message=f"py receiving {identity}'s camera")
+        finally:
+            for page in (alice, bob):
+                await page.close()

@@ -60,7 +60,7 @@ class WorkerSpec:
 
     def for_worker(self, index: int) -> dict[str, Any]:
         port = self.udp_port + index if self.udp_port else 0
-        return {**self.media, "udp_port": port, "udp_host": self.udp_host}
+        return {**self.media, "udp_port": port, "udp_host": self.udp_host, "worker": index}
 
 
 class Worker:

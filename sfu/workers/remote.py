@@ -13,6 +13,7 @@ import itertools
 import logging
 from typing import TYPE_CHECKING, Any
 
+from .. import errors
 from ..contracts import (
     DataTrackOptions,
     Kind,
@@ -32,7 +33,7 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger(__name__)
 
-WORKER_DIED = 53405  # Twilio "Media connection failed": the worker carrying it exited
+WORKER_DIED = errors.MEDIA_CONNECTION_FAILED  # 53405: the worker carrying the transport exited
 _ids = itertools.count(1)
 
 
@@ -105,7 +106,8 @@ class RemoteTransport:
         self.handles: dict[str, RemoteHandle] = {}
         self.closed = False
         self._negotiating = False
-        self._channels: dict[str, None] = {}  # labels the participant opened, not yet published
+        # Channels the participant opened, not yet published: label -> options (None: unknown yet)
+        self._channels: dict[str, DataTrackOptions | None] = {}
         self.call("create_transport", room=room_sid, name=name)
 
     # --- sending ---------------------------------------------------------------------------
@@ -150,8 +152,8 @@ class RemoteTransport:
     def publish_data(self, track_sid: str, label: str) -> TrackSource | None:
         if label not in self._channels:
             return None
-        del self._channels[label]
-        source = RemoteSource(self, track_sid, "data", DataTrackOptions())
+        options = self._channels.pop(label) or DataTrackOptions()  # (corrected by the worker's answer)
+        source = RemoteSource(self, track_sid, "data", options)
         self.handles[source.id] = source
         if self.closed or not self.worker.alive:
             return source
@@ -237,7 +239,8 @@ class RemoteTransport:
             self._negotiating = True
             listener.on_offer(Offer(data["sdp"], data["revision"], sections))
         elif event == "data_channel":
-            self._channels[data["label"]] = None
+            options = data.get("options")
+            self._channels[data["label"]] = DataTrackOptions(**options) if isinstance(options, dict) else None
             listener.on_data_channel(data["label"])
         elif event == "failed":  # (the room model still closes it, which frees it in the worker)
             listener.on_failed(int(data["code"]), str(data["reason"]))

@@ -20,8 +20,8 @@ import os
 import socket
 import sys
 from collections.abc import Callable
-from dataclasses import asdict
-from typing import Any, cast
+from dataclasses import asdict, fields
+from typing import TYPE_CHECKING, Any, cast
 
 from ..contracts import (
     MediaPlane,
@@ -32,6 +32,9 @@ from ..contracts import (
     TrackSource,
 )
 from .channel import Channel, ProtocolError, RequestError
+
+if TYPE_CHECKING:
+    from ..media.peer import MediaConfig
 
 logger = logging.getLogger(__name__)
 
@@ -74,7 +77,12 @@ class _Listener:
         self._send("subscription_lost", h=self.host.id_of(sink))
 
     def on_data_channel(self, label: str) -> None:
-        self._send("data_channel", label=label)
+        # The front must know the channel's options when the room publishes a track on it
+        # (at once, from this event): a transport that can tell them (``channel_options``) does.
+        transport = self.host.transports.get(self.tid)
+        find = getattr(transport, "channel_options", None)
+        options = find(label) if callable(find) else None
+        self._send("data_channel", label=label, options=asdict(options) if options is not None else None)
 
     def on_failed(self, code: int, reason: str) -> None:
         self._send("failed", code=code, reason=reason)
@@ -114,9 +122,10 @@ class WorkerHost:
         self.channel = await Channel.over_socket(sock, f"worker {self.index}", on_request=self.handle)
         try:
             await self.plane.start()
-        except OSError as exc:  # e.g. the UDP port is taken: the front reports it
+        except Exception as exc:  # e.g. the UDP port is taken: the front reports it
             logger.error("cannot start the media plane: %s", exc)
-            self.channel.notify("start_failed", {"reason": f"media worker {self.index}: {exc.strerror or exc}"})
+            reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
+            self.channel.notify("start_failed", {"reason": f"media worker {self.index}: {reason}"})
             await self.channel.drain()
             self.channel.close()
             return
@@ -261,12 +270,27 @@ class WorkerHost:
 # --- the process -------------------------------------------------------------------------------
 
 
-def local_plane(spec: dict[str, Any]) -> MediaPlane:
-    """The in-process media plane of ``sfu.media`` on this worker's UDP port."""
-    from ..media.plane import plane_from_spec  # type: ignore[import-not-found]
+def media_spec(config: MediaConfig) -> dict[str, Any]:
+    """``config`` as JSON for a worker's command line (all but the mux, which each worker opens)."""
+    spec = {f.name: getattr(config, f.name) for f in fields(config) if f.name not in ("udp_mux", "ice_servers")}
+    spec["ice_servers"] = [
+        {"urls": s.urls, "username": s.username, "credential": s.credential} for s in config.ice_servers
+    ]
+    return spec
 
-    plane: MediaPlane = plane_from_spec(spec)
-    return plane
+
+def local_plane(spec: dict[str, Any]) -> MediaPlane:
+    """The in-process media plane of ``sfu.media`` on this worker's UDP port (``media_spec`` plus
+    ``udp_port`` and ``udp_host``)."""
+    from aiortc import RTCIceServer
+
+    from ..media.peer import MediaConfig
+    from ..media.plane import LocalMediaPlane
+
+    spec = dict(spec)
+    port, host, index = spec.pop("udp_port", 0), spec.pop("udp_host", None), spec.pop("worker", None)
+    servers = [RTCIceServer(**server) for server in spec.pop("ice_servers", [])]
+    return LocalMediaPlane(MediaConfig(ice_servers=servers, **spec), udp_port=port, udp_host=host, worker=index)
 
 
 def _factory(path: str) -> PlaneFactory:
