@@ -81,6 +81,7 @@ class Worker:
         self._last: tuple[float, int] | None = None
         self._ready: asyncio.Future[dict[str, Any]] | None = None
         self._reader: asyncio.Task[None] | None = None
+        self._logs: asyncio.Future[None] | None = None
 
     @property
     def load(self) -> float:
@@ -103,11 +104,14 @@ class Worker:
             args.append("--uvloop")
         try:
             self.process = await asyncio.create_subprocess_exec(
-                spec.python, *args, pass_fds=(child.fileno(),), stdin=asyncio.subprocess.DEVNULL
-            )
+                spec.python, *args, pass_fds=(child.fileno(),), stdin=asyncio.subprocess.DEVNULL,
+                stderr=asyncio.subprocess.PIPE,
+            )  # fmt: skip
         finally:
             child.close()
         self.pid = self.process.pid
+        assert self.process.stderr is not None
+        self._logs = asyncio.ensure_future(relay_log(self.process.stderr, self.index, self.pid))
         self.channel = await Channel.over_socket(front, f"worker {self.index}", on_event=self._on_event)
         self._ready = asyncio.get_running_loop().create_future()
         self._reader = asyncio.ensure_future(self._read())
@@ -192,6 +196,8 @@ class Worker:
             logger.warning("media worker %d did not exit within %.0f s: killing it", self.index, STOP_TIMEOUT)
             self.kill()
             await self.process.wait()
+        if self._logs is not None:  # (its last lines)
+            await asyncio.wait([self._logs], timeout=1.0)
 
 
 class RemoteMediaPlane:
@@ -308,6 +314,24 @@ class RemoteMediaPlane:
                 logger.error("replacement of media worker %d failed: %s (again in %.1f s)", worker.index, exc, delay)
             await asyncio.sleep(delay)
             delay = min(delay * 2, MAX_RESTART_DELAY)
+
+
+async def relay_log(stream: asyncio.StreamReader, index: int, pid: int) -> None:
+    """Log a worker's stderr lines (``worker.LineFormatter``) through this process's logging,
+    so they take its format and levels; a line that is not one (a crash before logging was
+    set up) is logged as a warning as it is."""
+    while line := await stream.readline():
+        text = line.decode(errors="replace").rstrip()
+        try:
+            entry = json.loads(text)
+            name, level, message, created = entry["logger"], int(entry["level"]), str(entry["message"]), float(entry["t"])
+        except (ValueError, KeyError, TypeError):
+            name, level, message, created = __name__, logging.WARNING, text, time.time()
+        target = logging.getLogger(name)
+        if target.isEnabledFor(level):
+            record = target.makeRecord(name, level, "", 0, "worker %d [%d]: %s", (index, pid, message), None)
+            record.created, record.msecs = created, (created % 1) * 1000
+            target.handle(record)
 
 
 def _quiet(future: asyncio.Future[Any]) -> None:
