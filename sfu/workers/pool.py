@@ -30,7 +30,7 @@ from typing import Any
 
 from ..contracts import PlaneFigures, TransportListener
 from .channel import Channel, ProtocolError
-from .remote import WORKER_DIED, RemoteSource, RemoteTransport
+from .remote import WORKER_DIED, RemoteHandle, RemoteSource, RemoteTransport
 
 logger = logging.getLogger(__name__)
 
@@ -75,6 +75,7 @@ class Worker:
         self.process: asyncio.subprocess.Process | None = None
         self.channel: Channel
         self.transports: dict[str, RemoteTransport] = {}
+        self.handles: dict[str, RemoteHandle] = {}  # every live source and sink on the worker, by id
         self.rooms: set[str] = set()
         self.figures: dict[str, Any] = {}
         self.rate = 0.0  # forwarded packets per second, from the last two stats
@@ -161,12 +162,13 @@ class Worker:
                 transport.dispatch(event, data)
 
     def _apply_stats(self, data: dict[str, Any]) -> None:
-        rows = data.get("handles", {})
-        for transport in self.transports.values():
-            for handle_id, handle in transport.handles.items():
-                row = rows.get(handle_id)
-                if row is not None:
-                    handle.update(row)
+        rows = data.get("handles")
+        if not isinstance(rows, dict):
+            raise ProtocolError("stats without handles")
+        for handle_id, row in rows.items():
+            handle = self.handles.get(handle_id)
+            if handle is not None:
+                handle.update(row)
         figures = data.get("figures")
         if isinstance(figures, dict):
             self.figures = figures
@@ -294,6 +296,7 @@ class RemoteMediaPlane:
                 del self.placement[room_sid]
         worker.rooms.clear()
         worker.transports.clear()
+        worker.handles.clear()
         worker.rate, worker._last = 0.0, None
         for transport in transports:
             transport.lost(WORKER_DIED, f"Media connection failed: media worker {worker.index} exited")
