@@ -26,6 +26,7 @@ from .helpers.browser import Page, chromium
 from .helpers.clients import Clients, EventLog, VideoReader, local_track, subscribed_data, subscribed_media
 from .rest_support import call, helper_client, until
 from .test_metrics import scrape, value
+from .test_udp_port import free_udp_port, sfu_serve, udp_sockets
 
 FAKE = "tests.helpers.fake_plane:build"
 
@@ -424,3 +425,41 @@ async def test_chromium_calls_through_a_worker(server2: Server, clients2: Client
         finally:
             for page in (alice, bob):
                 await page.close()
+
+
+async def test_sfu_serve_workers_bind_consecutive_ports_and_the_front_none(tmp_path: Path, netns: None) -> None:
+    base = free_udp_port()
+    while not udp_port_free(base + 1):
+        base = free_udp_port()
+    async with sfu_serve(tmp_path, "--workers", "2", "--udp-port", str(base)) as (process, _):
+        children = await wait_for(lambda: worker_pids(process.pid), message="two worker processes")
+        assert len(children) == 2
+        bound = sorted(port for pid in children for _, port in udp_sockets(pid))
+        assert bound == [base, base + 1]
+        assert udp_sockets(process.pid) == []  # no media socket in the front process
+    for pid in children:  # the front was killed: its workers see the channel close and exit
+        await wait_for(lambda: not alive(pid), message=f"worker {pid} to exit")
+
+
+def udp_port_free(port: int) -> bool:
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+        try:
+            s.bind(("0.0.0.0", port))
+        except OSError:
+            return False
+    return True
+
+
+def worker_pids(front: int) -> list[int]:
+    """The processes whose parent is ``front`` and that run a media worker."""
+    found = []
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                stat = Path(f"/proc/{entry}/stat").read_text()
+                cmdline = Path(f"/proc/{entry}/cmdline").read_bytes()
+            except OSError:
+                continue
+            if int(stat.rsplit(")", 1)[1].split()[1]) == front and b"sfu.workers.worker" in cmdline:
+                found.append(int(entry))
+    return sorted(found) if len(found) == 2 else []
