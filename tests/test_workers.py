@@ -19,10 +19,11 @@ from sfu.contracts import NegotiationError, Offer
 from sfu.workers.channel import MAX_FRAME, Channel, ChannelClosed, ProtocolError, RequestError, encode
 from sfu.workers.pool import PACKETS_PER_PARTICIPANT, RemoteMediaPlane, Worker, WorkerSpec, WorkerStartError
 from sfu.workers.remote import WORKER_DIED, RemoteSink, RemoteSource, RemoteTransport
-from signaling.client import LocalDataTrack, Room
+from signaling.client import LocalAudioTrack, LocalDataTrack, LocalVideoTrack, Room
 
 from .conftest import Server, running_server, wait_for
 from .helpers.browser import Page, chromium
+from .media import CounterVideoTrack, ToneAudioTrack
 from .helpers.clients import Clients, EventLog, VideoReader, local_track, subscribed_data, subscribed_media
 from .rest_support import call, helper_client, until
 from .test_metrics import scrape, value
@@ -282,7 +283,9 @@ def worker_of(server: Server, room_sid: str) -> Worker:
 
 async def pair_in(clients: Clients, room: str) -> tuple[Room, Room, VideoReader]:
     """A publisher and a subscriber in ``room``, the subscriber decoding the publisher's video."""
-    publisher = await clients.join(f"{room}-pub", room, publish="vad")
+    # 15 fps: the test process encodes and decodes every room's video on two shared cores.
+    tracks = [LocalVideoTrack(CounterVideoTrack(fps=15), "cam"), LocalAudioTrack(ToneAudioTrack(), "mic"), LocalDataTrack("chat")]
+    publisher = await clients.join(f"{room}-pub", room, tracks=tracks)
     subscriber = await clients.join(f"{room}-sub", room, publish="")
     reader = await clients.watch(subscriber, f"{room}-pub")
     await reader.advance(10)
@@ -315,8 +318,12 @@ async def test_two_rooms_land_on_different_workers_and_both_carry_media(server2:
     assert len({f.udp_port for f in plane_of(server2).figures()}) == 2
 
 
+MAX_PAUSE = 1.0  # seconds the other room's video may go without a decoded frame across a kill
+
+
 def gaps(reader: VideoReader, start: float, end: float) -> float:
-    """The longest time between two decoded frames arriving within [start, end]."""
+    """The longest time without a decoded frame arriving within [start, end] (the reader must
+    have frames from before ``start`` to after ``end``)."""
     times = [start] + [t for t, _, _ in reader.frames if start <= t <= end] + [end]
     return max(b - a for a, b in zip(times, times[1:]))
 
@@ -329,7 +336,7 @@ async def test_a_killed_worker_disconnects_only_its_rooms_and_the_room_comes_bac
     old_pid, doomed_sid = victim.pid, doomed_pub.sid
     logs = [EventLog(room) for room in (doomed_pub, doomed_sub, spared_pub, spared_sub)]
     loop = asyncio.get_running_loop()
-    await spared.advance(10)
+    await spared.advance(25)  # (frames for more than the second before the kill that is measured)
 
     killed_at = loop.time()
     os.kill(old_pid, signal.SIGKILL)
@@ -343,19 +350,26 @@ async def test_a_killed_worker_disconnects_only_its_rooms_and_the_room_comes_bac
     assert room.unique_name == "doomed"
     statuses = await call(lambda: {p.identity: p.status for p in rest.video.v1.rooms(doomed_sid).participants.list()})
     assert statuses == {"doomed-pub": "disconnected", "doomed-sub": "disconnected"}
-    # A replacement worker starts, on the same index, and the room name is joinable again.
+    # A replacement worker starts, on the same index.
     await wait_for(lambda: victim.alive and victim.pid != old_pid, message="a replacement worker")
     assert victim.restarts == 1
+
+    # The other room never paused: frames kept arriving across the kill (and the replacement's
+    # start), never a second apart. (Measured before the room comes back: the new pair's
+    # encoders would compete for this process's share of the two cores.)
+    await wait_for(lambda: spared.frames[-1][0] > killed_at + 3.0, message="frames past the measured window")
+    window = [t for t, _, _ in spared.frames if killed_at - 1.0 <= t <= killed_at + 3.0]
+    assert len(window) >= 20, f"{len(window)} frames in the 4 s around the kill (15 fps sent)"
+    arrivals = [t - killed_at for t, _, _ in spared.frames]
+    pauses = " ".join(f"{a:+.2f}s:{b - a:.2f}s" for a, b in zip(arrivals, arrivals[1:]) if b - a > 0.2)
+    assert gaps(spared, killed_at - 1.0, killed_at + 3.0) < MAX_PAUSE, f"pauses (at, length) relative to the kill: {pauses}"
+
+    # The room name is joinable again, and carries media, within seconds.
     again_pub, _, again = await pair_in(clients2, "doomed")
     assert again_pub.sid != doomed_sid
     rejoined_after = loop.time() - killed_at
     assert rejoined_after < 20, f"the room took {rejoined_after:.1f} s to carry media again"
-
-    # The other room never paused: frames kept arriving across the kill, never a second apart.
-    await spared.advance(20)
-    window = [t for t, _, _ in spared.frames if killed_at - 1.0 <= t <= killed_at + 3.0]
-    assert len(window) >= 40, f"{len(window)} frames in the 4 s around the kill (30 fps sent)"
-    assert gaps(spared, killed_at - 1.0, killed_at + 3.0) < 1.0, spared.frames[-150:]
+    await spared.advance(10)
     assert all(log.find("disconnected") is None for log in logs[2:])
     assert [p.identity for p in server2.registry.find_in_progress("spared").participants.values()] == ["spared-pub", "spared-sub"]  # type: ignore[union-attr]
 

@@ -17,6 +17,7 @@ import importlib
 import json
 import logging
 import os
+import signal
 import socket
 import sys
 from collections.abc import Callable
@@ -310,6 +311,22 @@ class LineFormatter(logging.Formatter):
         return json.dumps({"t": record.created, "level": record.levelno, "logger": record.name, "message": message})
 
 
+def die_with_parent() -> None:
+    """Linux: be killed the moment the front dies (a front killed with SIGKILL leaves no worker
+    holding its UDP port while a new server starts). Elsewhere the channel's EOF ends us."""
+    if not sys.platform.startswith("linux"):
+        return
+    import ctypes
+
+    PR_SET_PDEATHSIG = 1
+    try:
+        ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
+    except (OSError, AttributeError):
+        return
+    if os.getppid() == 1:  # the front died before prctl
+        os._exit(1)
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="sfu-worker", description="an SFU media worker (started by `sfu serve`)")
     p.add_argument("--fd", type=int, required=True, help="the channel's unix socket, inherited from the front")
@@ -319,6 +336,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--uvloop", action="store_true")
     p.add_argument("--log-level", default="INFO")
     args = p.parse_args(argv)
+    die_with_parent()
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(LineFormatter())
     logging.basicConfig(level=args.log_level, handlers=[handler], force=True)
