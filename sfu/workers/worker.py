@@ -100,7 +100,9 @@ class WorkerHost:
         self.handles: dict[str, TrackSource | TrackSink] = {}
         self._ids: dict[int, str] = {}  # id(handle) -> its front id
         self._sent: dict[str, list[int]] = {}  # the counters last sent per handle
-        self._handlers: dict[str, Callable[[dict[str, Any]], Any]] = {
+        # The front's methods: data -> result, or an awaitable of it (RequestError for an error
+        # answer). More may be added (e.g. the worker-to-worker pipe's ends).
+        self.methods: dict[str, Callable[[dict[str, Any]], Any]] = {
             "create_transport": self._create_transport,
             "publish": self._publish,
             "publish_data": self._publish_data,
@@ -143,7 +145,7 @@ class WorkerHost:
             await self.plane.close()
 
     def handle(self, method: str, data: Any) -> Any:
-        handler = self._handlers.get(method)
+        handler = self.methods.get(method)
         if handler is None:
             raise RequestError(53000, f"unknown method {method!r}")
         if not isinstance(data, dict):
@@ -158,7 +160,8 @@ class WorkerHost:
     def id_of(self, handle: TrackSource | TrackSink) -> str:
         return self._ids.get(id(handle), "")
 
-    def _bind(self, handle_id: str, handle: TrackSource | TrackSink) -> None:
+    def bind(self, handle_id: str, handle: TrackSource | TrackSink) -> None:
+        """Know ``handle`` by the front's id (its counters then go out with the stats)."""
         self.handles[handle_id] = handle
         self._ids[id(handle)] = handle_id
 
@@ -190,19 +193,19 @@ class WorkerHost:
 
     def _publish(self, d: dict[str, Any]) -> None:
         source = self._transport(d).publish(d["track_sid"], d["kind"], d.get("codecs"), d.get("client_track_id"))
-        self._bind(d["h"], source)
+        self.bind(d["h"], source)
 
     def _publish_data(self, d: dict[str, Any]) -> dict[str, Any] | None:
         source = self._transport(d).publish_data(d["track_sid"], d["label"])
         if source is None:
             return None
-        self._bind(d["h"], source)
+        self.bind(d["h"], source)
         options = source.data_options
         return None if options is None else asdict(options)
 
     def _subscribe(self, d: dict[str, Any]) -> None:
         sink = self._transport(d).subscribe(self._source(d["source"]), d["stream_id"], d.get("priority", "standard"))
-        self._bind(d["h"], sink)
+        self.bind(d["h"], sink)
 
     async def _apply_answer(self, d: dict[str, Any]) -> bool:
         transport = self._transport(d)
