@@ -40,6 +40,7 @@ if TYPE_CHECKING:
 logger = logging.getLogger("sfu.workers.worker")  # (also when run as __main__)
 
 STATS_INTERVAL = 1.0  # seconds between two stats notifications
+STATS_ROWS_PER_FRAME = 4096  # handles' counters per stats frame (~70 bytes each: well under MAX_FRAME)
 PlaneFactory = Callable[[dict[str, Any]], MediaPlane]  # (spec) -> an unstarted plane
 
 
@@ -266,7 +267,13 @@ class WorkerHost:
         while True:
             await asyncio.sleep(STATS_INTERVAL)
             try:
-                self.channel.notify("stats", self.stats())
+                stats = self.stats()
+                rows = list(stats["handles"].items())
+                # Frames are bounded: many handles' counters go in several (the last has the figures).
+                while len(rows) > STATS_ROWS_PER_FRAME:
+                    self.channel.notify("stats", {"handles": dict(rows[:STATS_ROWS_PER_FRAME])})
+                    del rows[:STATS_ROWS_PER_FRAME]
+                self.channel.notify("stats", {"handles": dict(rows), "figures": stats["figures"]})
             except Exception:  # never let statistics end the worker
                 logger.exception("stats failed")
 
