@@ -11,10 +11,12 @@ from __future__ import annotations
 import asyncio
 import itertools
 import logging
+from dataclasses import asdict
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from .. import errors
 from ..contracts import (
+    BandwidthProfile,
     DataTrackOptions,
     Kind,
     MediaCounters,
@@ -184,6 +186,13 @@ class RemoteTransport:
     def release(self, sink: TrackSink) -> None:
         self.call("release", h=self._drop(sink).id)
 
+    def set_bandwidth_profile(self, profile: BandwidthProfile) -> None:
+        self.call("set_bandwidth_profile", profile=asdict(profile))
+
+    def set_sink_hints(self, sink: TrackSink, render_dimensions: tuple[int, int] | None, switched_off_by_client: bool) -> None:
+        assert isinstance(sink, RemoteHandle) and sink.transport is self, sink
+        self.call("set_sink_hints", h=sink.id, render=list(render_dimensions) if render_dimensions else None, off=switched_off_by_client)
+
     def request_negotiation(self) -> None:
         self.call("request_negotiation")
 
@@ -259,6 +268,10 @@ class RemoteTransport:
                 listener.on_subscription_failed(handle, data["reason"])  # type: ignore[arg-type]
             elif event == "subscription_lost":
                 listener.on_subscription_lost(handle)  # type: ignore[arg-type]
+            elif event == "sink_switched":
+                listener.on_sink_switched(handle, bool(data["off"]), data.get("reason"))  # type: ignore[arg-type]
+            elif event == "sink_layer":
+                listener.on_sink_layer(handle, int(data["layer"]))  # type: ignore[arg-type]
             else:
                 logger.warning("%s: unknown event %r from worker %d", self.name, event, self.worker.index)
 

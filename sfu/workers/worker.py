@@ -25,6 +25,7 @@ from dataclasses import asdict, fields
 from typing import TYPE_CHECKING, Any, cast
 
 from ..contracts import (
+    BandwidthProfile,
     MediaPlane,
     NegotiationError,
     Offer,
@@ -86,6 +87,12 @@ class _Listener:
         options = find(label) if callable(find) else None
         self._send("data_channel", label=label, options=asdict(options) if options is not None else None)
 
+    def on_sink_switched(self, sink: TrackSink, switched_off: bool, reason: str | None) -> None:
+        self._send("sink_switched", h=self.host.id_of(sink), off=switched_off, reason=reason)
+
+    def on_sink_layer(self, sink: TrackSink, layer: int) -> None:
+        self._send("sink_layer", h=self.host.id_of(sink), layer=layer)
+
     def on_failed(self, code: int, reason: str) -> None:
         self._send("failed", code=code, reason=reason)
 
@@ -112,6 +119,11 @@ class WorkerHost:
             "unsubscribe": lambda d: self._transport(d).unsubscribe(self._drop_sink(d["h"])),
             "release": lambda d: self._transport(d).release(self._drop_sink(d["h"])),
             "set_priority": lambda d: self._sink(d["h"]).set_priority(d["priority"]),
+            # Issue 12's allocation: the subscriber's bandwidth profile and per-sink hints.
+            "set_bandwidth_profile": lambda d: self._transport(d).set_bandwidth_profile(BandwidthProfile(**d["profile"])),
+            "set_sink_hints": lambda d: self._transport(d).set_sink_hints(
+                self._sink(d["h"]), tuple(d["render"]) if d["render"] else None, bool(d["off"])  # type: ignore[arg-type]
+            ),
             "request_negotiation": lambda d: self._transport(d).request_negotiation(),
             "apply_answer": self._apply_answer,
             "apply_offer": self._apply_offer,
