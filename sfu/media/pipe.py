@@ -1,0 +1,347 @@
+"""The pipe between two media workers: one published track, received once by another worker
+(mediasoup's ``pipeToRouter``).
+
+A room bigger than one core keeps its publishers on one worker and puts some subscribers on
+another. For each published track the origin worker attaches a ``PipeConsumer`` to the
+track's fan-out, like any subscriber: it writes every inbound packet ONCE into the pipe, with
+the payload as the publisher sent it (no rewrite: the far worker's own consumers do that per
+subscriber). On the far worker the pipe feeds a plain ``Producer``, so the consumers there
+use what they use at home: its fan-out, its retransmission cache, its newest keyframe for a
+fast start, its rate-limited keyframe requests. Keyframe requests (PLI) and NACKs of that
+producer flow back over the same pipe to the origin, which answers a PLI by asking the
+publisher and a NACK from its own retransmission cache.
+
+The pipe is one connected pair of unix datagram sockets (``socket.socketpair`` in one
+process, or each worker binding an abstract address and connecting to the other's): a
+message is one datagram, so framing is a 3-byte header, ``type, track number``, before the
+packet. No queue of our own anywhere: a send that would block is dropped and counted, so a
+slow reader costs packets (the far producer NACKs them), never memory. Nothing is decoded.
+
+Messages (track numbers are the origin's, announced by OPEN):
+
+=======  =========  ======================================================================
+type     direction  body
+=======  =========  ======================================================================
+OPEN     origin ->  JSON: track SID, kind, codecs, SSRC
+RTP      origin ->  the packet: RTP header (12 bytes, + audio level element) and payload
+SR       origin ->  the publisher's last sender report: NTP (8 bytes), RTP timestamp (4)
+CLOSE    origin ->  (empty): the track was unpublished
+PLI      <- far     (empty): a keyframe, please
+NACK     <- far     the lost sequence numbers, 2 bytes each
+=======  =========  ======================================================================
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import socket
+import struct
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from . import rtp
+from .producer import CodecInfo, Producer
+from .rtp import InboundPacket
+
+logger = logging.getLogger(__name__)
+
+OPEN, RTP, SR, CLOSE, PLI, NACK = 1, 2, 3, 4, 5, 6
+_HEAD = struct.Struct("!BH")
+_SR = struct.Struct("!QI")
+AUDIO_LEVEL_ID = 1  # the one-byte extension id the pipe carries the audio level in
+_AUDIO_LEVEL_BLOCK = struct.pack("!HHB", rtp.ONE_BYTE_PROFILE, 1, AUDIO_LEVEL_ID << 4)  # + value + 2 pad bytes
+SOCKET_BUFFER = 4 * 1024 * 1024  # bytes queued in the kernel at most, each way (capped by wmem_max)
+READ_BATCH = 256  # datagrams read per wake-up
+SR_INTERVAL = 1.0  # seconds between checks for a new sender report to pass on
+
+
+@dataclass(slots=True)
+class PipeCounters:
+    sent: int = 0
+    dropped: int = 0  # sends that would have blocked: the reader is behind
+    received: int = 0
+    retransmitted: int = 0  # packets resent from the origin's cache for a NACK
+    plis: int = 0  # keyframe requests that came back from the far end
+
+
+def pipe_pair() -> tuple[socket.socket, socket.socket]:
+    """Two connected ends in this process (each end may be handed to another process)."""
+    a, b = socket.socketpair(socket.AF_UNIX, socket.SOCK_DGRAM)
+    for s in (a, b):
+        _tune(s)
+    return a, b
+
+
+def pipe_socket(local: str, remote: str) -> socket.socket:
+    """One end between two processes that know each other's name: binds the abstract unix
+    address ``local`` and connects to ``remote`` once the other end has bound it (call
+    ``connect_pipe`` then). Connected both ways, the pair is limited by its socket buffers,
+    not by the kernel's small queue for unconnected datagram senders (max_dgram_qlen)."""
+    s = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    s.bind("\0" + local)
+    _tune(s)
+    s.setblocking(False)
+    return s
+
+
+def connect_pipe(s: socket.socket, remote: str) -> None:
+    s.connect("\0" + remote)
+
+
+def _tune(s: socket.socket) -> None:
+    for option in (socket.SO_SNDBUF, socket.SO_RCVBUF):
+        try:
+            s.setsockopt(socket.SOL_SOCKET, option, SOCKET_BUFFER)
+        except OSError:
+            pass
+    s.setblocking(False)
+
+
+def encode(packet: InboundPacket) -> bytes:
+    """The packet as RTP again: its header fields, its audio level, its payload verbatim."""
+    b0 = 0x80 | (0x20 if packet.padding else 0)
+    level = packet.audio_level
+    if level is not None:
+        b0 |= 0x10
+        ext = _AUDIO_LEVEL_BLOCK + level + b"\x00\x00"
+    else:
+        ext = b""
+    return b"".join((rtp.pack_header(b0, (packet.marker << 7) | packet.payload_type, packet.sequence_number, packet.timestamp, packet.ssrc),
+                     ext, packet.payload))
+
+
+class PipeConsumer:
+    """The origin's end for one track: a member of the producer's fan-out that writes each
+    packet once into the pipe, and answers the far end's PLIs and NACKs."""
+
+    __slots__ = ("producer", "number", "transport", "_send", "_attached")
+
+    def __init__(self, producer: Producer, number: int, transport: "PipeTransport") -> None:
+        self.producer = producer
+        self.number = number
+        self.transport = transport
+        self._send = transport._sender(RTP, number)
+        self._attached = False
+
+    # the fan-out's side (what Producer calls on its consumers)
+
+    def forward(self, packet: InboundPacket, abs_send_time: bytes) -> None:
+        self._send(encode(packet))
+
+    def detach(self) -> None:
+        """The producer closed (its publisher left): the far end's track ends too."""
+        if self._attached:
+            self._attached = False
+            self.producer.remove_consumer(self)  # type: ignore[arg-type]
+            self.transport._closed(self)
+
+    def attach(self) -> None:
+        if not self._attached:
+            self._attached = True
+            self.producer.add_consumer(self)  # type: ignore[arg-type]
+            self.producer.set_forwarding(self, True)  # type: ignore[arg-type]
+
+    # the far end's requests
+
+    def on_pli(self) -> None:
+        """The far end's requester already held back what it could, so this one is urgent
+        here: not delayed by the origin's window, still coalesced with a PLI on its way."""
+        self.transport.counters.plis += 1
+        self.producer.request_keyframe(urgent=True)
+
+    def on_nack(self, lost: list[int]) -> None:
+        for seq in lost:
+            packet = self.producer.cached(seq)
+            if packet is not None:
+                self._send(encode(packet))
+                self.transport.counters.retransmitted += 1
+
+
+class PipeTransport:
+    """One end of a pipe between two workers; either end may send tracks and receive them.
+
+    Origin: ``send_track(producer)`` opens the track on the far end, starts it with the
+    producer's newest keyframe when the cache has one, and forwards from then on.
+    Far end: ``producers`` holds a ``Producer`` per track received (by track SID), which the
+    worker's consumers subscribe to as to any other; ``on_open`` / ``on_close`` report them.
+    """
+
+    def __init__(
+        self,
+        sock: socket.socket,
+        on_open: Callable[[Producer], None] | None = None,
+        on_close: Callable[[Producer], None] | None = None,
+        cache_size: int = 512,
+    ) -> None:
+        self._sock = sock
+        self._sock.setblocking(False)
+        self.on_open = on_open
+        self.on_close = on_close
+        self._cache_size = cache_size
+        self.counters = PipeCounters()
+        self._outgoing: dict[int, PipeConsumer] = {}  # by track number
+        self._by_sid: dict[str, PipeConsumer] = {}
+        self._incoming: dict[int, Producer] = {}  # by the origin's track number
+        self.producers: dict[str, Producer] = {}  # track SID -> producer fed by the pipe
+        self._next_number = 1
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._sr_timer: asyncio.TimerHandle | None = None
+        self._last_sr: dict[int, int] = {}
+        self.closed = False
+
+    def start(self) -> None:
+        self._loop = asyncio.get_running_loop()
+        self._loop.add_reader(self._sock.fileno(), self._readable)
+        self._sr_timer = self._loop.call_later(SR_INTERVAL, self._pass_sender_reports)
+
+    # --- sending ---------------------------------------------------------------------------
+
+    def _sender(self, kind: int, number: int) -> Callable[[bytes], None]:
+        head = _HEAD.pack(kind, number)
+        send = self._sock.send
+        counters = self.counters
+
+        def write(body: bytes) -> None:
+            try:
+                send(head + body)
+            except (BlockingIOError, InterruptedError):
+                counters.dropped += 1  # the far end is behind: drop, never queue
+                return
+            except OSError as exc:  # the far end is gone
+                counters.dropped += 1
+                logger.debug("pipe: send failed: %s", exc)
+                return
+            counters.sent += 1
+
+        return write
+
+    def _control(self, kind: int, number: int, body: bytes = b"") -> None:
+        self._sender(kind, number)(body)
+
+    def send_track(self, producer: Producer) -> PipeConsumer:
+        """Forward ``producer`` to the far end (once, whatever the number of subscribers there)."""
+        existing = self._by_sid.get(producer.track_sid)
+        if existing is not None:
+            return existing
+        number = self._next_number
+        self._next_number += 1
+        codecs = [{"pt": c.payload_type, "mime": c.mime_type, "clock": c.clock_rate, "key": list(c.key), "parameters": c.parameters}
+                  for c in producer.codecs.values()]
+        self._control(OPEN, number, json.dumps({"sid": producer.track_sid, "kind": producer.kind, "codecs": codecs,
+                                                "ssrc": producer.ssrc}, default=str).encode())
+        member = PipeConsumer(producer, number, self)
+        self._outgoing[number] = member
+        self._by_sid[producer.track_sid] = member
+        for packet in producer.recent_keyframe() or ():
+            member.forward(packet, b"")  # the far end can start its first subscriber at once
+        member.attach()
+        return member
+
+    def stop_track(self, track_sid: str) -> None:
+        member = self._by_sid.get(track_sid)
+        if member is not None:
+            member.detach()
+
+    def _closed(self, member: PipeConsumer) -> None:
+        self._outgoing.pop(member.number, None)
+        self._by_sid.pop(member.producer.track_sid, None)
+        self._control(CLOSE, member.number)
+
+    def _pass_sender_reports(self) -> None:
+        """Each track's newest sender report, so the far consumers keep lip sync."""
+        for number, member in list(self._outgoing.items()):
+            stats = member.producer.stats
+            if stats.sr_ntp is not None and self._last_sr.get(number) != stats.sr_ntp_full:
+                self._last_sr[number] = stats.sr_ntp_full
+                self._control(SR, number, _SR.pack(stats.sr_ntp_full, stats.sr_rtp))
+        if self._loop is not None and not self.closed:
+            self._sr_timer = self._loop.call_later(SR_INTERVAL, self._pass_sender_reports)
+
+    # --- receiving -------------------------------------------------------------------------
+
+    def _readable(self) -> None:
+        recv = self._sock.recv
+        for _ in range(READ_BATCH):
+            try:
+                data = recv(65536)
+            except (BlockingIOError, InterruptedError):
+                return
+            except OSError as exc:
+                logger.warning("pipe: receive failed: %s", exc)
+                return
+            if len(data) < 3:
+                continue
+            self.counters.received += 1
+            kind, number = _HEAD.unpack_from(data)
+            if kind == RTP:
+                producer = self._incoming.get(number)
+                if producer is not None:
+                    producer.on_rtp(data[3:])
+            else:
+                self._on_control(kind, number, data[3:])
+
+    def _on_control(self, kind: int, number: int, body: bytes) -> None:
+        if kind == PLI:
+            member = self._outgoing.get(number)
+            if member is not None:
+                member.on_pli()
+        elif kind == NACK:
+            member = self._outgoing.get(number)
+            if member is not None:
+                member.on_nack([int.from_bytes(body[i : i + 2], "big") for i in range(0, len(body) - 1, 2)])
+        elif kind == OPEN:
+            self._open(number, json.loads(body))
+        elif kind == SR:
+            producer = self._incoming.get(number)
+            if producer is not None and len(body) >= _SR.size:
+                producer.on_sender_report(*_SR.unpack_from(body))
+        elif kind == CLOSE:
+            producer = self._incoming.pop(number, None)
+            if producer is not None:
+                self.producers.pop(producer.track_sid, None)
+                producer.close()
+                if self.on_close is not None:
+                    self.on_close(producer)
+
+    def _open(self, number: int, info: dict[str, object]) -> None:
+        sid, kind = str(info["sid"]), str(info["kind"])
+        pli, nack = self._sender(PLI, number), self._sender(NACK, number)
+
+        def send_nack(ssrc: int, lost: list[int]) -> None:
+            nack(b"".join(seq.to_bytes(2, "big") for seq in lost))
+
+        # The far producer's keyframe requester rate-limits and coalesces its subscribers'
+        # requests as at home; each PLI it lets through goes to the origin.
+        producer = Producer(sid, kind, lambda ssrc: pli(b""), send_nack, cache_size=self._cache_size)
+        codecs = [CodecInfo(int(c["pt"]), str(c["mime"]), int(c["clock"]), tuple(c["key"]), dict(c.get("parameters") or {}))
+                  for c in info["codecs"]]  # type: ignore[attr-defined]
+        producer.configure(codecs, {}, AUDIO_LEVEL_ID, 0, nack_enabled=True)
+        ssrc = info.get("ssrc")
+        producer.set_ssrcs(int(ssrc) if isinstance(ssrc, int) else None, None)
+        self._incoming[number] = producer
+        self.producers[sid] = producer
+        logger.debug("pipe: track %s (%s) opened as %d", sid, kind, number)
+        if self.on_open is not None:
+            self.on_open(producer)
+
+    # --- lifecycle -------------------------------------------------------------------------
+
+    def close(self) -> None:
+        if self.closed:
+            return
+        self.closed = True
+        for member in list(self._outgoing.values()):
+            member.detach()
+        for producer in list(self._incoming.values()):
+            producer.close()
+            if self.on_close is not None:
+                self.on_close(producer)
+        self._incoming.clear()
+        self.producers.clear()
+        if self._sr_timer is not None:
+            self._sr_timer.cancel()
+        if self._loop is not None:
+            self._loop.remove_reader(self._sock.fileno())
+        self._sock.close()

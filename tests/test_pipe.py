@@ -1,0 +1,227 @@
+"""The worker-to-worker pipe (sfu.media.pipe), over real unix datagram sockets: packets cross
+once whatever the subscribers on the far end, a far subscriber starts at a keyframe, PLIs and
+NACKs go back to the origin, and a reader that does not keep up costs drops, not memory."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+from collections.abc import Iterable
+from typing import Any
+
+import pytest
+from aiortc.rtp import RTCP_PSFB_PLI, RtcpPsfbPacket, RtpPacket
+
+from sfu.media import rtp
+from sfu.media.consumer import Consumer
+from sfu.media.pipe import AUDIO_LEVEL_ID, PipeTransport, encode, pipe_pair
+from sfu.media.producer import Producer
+from sfu.media.rtp import InboundPacket
+
+from .conftest import wait_for
+from .test_forwarding_unit import DELTA, EXTENSIONS, KEYFRAME, VP8, packet, record
+
+
+class Origin:
+    """A publisher's producer on the origin worker, and what it asked the publisher for."""
+
+    def __init__(self) -> None:
+        self.plis: list[int] = []
+        self.nacks: list[list[int]] = []
+        self.producer = Producer("MT1", "video", self.plis.append, lambda ssrc, lost: self.nacks.append(lost))
+        self.producer.configure([VP8], {98: 97}, 0, 1, True)
+        self.producer.set_ssrcs(1111, 2222)
+        self.payloads: dict[int, bytes] = {}
+
+    def send(self, seqs: Iterable[int], keyframe_at: frozenset[int] | set[int] = frozenset()) -> None:
+        for seq in seqs:
+            payload = (KEYFRAME if seq in keyframe_at else DELTA) + seq.to_bytes(2, "big")
+            self.payloads[seq] = payload
+            self.producer.on_rtp(packet(seq, payload))
+
+
+def far_subscriber(producer: Producer, ssrc: int = 5555) -> tuple[Consumer, list[RtpPacket]]:
+    sent: list[RtpPacket] = []
+    consumer = Consumer(producer, lambda data: record(sent, RtpPacket.parse(data)), ssrc, ssrc + 1)
+    consumer.configure([VP8], {98: 97}, EXTENSIONS, "0")
+    consumer.attach()
+    return consumer, sent
+
+
+@pytest.fixture
+async def pipe() -> Any:
+    a, b = pipe_pair()
+    origin_end, far_end = PipeTransport(a), PipeTransport(b)
+    origin_end.start()
+    far_end.start()
+    yield origin_end, far_end
+    origin_end.close()
+    far_end.close()
+
+
+async def test_packets_cross_once_for_every_far_subscriber_and_start_at_the_cached_keyframe(pipe: Any) -> None:
+    origin_end, far_end = pipe
+    origin = Origin()
+    origin.send(range(100, 111), keyframe_at={101})
+    origin_end.send_track(origin.producer)
+    far = await wait_for(lambda: far_end.producers.get("MT1"), message="the track opened on the far end")
+    # the origin's newest keyframe and what followed went across with the track
+    await wait_for(lambda: far.stats.packets == 10, message="the cached keyframe crossed")
+    subscribers = [far_subscriber(far, ssrc) for ssrc in (5000, 6000, 7000)]
+    for consumer, sent in subscribers:  # started at once from the far cache: no PLI anywhere
+        assert consumer.cached_starts == 1 and [p.payload for p in sent] == [origin.payloads[s] for s in range(101, 111)]
+    assert origin.plis == []
+
+    sent_before = origin_end.counters.sent
+    origin.send(range(111, 161))
+    await wait_for(lambda: all(len(sent) == 60 for _, sent in subscribers), message="live packets on the far subscribers")
+    for consumer, sent in subscribers:
+        assert [p.payload for p in sent] == [origin.payloads[s] for s in range(101, 161)]  # verbatim, in order
+        assert {p.ssrc for p in sent} == {consumer.ssrc}  # rewritten per far subscriber
+        first = sent[0].sequence_number
+        assert [(p.sequence_number - first) & 0xFFFF for p in sent] == list(range(60))
+    # each packet crossed once for three subscribers, and the origin fan-out has one member for them
+    assert origin_end.counters.sent - sent_before == 50
+    assert len(origin.producer.forwarding) == 1
+    assert origin_end.counters.dropped == 0
+
+
+async def test_a_far_subscriber_without_a_cached_keyframe_asks_the_publisher_through_the_pipe(pipe: Any) -> None:
+    origin_end, far_end = pipe
+    origin = Origin()
+    origin.send(range(100, 105))  # no keyframe yet
+    origin_end.send_track(origin.producer)
+    far = await wait_for(lambda: far_end.producers.get("MT1"))
+    consumer, sent = far_subscriber(far)
+    await wait_for(lambda: origin.plis == [1111], message="the far subscriber's PLI reached the publisher")
+    assert origin_end.counters.plis == 1
+    origin.send(range(105, 110))
+    origin.send(range(110, 115), keyframe_at={110})
+    await wait_for(lambda: len(sent) == 5, message="the far subscriber started at the keyframe")
+    assert sent[0].payload == origin.payloads[110] and consumer.cached_starts == 0
+
+    # a PLI of a far subscriber (a decoder that lost its picture) reaches the publisher too
+    pli = RtcpPsfbPacket(fmt=RTCP_PSFB_PLI, ssrc=9, media_ssrc=consumer.ssrc)
+    consumer.on_rtcp(pli)
+    await wait_for(lambda: len(origin.plis) == 2, message="the second PLI (after the far rate limit) at the publisher")
+
+
+async def test_a_packet_lost_in_the_pipe_is_nacked_to_the_origin_and_resent_from_its_cache(pipe: Any) -> None:
+    origin_end, far_end = pipe
+    origin = Origin()
+    origin.send(range(100, 102), keyframe_at={100})
+    member = origin_end.send_track(origin.producer)
+    far = await wait_for(lambda: far_end.producers.get("MT1"))
+    consumer, sent = far_subscriber(far)
+    await wait_for(lambda: len(sent) == 2)
+    origin.producer.set_forwarding(member, False)  # 102 never enters the pipe
+    origin.send([102])
+    origin.producer.set_forwarding(member, True)
+    origin.send(range(103, 106))
+    await wait_for(lambda: len(sent) == 6, message="the lost packet came back")
+    assert origin_end.counters.retransmitted == 1
+    assert sorted(p.payload for p in sent) == sorted(origin.payloads[s] for s in range(100, 106))
+    first = sent[0].sequence_number  # the retransmitted packet keeps its place in the far stream
+    assert sorted((p.sequence_number - first) & 0xFFFF for p in sent) == list(range(6))
+    assert origin.nacks == []  # the origin had it: the publisher was not asked
+
+
+async def test_a_reader_that_does_not_keep_up_costs_drops_never_memory() -> None:
+    a, b = pipe_pair()
+    origin_end, far_end = PipeTransport(a), PipeTransport(b)
+    origin_end.start()  # the far end does not read yet
+    origin = Origin()
+    origin.send([100], keyframe_at={100})
+    origin_end.send_track(origin.producer)
+    big = DELTA + b"x" * 1100
+    fed = 20000  # 22 MB: several times any socket buffer
+    for seq in range(101, 101 + fed):
+        origin.producer.on_rtp(packet(seq, big))
+    counters = origin_end.counters
+    assert counters.dropped > 0 and counters.sent + counters.dropped == fed + 2  # + OPEN and the keyframe
+    assert counters.sent * len(big) < 16 * 1024 * 1024  # what the kernel held, bounded by the buffers
+    # once the far end reads, the track opens and packets flow again
+    far_end.start()
+    far = await wait_for(lambda: far_end.producers.get("MT1"))
+    consumer, sent = far_subscriber(far)
+    origin.send(range(101 + fed, 111 + fed), keyframe_at={101 + fed})
+    await wait_for(lambda: len(sent) >= 10, message="the stream after the drops")
+    origin_end.close()
+    far_end.close()
+
+
+async def test_unpublishing_closes_the_far_track_and_its_subscribers() -> None:
+    a, b = pipe_pair()
+    closed: list[Producer] = []
+    origin_end, far_end = PipeTransport(a), PipeTransport(b, on_close=closed.append)
+    origin_end.start()
+    far_end.start()
+    origin = Origin()
+    origin.send([100], keyframe_at={100})
+    origin_end.send_track(origin.producer)
+    far = await wait_for(lambda: far_end.producers.get("MT1"))
+    consumer, _ = far_subscriber(far)
+    origin.producer.close()
+    await wait_for(lambda: closed == [far], message="the far track closed")
+    assert far.closed and not consumer.forwarding and "MT1" not in far_end.producers
+    origin_end.close()
+    far_end.close()
+
+
+def test_the_pipe_keeps_what_consumers_need_of_a_packet() -> None:
+    p = InboundPacket(111, 65535, 0xFFFFFFFF, 1, 4242, b"opus" + bytes([0, 0, 3]), True, b"\x85")
+    parsed, _ = rtp.parse(encode(p), AUDIO_LEVEL_ID)
+    assert parsed == p
+    plain = InboundPacket(97, 7, 9000, 0, 1111, DELTA, False)
+    assert rtp.parse(encode(plain))[0] == plain and len(encode(plain)) == 12 + len(DELTA)
+
+
+def test_two_event_loops_in_two_threads_carry_a_track_and_its_plis() -> None:
+    """The two ends as two workers would run them: each on its own loop."""
+    a, b = pipe_pair()
+    far_ready = threading.Event()
+    received: list[RtpPacket] = []
+    stop = threading.Event()
+    errors: list[BaseException] = []
+
+    async def far_worker() -> None:
+        far_end = PipeTransport(b)
+        far_end.start()
+        far_ready.set()
+        far = await wait_for(lambda: far_end.producers.get("MT1"))
+        far_subscriber(far)  # no keyframe yet: its PLI goes to the origin's thread
+        consumer = Consumer(far, lambda data: record(received, RtpPacket.parse(data)), 8000, 8001)
+        consumer.configure([VP8], {98: 97}, EXTENSIONS, "0")
+        consumer.attach()
+        while not stop.is_set():
+            await asyncio.sleep(0.01)
+        far_end.close()
+
+    def run() -> None:
+        try:
+            asyncio.run(far_worker())
+        except BaseException as exc:  # reported by the main thread
+            errors.append(exc)
+
+    thread = threading.Thread(target=run)
+    thread.start()
+    try:
+        far_ready.wait(30)
+
+        async def origin_worker() -> None:
+            origin_end = PipeTransport(a)
+            origin_end.start()
+            origin = Origin()
+            origin.send(range(100, 103))
+            origin_end.send_track(origin.producer)
+            await wait_for(lambda: origin.plis, message="the far thread's PLI")
+            origin.send(range(103, 130), keyframe_at={103})
+            await wait_for(lambda: len(received) == 27, message="the far thread's subscriber got the stream")
+            assert [p.payload for p in received] == [origin.payloads[s] for s in range(103, 130)]
+            origin_end.close()
+
+        asyncio.run(origin_worker())
+    finally:
+        stop.set()
+        thread.join(30)
+    assert not errors, errors
