@@ -11,9 +11,10 @@ fast start, its rate-limited keyframe requests. Keyframe requests (PLI) and NACK
 producer flow back over the same pipe to the origin, which answers a PLI by asking the
 publisher and a NACK from its own retransmission cache.
 
-The pipe is one connected pair of unix datagram sockets (``socket.socketpair`` in one
-process, or each worker binding an abstract address and connecting to the other's): a
-message is one datagram, so framing is a 3-byte header, ``type, track number``, before the
+The pipe is one connected pair of unix sockets that keep message boundaries
+(``pipe_pair``: a datagram socketpair in one process; between two processes, a seqpacket
+connection to an abstract address, ``listen_pipe`` / ``accept_pipe`` and ``connect_pipe``):
+a message is one datagram, so framing is a 3-byte header, ``type, track number``, before the
 packet. No queue of our own anywhere: a send that would block is dropped and counted, so a
 slow reader costs packets (the far producer NACKs them), never memory. Nothing is decoded.
 
@@ -40,6 +41,7 @@ import socket
 import struct
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 from . import rtp
 from .producer import CodecInfo, Producer
@@ -74,20 +76,43 @@ def pipe_pair() -> tuple[socket.socket, socket.socket]:
     return a, b
 
 
-def pipe_socket(local: str, remote: str) -> socket.socket:
-    """One end between two processes that know each other's name: binds the abstract unix
-    address ``local`` and connects to ``remote`` once the other end has bound it (call
-    ``connect_pipe`` then). Connected both ways, the pair is limited by its socket buffers,
-    not by the kernel's small queue for unconnected datagram senders (max_dgram_qlen)."""
-    s = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
-    s.bind("\0" + local)
-    _tune(s)
+def listen_pipe(name: str) -> socket.socket:
+    """The receiving worker's end between two processes: a seqpacket socket listening on the
+    abstract unix address ``name`` (``accept_pipe`` takes the one connection). Seqpacket keeps
+    datagram boundaries; connected, it is limited by its socket buffers only, not by the
+    kernel's small queue for unconnected datagram senders (net.unix.max_dgram_qlen)."""
+    s = socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+    s.bind("\0" + name)
+    s.listen(1)
     s.setblocking(False)
     return s
 
 
-def connect_pipe(s: socket.socket, remote: str) -> None:
-    s.connect("\0" + remote)
+async def accept_pipe(listener: socket.socket) -> socket.socket:
+    conn, _ = await asyncio.get_running_loop().sock_accept(listener)
+    listener.close()
+    _tune(conn)
+    return conn
+
+
+async def connect_pipe(name: str, timeout: float = 10.0) -> socket.socket:
+    """The origin worker's end: connects to ``name``, waiting for the other worker to listen
+    (the two are told about the pipe in no particular order)."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    while True:
+        s = socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+        s.setblocking(False)
+        try:
+            await loop.sock_connect(s, "\0" + name)
+        except (ConnectionRefusedError, FileNotFoundError):
+            s.close()
+            if loop.time() > deadline:
+                raise
+            await asyncio.sleep(0.02)
+            continue
+        _tune(s)
+        return s
 
 
 def _tune(s: socket.socket) -> None:
@@ -184,7 +209,8 @@ class PipeTransport:
         self._outgoing: dict[int, PipeConsumer] = {}  # by track number
         self._by_sid: dict[str, PipeConsumer] = {}
         self._incoming: dict[int, Producer] = {}  # by the origin's track number
-        self.producers: dict[str, Producer] = {}  # track SID -> producer fed by the pipe
+        self._numbers: dict[str, int] = {}  # track SID -> the origin's track number
+        self.producers: dict[str, Producer] = {}  # track SID -> producer fed by the pipe (or expected)
         self._next_number = 1
         self._loop: asyncio.AbstractEventLoop | None = None
         self._sr_timer: asyncio.TimerHandle | None = None
@@ -271,6 +297,10 @@ class PipeTransport:
             except OSError as exc:
                 logger.warning("pipe: receive failed: %s", exc)
                 return
+            if not data:  # the other worker closed its end (or exited)
+                logger.info("pipe: the other end closed")
+                self.close()
+                return
             if len(data) < 3:
                 continue
             self.counters.received += 1
@@ -301,30 +331,51 @@ class PipeTransport:
             producer = self._incoming.pop(number, None)
             if producer is not None:
                 self.producers.pop(producer.track_sid, None)
+                self._numbers.pop(producer.track_sid, None)
                 producer.close()
                 if self.on_close is not None:
                     self.on_close(producer)
 
-    def _open(self, number: int, info: dict[str, object]) -> None:
-        sid, kind = str(info["sid"]), str(info["kind"])
-        pli, nack = self._sender(PLI, number), self._sender(NACK, number)
+    def expect(self, track_sid: str, kind: str) -> Producer:
+        """The far end's producer for a track the origin is about to send: there at once, so a
+        worker can hand it to its transports before the track opens. Its codecs come with the
+        track's OPEN: a consumer must be configured (the subscriber's answer applied) after
+        that, which ``on_open`` reports."""
+        producer = self.producers.get(track_sid)
+        if producer is None:
+            producer = self.producers[track_sid] = self._far_producer(track_sid, kind)
+        return producer
+
+    def _far_producer(self, sid: str, kind: str) -> Producer:
+        def send_pli(ssrc: int) -> None:
+            number = self._numbers.get(sid)
+            if number is not None:
+                self._control(PLI, number)
 
         def send_nack(ssrc: int, lost: list[int]) -> None:
-            nack(b"".join(seq.to_bytes(2, "big") for seq in lost))
+            number = self._numbers.get(sid)
+            if number is not None:
+                self._control(NACK, number, b"".join(seq.to_bytes(2, "big") for seq in lost))
 
         # The far producer's keyframe requester rate-limits and coalesces its subscribers'
         # requests as at home; each PLI it lets through goes to the origin.
-        producer = Producer(sid, kind, lambda ssrc: pli(b""), send_nack, cache_size=self._cache_size)
+        return Producer(sid, kind, send_pli, send_nack, cache_size=self._cache_size)
+
+    def _open(self, number: int, info: dict[str, Any]) -> None:
+        sid, kind = str(info["sid"]), str(info["kind"])
+        producer = self.expect(sid, kind)
         codecs = [CodecInfo(int(c["pt"]), str(c["mime"]), int(c["clock"]), tuple(c["key"]), dict(c.get("parameters") or {}))
-                  for c in info["codecs"]]  # type: ignore[attr-defined]
+                  for c in info["codecs"]]
         producer.configure(codecs, {}, AUDIO_LEVEL_ID, 0, nack_enabled=True)
         ssrc = info.get("ssrc")
-        producer.set_ssrcs(int(ssrc) if isinstance(ssrc, int) else None, None)
+        producer.set_ssrcs(ssrc if isinstance(ssrc, int) else None, None)
         self._incoming[number] = producer
-        self.producers[sid] = producer
+        self._numbers[sid] = number
         logger.debug("pipe: track %s (%s) opened as %d", sid, kind, number)
         if self.on_open is not None:
             self.on_open(producer)
+        if producer.consumers:  # subscribed before it opened: their first keyframe, please
+            self._control(PLI, number)
 
     # --- lifecycle -------------------------------------------------------------------------
 
@@ -334,7 +385,7 @@ class PipeTransport:
         self.closed = True
         for member in list(self._outgoing.values()):
             member.detach()
-        for producer in list(self._incoming.values()):
+        for producer in list(self.producers.values()):
             producer.close()
             if self.on_close is not None:
                 self.on_close(producer)
