@@ -16,7 +16,7 @@ from aiortc.rtp import RTCP_PSFB_PLI, RtcpPsfbPacket, RtpPacket
 
 from sfu.media import rtp
 from sfu.media.consumer import Consumer
-from sfu.media.pipe import AUDIO_LEVEL_ID, PipeTransport, accept_pipe, connect_pipe, encode, listen_pipe, pipe_pair
+from sfu.media.pipe import AUDIO_LEVEL_ID, PipeHub, PipeTransport, encode, pipe_pair
 from sfu.media.producer import Producer
 from sfu.media.rtp import InboundPacket
 
@@ -230,42 +230,43 @@ def test_two_event_loops_in_two_threads_carry_a_track_and_its_plis() -> None:
 
 
 def _origin_process(name: str) -> None:
-    """Another worker: a publisher's track sent into the pipe, keyframes only when asked."""
+    """Worker 1: a publisher's track piped to worker 0, keyframes only when asked."""
 
     async def main() -> None:
-        end = PipeTransport(await connect_pipe(name))
-        end.start()
+        hub = PipeHub()
+        hub.connect(0, name)
         origin = Origin()
         origin.send(range(100, 103))
-        end.send_track(origin.producer)
-        seq = 103
-        while not end.closed and seq < 20000:  # paced like a camera, until the far worker hangs up
+        hub.send(0, origin.producer)  # before the connection is up: sent once it is
+        seq, pipe = 103, hub.pipe(0)
+        while not pipe.closed and seq < 20000:  # paced like a camera, until worker 0 hangs up
             asked, origin.plis[:] = bool(origin.plis), []
             origin.send([seq], keyframe_at={seq} if asked else set())
             seq += 1
             await asyncio.sleep(0.002)
+        hub.close()
 
     asyncio.run(main())
 
 
-async def test_two_processes_meet_on_an_abstract_address_and_the_far_one_asks_for_its_keyframe() -> None:
-    name = f"sfu-test-pipe-{os.getpid()}"
-    listener = listen_pipe(name)
+async def test_two_worker_processes_pipe_a_track_and_the_far_one_gets_its_keyframe_by_pli() -> None:
+    name = PipeHub.pipe_name(f"test{os.getpid()}", 0, 1)
+    opened: list[tuple[int, Producer]] = []
+    hub = PipeHub(on_open=lambda peer, producer: opened.append((peer, producer)))
+    hub.listen(1, name)
     child = multiprocessing.get_context("spawn").Process(target=_origin_process, args=(name,), daemon=True)
     child.start()
     try:
-        opened: list[Producer] = []
-        far_end = PipeTransport(await asyncio.wait_for(accept_pipe(listener), 30), on_open=opened.append)
-        far_end.start()
-        far = far_end.expect("MT1", "video")  # a worker may hold it before the track opens
-        await wait_for(lambda: opened == [far], message="the track opened")
+        far = hub.expect(1, "MT1", "video")  # a worker may hold it before the track opens
+        await wait_for(lambda: opened == [(1, far)], message="the track opened")
         consumer, sent = far_subscriber(far)
         await wait_for(lambda: len(sent) >= 30, message="the other process's stream")
         # it started at a keyframe, which the origin sent only because our PLI reached it
         assert sent[0].payload.startswith(KEYFRAME)
         seqs = [int.from_bytes(p.payload[-2:], "big") for p in sent]
         assert seqs == list(range(seqs[0], seqs[0] + len(seqs)))  # nothing lost on the way
-        far_end.close()
+        assert hub.counters().received >= 30 and hub.counters().sent >= 1
+        hub.close()
         await wait_for(lambda: not child.is_alive(), message="the origin saw the pipe close")
     finally:
         if child.is_alive():

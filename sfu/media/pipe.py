@@ -195,13 +195,13 @@ class PipeTransport:
 
     def __init__(
         self,
-        sock: socket.socket,
+        sock: socket.socket | None = None,
         on_open: Callable[[Producer], None] | None = None,
         on_close: Callable[[Producer], None] | None = None,
         cache_size: int = 512,
     ) -> None:
         self._sock = sock
-        self._sock.setblocking(False)
+        self._waiting: list[Producer] = []  # send_track before the socket was attached
         self.on_open = on_open
         self.on_close = on_close
         self._cache_size = cache_size
@@ -218,16 +218,37 @@ class PipeTransport:
         self.closed = False
 
     def start(self) -> None:
+        """Read and send (when the socket is already there; else ``attach`` starts it)."""
+        if self._sock is not None:
+            self.attach(self._sock)
+
+    def attach(self, sock: socket.socket) -> None:
+        """The connection is up: read it, and send the tracks asked for meanwhile."""
+        if self.closed:
+            sock.close()
+            return
+        self._sock = sock
+        sock.setblocking(False)
         self._loop = asyncio.get_running_loop()
-        self._loop.add_reader(self._sock.fileno(), self._readable)
+        self._loop.add_reader(sock.fileno(), self._readable)
         self._sr_timer = self._loop.call_later(SR_INTERVAL, self._pass_sender_reports)
+        waiting, self._waiting = self._waiting, []
+        for producer in waiting:
+            if not producer.closed:
+                self.send_track(producer)
+
+    @property
+    def attached(self) -> bool:
+        return self._loop is not None
 
     # --- sending ---------------------------------------------------------------------------
 
     def _sender(self, kind: int, number: int) -> Callable[[bytes], None]:
         head = _HEAD.pack(kind, number)
-        send = self._sock.send
         counters = self.counters
+        if self._sock is None or self.closed:
+            return lambda body: None
+        send = self._sock.send
 
         def write(body: bytes) -> None:
             try:
@@ -246,11 +267,15 @@ class PipeTransport:
     def _control(self, kind: int, number: int, body: bytes = b"") -> None:
         self._sender(kind, number)(body)
 
-    def send_track(self, producer: Producer) -> PipeConsumer:
-        """Forward ``producer`` to the far end (once, whatever the number of subscribers there)."""
+    def send_track(self, producer: Producer) -> PipeConsumer | None:
+        """Forward ``producer`` to the far end (once, whatever the number of subscribers there);
+        before the connection is up, as soon as it is (None meanwhile)."""
         existing = self._by_sid.get(producer.track_sid)
         if existing is not None:
             return existing
+        if not self.attached:
+            self._waiting.append(producer)
+            return None
         number = self._next_number
         self._next_number += 1
         codecs = [{"pt": c.payload_type, "mime": c.mime_type, "clock": c.clock_rate, "key": list(c.key), "parameters": c.parameters}
@@ -288,6 +313,8 @@ class PipeTransport:
     # --- receiving -------------------------------------------------------------------------
 
     def _readable(self) -> None:
+        if self._sock is None:
+            return
         recv = self._sock.recv
         for _ in range(READ_BATCH):
             try:
@@ -382,9 +409,9 @@ class PipeTransport:
     def close(self) -> None:
         if self.closed:
             return
-        self.closed = True
         for member in list(self._outgoing.values()):
             member.detach()
+        self.closed = True
         for producer in list(self.producers.values()):
             producer.close()
             if self.on_close is not None:
@@ -393,6 +420,94 @@ class PipeTransport:
         self.producers.clear()
         if self._sr_timer is not None:
             self._sr_timer.cancel()
-        if self._loop is not None:
+        if self._loop is not None and self._sock is not None:
             self._loop.remove_reader(self._sock.fileno())
-        self._sock.close()
+        if self._sock is not None:
+            self._sock.close()
+
+
+class PipeHub:
+    """A worker's pipes to the other workers, one per pair, by the other worker's index.
+
+    The front tells the far worker to ``listen`` and the origin worker to ``connect`` on one
+    name (``pipe_name``), in either order; either end may then send tracks over it.
+    ``send`` (origin) pipes a local producer; ``expect`` (far end) is the producer the far
+    worker's transports subscribe to.
+    """
+
+    def __init__(self, on_open: Callable[[int, Producer], None] | None = None,
+                 on_close: Callable[[int, Producer], None] | None = None, cache_size: int = 512) -> None:
+        self.pipes: dict[int, PipeTransport] = {}
+        self._on_open = on_open
+        self._on_close = on_close
+        self._cache_size = cache_size
+        self._tasks: set[asyncio.Task[None]] = set()
+
+    @staticmethod
+    def pipe_name(token: str, a: int, b: int) -> str:
+        """The abstract address of the pipe between workers ``a`` and ``b`` (``token``: one
+        per front process, so two servers on one machine never meet)."""
+        return f"sfu-pipe-{token}-{min(a, b)}-{max(a, b)}"
+
+    def pipe(self, peer: int) -> PipeTransport:
+        pipe = self.pipes.get(peer)
+        if pipe is None or pipe.closed:
+            opened, closed = self._on_open, self._on_close
+            pipe = self.pipes[peer] = PipeTransport(
+                None,
+                on_open=(lambda producer: opened(peer, producer)) if opened else None,
+                on_close=(lambda producer: closed(peer, producer)) if closed else None,
+                cache_size=self._cache_size,
+            )
+        return pipe
+
+    def listen(self, peer: int, name: str) -> None:
+        pipe = self.pipe(peer)
+        listener = listen_pipe(name)
+
+        async def accept() -> None:
+            try:
+                pipe.attach(await asyncio.wait_for(accept_pipe(listener), 30))
+            except (OSError, asyncio.TimeoutError) as exc:
+                logger.error("pipe to worker %d: no connection on %s: %s", peer, name, exc)
+                listener.close()
+                pipe.close()
+
+        self._spawn(accept())
+
+    def connect(self, peer: int, name: str) -> None:
+        pipe = self.pipe(peer)
+
+        async def connect() -> None:
+            try:
+                pipe.attach(await connect_pipe(name, 30))
+            except OSError as exc:
+                logger.error("pipe to worker %d: cannot connect to %s: %s", peer, name, exc)
+                pipe.close()
+
+        self._spawn(connect())
+
+    def send(self, peer: int, producer: Producer) -> None:
+        self.pipe(peer).send_track(producer)
+
+    def expect(self, peer: int, track_sid: str, kind: str) -> Producer:
+        return self.pipe(peer).expect(track_sid, kind)
+
+    def counters(self) -> PipeCounters:
+        total = PipeCounters()
+        for pipe in self.pipes.values():
+            for name in PipeCounters.__slots__:
+                setattr(total, name, getattr(total, name) + getattr(pipe.counters, name))
+        return total
+
+    def _spawn(self, coro: Any) -> None:
+        task = asyncio.ensure_future(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    def close(self) -> None:
+        for task in list(self._tasks):
+            task.cancel()
+        for pipe in self.pipes.values():
+            pipe.close()
+        self.pipes.clear()
