@@ -3,21 +3,29 @@
 from __future__ import annotations
 
 import asyncio
-import functools
 import logging
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
 from pyee.asyncio import AsyncIOEventEmitter
 
+from . import errors
 from . import rules as subscribe_rules
 from . import sids
-from .media.datatrack import DataConsumer, DataProducer, DataTrackOptions
-from .media.peer import Peer
-from .media.producer import Producer
-from .media.consumer import Consumer
-from .participant import KINDS, NO_SUPPORTED_CODEC, Participant, ParticipantError, PublishedTrack, Subscription
+from .contracts import Priority, TrackSink, TrackSource
+from .errors import (
+    DUPLICATE_IDENTITY,
+    MAX_TRACKS_EXCEEDED,
+    NO_SUPPORTED_CODEC,
+    PARTICIPANT_NOT_FOUND,
+    ROOM_COMPLETED,
+    ROOM_FULL,
+    SESSION_LENGTH_EXCEEDED,
+    TRACK_INVALID,
+    TRACK_KIND_NOT_SUPPORTED,
+)
+from .participant import KINDS, Participant, ParticipantError, PublishedTrack, Subscription
 
 if TYPE_CHECKING:
     from .registry import RoomRegistry
@@ -27,16 +35,6 @@ logger = logging.getLogger(__name__)
 ROOM_TYPES = {"go": 2, "peer-to-peer": 10, "group-small": 4, "group": 50}
 MAX_TRACK_NAME = 128
 MAX_ROOM_DURATION = 24 * 3600  # seconds: Twilio ends every room after 24 hours
-
-# Twilio error codes used by the room model.
-ROOM_FULL = 53105
-ROOM_COMPLETED = 53118
-DUPLICATE_IDENTITY = 53205
-TRACK_KIND_NOT_SUPPORTED = 53125
-MAX_TRACKS_EXCEEDED = 53203
-TRACK_INVALID = 53300
-PARTICIPANT_NOT_FOUND = 53204
-SESSION_LENGTH_EXCEEDED = 53216
 
 
 @dataclass
@@ -64,7 +62,11 @@ class RoomSettings:
 class Room(AsyncIOEventEmitter):
     """Events (all after the state changed): ``participant_connected`` (p),
     ``participant_disconnected`` (p), ``participant_updated`` (p), ``track_added``,
-    ``track_removed``, ``track_enabled``, ``track_disabled`` (p, track), ``ended`` ()."""
+    ``track_removed``, ``track_enabled``, ``track_disabled`` (p, track),
+    ``subscribe_rules_changed`` (p), ``recording_rules_changed`` (rules), ``ended`` ().
+
+    The room is the only writer of its state and its participants' (their status included);
+    records, signaling and metrics follow it through these events."""
 
     def __init__(self, sid: str, unique_name: str, settings: RoomSettings, registry: "RoomRegistry", created_at: datetime) -> None:
         super().__init__()
@@ -82,7 +84,6 @@ class Room(AsyncIOEventEmitter):
         self._session_timers: dict[str, asyncio.TimerHandle] = {}
         self._lifetime_timer = registry.call_later(MAX_ROOM_DURATION, lambda: asyncio.ensure_future(self.end()))
         self.recording_rules: list[dict[str, Any]] | None = None
-        self.on("participant_updated", registry.records.participant)  # e.g. reconnecting
 
     @property
     def in_progress(self) -> bool:
@@ -116,9 +117,7 @@ class Room(AsyncIOEventEmitter):
                 raise ParticipantError(ROOM_FULL, "Room contains too many Participants")
             self._cancel_empty_timer()
             now = self.registry.now()
-            peer = Peer(f"{self.unique_name}/{identity}", self.registry.media_config)
-            participant = Participant(sids.new_sid(sids.PARTICIPANT), identity, self, peer, now)
-            peer.on("failed", lambda reason: self._peer_failed(participant, reason))
+            participant = Participant(sids.new_sid(sids.PARTICIPANT), identity, self, self.registry.plane, now)
             if rules is not None:
                 participant.rules = rules
             self.participants[participant.sid] = participant
@@ -128,11 +127,9 @@ class Room(AsyncIOEventEmitter):
                     self.remove(participant, SESSION_LENGTH_EXCEEDED, "Participant session length exceeded")
                 ),
             )
-            self.registry.records.participant(participant)
-            self.registry.records.rules(participant)
             self.emit("participant_connected", participant)
             self._reconcile(participant)
-            peer.request_negotiation()  # the first offer always opens the data channel transport
+            participant.transport.request_negotiation()  # the first offer always opens the data channel transport
             return participant
 
     async def remove(self, participant: Participant, code: int | None = None, message: str | None = None) -> None:
@@ -155,17 +152,33 @@ class Room(AsyncIOEventEmitter):
             self._drop_subscription(participant, sub)
         participant.subscriptions.clear()
         participant.failed_subscriptions.clear()
-        participant.close_pending_channels()
         participant.emit("removed", code, message)
-        await participant.peer.close()
-        self.registry.records.participant(participant)
+        await participant.transport.close()  # (and the data channels it held for tracks not published)
         self.emit("participant_disconnected", participant)
         if not self.participants and self.in_progress:
             self._on_empty()
 
-    def _peer_failed(self, participant: Participant, reason: str) -> None:
-        logger.info("removing %s from %s: %s", participant.identity, self.unique_name, reason)
-        asyncio.ensure_future(self.remove(participant, 53405, f"Media connection failed: {reason}"))
+    def transport_failed(self, participant: Participant, code: int, reason: str) -> None:
+        """The participant's transport is gone (its connection failed, or its media process)."""
+        logger.info("removing %s from %s: %d %s", participant.identity, self.unique_name, code, reason)
+        asyncio.ensure_future(self.remove(participant, code, reason))
+
+    def set_reconnecting(self, participant: Participant) -> None:
+        """The participant's signaling connection dropped; its media goes on meanwhile."""
+        self._set_status(participant, "reconnecting")
+
+    def set_connected(self, participant: Participant) -> None:
+        """The participant resumed its session after ``set_reconnecting``."""
+        self._set_status(participant, "connected")
+
+    def _set_status(self, participant: Participant, status: str) -> None:
+        if participant.status == status or participant.status == "disconnected":
+            return
+        if self.participants.get(participant.sid) is not participant:
+            return
+        participant.status = status
+        participant.revision += 1
+        self.emit("participant_updated", participant)
 
     def _on_empty(self) -> None:
         if not self.settings.created_via_rest:
@@ -215,7 +228,7 @@ class Room(AsyncIOEventEmitter):
         enabled: bool = True,
     ) -> PublishedTrack:
         if participant.status != "connected":
-            raise ParticipantError(53204, "Participant is not connected")
+            raise ParticipantError(PARTICIPANT_NOT_FOUND, "Participant is not connected")
         if kind not in KINDS:
             raise ParticipantError(TRACK_KIND_NOT_SUPPORTED, f"Track kind '{kind}' is not supported")
         if kind == "video" and self.settings.audio_only:
@@ -229,7 +242,7 @@ class Room(AsyncIOEventEmitter):
         if any(t.client_id == client_id for t in live):
             raise ParticipantError(TRACK_INVALID, f"Track id '{client_id}' is already published")
         if any(t.name == name for t in live):
-            raise ParticipantError(53304, f"Track name '{name}' is duplicated")
+            raise ParticipantError(errors.TRACK_NAME_DUPLICATED, f"Track name '{name}' is duplicated")
         limit = self.settings.max_concurrent_published_tracks
         if limit is not None and len(live) >= limit:
             raise ParticipantError(MAX_TRACKS_EXCEEDED, "Maximum number of published tracks exceeded")
@@ -245,14 +258,22 @@ class Room(AsyncIOEventEmitter):
         participant.published[track.sid] = track
         participant.published_revision += 1
         if kind == "data":
-            channel = participant.take_pending_channel(client_id)
-            if channel is not None:
-                participant.attach_data_channel(track, channel)
+            self.attach_data(participant, track)  # if its channel is open already
         else:
             codecs = self.settings.video_codecs if kind == "video" else None
-            track.producer = participant.peer.add_publication(track.sid, kind, codecs)
+            track.source = participant.transport.publish(track.sid, kind, codecs)  # type: ignore[arg-type]
         participant.emit("published_changed")
         return track
+
+    def attach_data(self, participant: Participant, track: PublishedTrack) -> None:
+        """Bind a data track to the channel its client opened with the track's id as label,
+        if the transport holds one: the track is ready at once (the channel is open)."""
+        source = participant.transport.publish_data(track.sid, track.client_id)
+        if source is None:
+            return
+        track.source = source
+        track.data_options = source.data_options
+        self.track_ready(participant, track)
 
     def track_ready(self, participant: Participant, track: PublishedTrack) -> None:
         """The track's media started. A reconnecting publisher's media goes on without its
@@ -262,7 +283,6 @@ class Room(AsyncIOEventEmitter):
         track.ready = True
         participant.revision += 1
         participant.published_revision += 1
-        self.registry.records.track(track)
         participant.emit("published_changed")
         self.emit("participant_updated", participant)
         self.emit("track_added", participant, track)
@@ -284,14 +304,11 @@ class Room(AsyncIOEventEmitter):
         was_ready = track.ready
         for other in list(self.participants.values()):
             self._unsubscribe(other, track.sid)
-        if isinstance(track.producer, Producer):
-            participant.peer.remove_publication(track.producer)
-        elif isinstance(track.producer, DataProducer):
-            track.producer.close()
+        if track.source is not None:
+            participant.transport.unpublish(track.source)
         participant.published.pop(track.sid, None)
         participant.published_revision += 1
         if was_ready:
-            self.registry.records.track(track)
             participant.revision += 1
             self.emit("track_removed", participant, track)
         if notify:
@@ -299,13 +316,13 @@ class Room(AsyncIOEventEmitter):
             if was_ready:
                 self.emit("participant_updated", participant)
 
-    def publication_failed(self, participant: Participant, producer: Producer, reason: str) -> None:
+    def publication_failed(self, participant: Participant, source: TrackSource, reason: str) -> None:
         """The publisher's answer rejected the track's m-section (say, the room's only video
         codec is one its browser lacks). The track is unpublished from the room but stays in
         the publisher's list as ``failed``, so the client's track list does not publish it
         again; it leaves when the client drops it."""
-        track = participant.published.get(producer.track_sid)
-        if track is None or track.producer is not producer or track.unpublished:
+        track = participant.track_by_source(source)
+        if track is None or track.unpublished:
             return
         code, message = NO_SUPPORTED_CODEC, f"No supported codec: {reason}"
         logger.warning(
@@ -321,12 +338,12 @@ class Room(AsyncIOEventEmitter):
         if was_ready:
             self.emit("participant_updated", participant)
 
-    def subscription_failed(self, subscriber: Participant, consumer: Consumer, reason: str) -> None:
+    def subscription_failed(self, subscriber: Participant, sink: TrackSink, reason: str) -> None:
         """The subscriber's answer rejected the track's m-section: the track counts as not
         subscribed for it, and is not offered again while it stays wanted."""
-        sid = consumer.producer.track_sid
+        sid = sink.track_sid
         sub = subscriber.subscriptions.get(sid)
-        if sub is None or sub.consumer is not consumer:
+        if sub is None or sub.sink is not sink:
             return
         code, message = NO_SUPPORTED_CODEC, f"No supported codec: {reason}"
         logger.warning(
@@ -345,7 +362,6 @@ class Room(AsyncIOEventEmitter):
         track.enabled = enabled
         if track.ready:
             participant.revision += 1
-            self.registry.records.track(track)
             self.emit("participant_updated", participant)
             self.emit("track_enabled" if enabled else "track_disabled", participant, track)
 
@@ -356,14 +372,14 @@ class Room(AsyncIOEventEmitter):
         normalised = subscribe_rules.validate(rules)
         participant.rules = normalised
         participant.rules_updated_at = self.registry.now()
-        self.registry.records.rules(participant)
+        self.emit("subscribe_rules_changed", participant)
         self._reconcile(participant)
         return normalised
 
     def set_recording_rules(self, rules: list[dict[str, Any]]) -> None:
         """Replace the room's (already validated) recording rules."""
         self.recording_rules = rules
-        self.registry.records.recording_rules(self, rules)
+        self.emit("recording_rules_changed", rules)
 
     def _reconcile(self, subscriber: Participant) -> None:
         """Make the subscriber's subscriptions match its rules and the published tracks.
@@ -387,8 +403,7 @@ class Room(AsyncIOEventEmitter):
             self._drop_subscription(subscriber, subscriber.subscriptions.pop(sid))
             changed = True
         for kept in subscriber.subscriptions.values():  # the rules may give them a new priority
-            if isinstance(kept.consumer, Consumer):
-                kept.consumer.priority = subscribe_rules.priority(subscriber.rules, kept.track.ref())
+            kept.sink.set_priority(cast(Priority, subscribe_rules.priority(subscriber.rules, kept.track.ref())))
         for sid, track in wanted.items():
             if sid not in subscriber.subscriptions and sid not in subscriber.failed_subscriptions:
                 sub = self._subscribe(subscriber, track)
@@ -400,38 +415,18 @@ class Room(AsyncIOEventEmitter):
             subscriber.emit("subscriptions_changed")
 
     def _subscribe(self, subscriber: Participant, track: PublishedTrack) -> Subscription | None:
-        producer = track.producer
-        if isinstance(producer, Producer):
-            consumer = subscriber.peer.add_subscription(producer, stream_id=track.publisher.sid)
-            consumer.priority = subscribe_rules.priority(subscriber.rules, track.ref())  # (what overload sheds first)
-            return Subscription(track, consumer, created_at=self.registry.now())
-        if isinstance(producer, DataProducer):
-            options: DataTrackOptions = producer.options
-            channel = subscriber.peer.create_data_channel(track.sid, options)
-            config = self.registry.media_config
-            lost = functools.partial(self._data_consumer_lost, subscriber, track)
-            data_consumer = DataConsumer(
-                channel,
-                options,
-                high_water_mark=config.data_high_water_mark,
-                max_queued=config.data_max_queued,
-                max_queued_bytes=config.data_max_queued_bytes,
-                on_overflow=lost,
-                on_closed=lost,
-            )
-            producer.add_consumer(data_consumer)
-            return Subscription(track, data_consumer, label=track.sid, created_at=self.registry.now())
-        return None
+        if track.source is None:
+            return None
+        priority = cast(Priority, subscribe_rules.priority(subscriber.rules, track.ref()))  # (what overload sheds first)
+        sink = subscriber.transport.subscribe(track.source, stream_id=track.publisher.sid, priority=priority)
+        label = track.sid if track.kind == "data" else None  # (a data sink's channel is labelled with the track SID)
+        return Subscription(track, sink, label=label, created_at=self.registry.now())
 
     def _drop_subscription(self, subscriber: Participant, sub: Subscription) -> None:
-        if isinstance(sub.consumer, DataConsumer):
-            if isinstance(sub.track.producer, DataProducer):
-                sub.track.producer.remove_consumer(sub.consumer)
-            sub.consumer.close()
-        elif subscriber.status != "disconnected":  # (a reconnecting one keeps its peer connection)
-            subscriber.peer.remove_subscription(sub.consumer)
+        if subscriber.status != "disconnected":  # (a reconnecting one keeps its peer connection)
+            subscriber.transport.unsubscribe(sub.sink)
         else:
-            sub.consumer.detach()
+            subscriber.transport.release(sub.sink)
 
     def _unsubscribe(self, subscriber: Participant, track_sid: str) -> None:
         """Drop one subscription (or failed subscription) and tell the subscriber."""
@@ -443,8 +438,8 @@ class Room(AsyncIOEventEmitter):
             subscriber.subscribed_revision += 1
             subscriber.emit("subscriptions_changed")
 
-    def _data_consumer_lost(self, subscriber: Participant, track: PublishedTrack, consumer: DataConsumer) -> None:
-        """The subscriber's channel overflowed or was closed by the subscriber."""
-        sub = subscriber.subscriptions.get(track.sid)
-        if sub is not None and sub.consumer is consumer:  # not a later subscription to the same track
-            self._unsubscribe(subscriber, track.sid)
+    def subscription_lost(self, subscriber: Participant, sink: TrackSink) -> None:
+        """A data sink's channel overflowed or was closed by the subscriber."""
+        sub = subscriber.subscriptions.get(sink.track_sid)
+        if sub is not None and sub.sink is sink:  # not a later subscription to the same track
+            self._unsubscribe(subscriber, sink.track_sid)

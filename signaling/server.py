@@ -17,7 +17,7 @@ from aiohttp.helpers import DEFAULT_CHUNK_SIZE
 from aiohttp.web_protocol import RequestHandler
 
 from sfu.credentials import Credentials
-from sfu.media.peer import NegotiationError, Offer
+from sfu.contracts import NegotiationError, Offer
 from sfu.participant import Participant, ParticipantError
 from sfu.records import RecordsUnavailable
 from sfu.registry import RoomRegistry
@@ -294,7 +294,7 @@ class Session:
             sdp = protocol.field(description, "sdp", str)
             revision = protocol.field(description, "revision", int)
             try:
-                await self.participant.peer.apply_answer(sdp, revision)
+                await self.participant.transport.apply_answer(sdp, revision)
             except NegotiationError as exc:
                 raise ProtocolError(exc.code, exc.message) from None
         ice = protocol.field(pc, "ice", dict, required=False)
@@ -304,7 +304,7 @@ class Session:
                 if not isinstance(c, dict):
                     raise ProtocolError(protocol.SIGNALING_ERROR, "Malformed ICE candidate")
                 try:
-                    await self.participant.peer.add_ice_candidate(
+                    await self.participant.transport.add_ice_candidate(
                         protocol.field(c, "candidate", str, required=False),
                         protocol.field(c, "sdpMid", str, required=False),
                         protocol.field(c, "sdpMLineIndex", int, required=False),
@@ -312,7 +312,7 @@ class Session:
                 except NegotiationError as exc:
                     raise ProtocolError(exc.code, exc.message) from None
             if protocol.field(ice, "complete", bool, required=False):
-                await self.participant.peer.add_ice_candidate(None, None, None)
+                await self.participant.transport.add_ice_candidate(None, None, None)
 
     # --- websocket loss -----------------------------------------------------------------
 
@@ -321,11 +321,7 @@ class Session:
             return
         self.ws = None
         self._stop_writer()
-        p = self.participant
-        if p.status == "connected":
-            p.status = "reconnecting"
-            p.revision += 1
-            self.room.emit("participant_updated", p)
+        self.room.set_reconnecting(self.participant)
         self._grace = asyncio.get_running_loop().call_later(
             self.service.reconnect_grace, lambda: asyncio.ensure_future(self._expire())
         )
@@ -340,13 +336,9 @@ class Session:
         (its media does not depend on the websocket): ``synced`` carries the current state,
         and the offer still waiting for an answer, if any, follows it."""
         self.attach(ws)
-        p = self.participant
-        if p.status == "reconnecting":
-            p.status = "connected"
-            p.revision += 1
-            self.room.emit("participant_updated", p)
+        self.room.set_connected(self.participant)
         self.send(self.state("synced"))
-        if self.participant.peer.negotiating and self._last_offer is not None:
+        if self.participant.transport.negotiating and self._last_offer is not None:
             self.send(self._offer_message(self._last_offer))
 
 
@@ -381,8 +373,8 @@ class SignalingService:
     is shed (53006, then closed), so idle sockets never keep a participant out.
     ``allowed_origins`` (when not empty) is the list of browser origins allowed to open a
     websocket (403 before the upgrade); clients that send no ``Origin`` (not browsers) pass.
-    ``ice_servers`` is what ``connected`` hands each participant (default: the media
-    configuration's ``ice_servers``, the operator's ``--ice-server`` list).
+    ``ice_servers`` is what ``connected`` hands each participant (the operator's
+    ``--ice-server`` list; default: none).
     """
 
     def __init__(
@@ -398,7 +390,7 @@ class SignalingService:
         ice_servers: IceServers | None = None,
     ) -> None:
         check_websocket_internals()
-        self.ice_servers = ice_servers or IceServers(list(registry.media_config.ice_servers))
+        self.ice_servers = ice_servers or IceServers([])
         self.registry = registry
         self.credentials = credentials
         self.reconnect_grace = reconnect_grace
@@ -639,7 +631,7 @@ class SignalingService:
             raise ProtocolError(UNABLE_TO_CONNECT, "Unable to connect to Room: the participant was removed", fatal=True)
         session.attach(ws)
         session.send(session.state("connected"))
-        if participant.peer.negotiating and session._last_offer is not None:
+        if participant.transport.negotiating and session._last_offer is not None:
             session.send(session._offer_message(session._last_offer))  # made while records were stored
         if refused is not None:
             session.send(protocol.error(refused.code, refused.message, "connect"))

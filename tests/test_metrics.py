@@ -116,8 +116,8 @@ async def test_totals_survive_a_subscriber_leaving_while_the_publisher_stays(ser
     reader = await clients.watch(bob, "alice")
     await reader.advance(10)
     sent_while_watching = sum(
-        sub.media.stats.packets for p in next(iter(server.registry.rooms.values())).participants.values()
-        for sub in p.subscriptions.values() if sub.media is not None
+        sub.sink.counters.packets for p in next(iter(server.registry.rooms.values())).participants.values()
+        for sub in p.subscriptions.values() if sub.track.kind != "data"
     )
     await reader.close()
     clients.readers.remove(reader)
