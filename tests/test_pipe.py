@@ -18,10 +18,11 @@ from sfu.media import rtp
 from sfu.media.consumer import Consumer
 from sfu.media.pipe import AUDIO_LEVEL_ID, PipeHub, PipeTransport, encode, pipe_pair
 from sfu.media.producer import Producer
+from sfu.media.router import Router
 from sfu.media.rtp import InboundPacket
 
 from .conftest import wait_for
-from .test_forwarding_unit import DELTA, EXTENSIONS, KEYFRAME, VP8, packet, record
+from .test_forwarding_unit import DELTA, EXTENSIONS, KEYFRAME, VP8, packet, record, router_for
 
 
 class Origin:
@@ -33,7 +34,12 @@ class Origin:
         self.producer = Producer("MT1", "video", self.plis.append, lambda ssrc, lost: self.nacks.append(lost))
         self.producer.configure([VP8], {98: 97}, 0, 1, True)
         self.producer.set_ssrcs(1111, 2222)
+        self.router = Router()  # the origin room's fan-out map
         self.payloads: dict[int, bytes] = {}
+
+    def unpublish(self) -> None:
+        self.router.remove_source(self.producer)
+        self.producer.close()
 
     def send(self, seqs: Iterable[int], keyframe_at: frozenset[int] | set[int] = frozenset()) -> None:
         for seq in seqs:
@@ -44,7 +50,7 @@ class Origin:
 
 def far_subscriber(producer: Producer, ssrc: int = 5555) -> tuple[Consumer, list[RtpPacket]]:
     sent: list[RtpPacket] = []
-    consumer = Consumer(producer, lambda data: record(sent, RtpPacket.parse(data)), ssrc, ssrc + 1)
+    consumer = Consumer(producer, router_for(producer), lambda data: record(sent, RtpPacket.parse(data)), ssrc, ssrc + 1)
     consumer.configure([VP8], {98: 97}, EXTENSIONS, "0")
     consumer.attach()
     return consumer, sent
@@ -65,7 +71,7 @@ async def test_packets_cross_once_for_every_far_subscriber_and_start_at_the_cach
     origin_end, far_end = pipe
     origin = Origin()
     origin.send(range(100, 111), keyframe_at={101})
-    origin_end.send_track(origin.producer)
+    origin_end.send_track(origin.producer, origin.router)
     far = await wait_for(lambda: far_end.producers.get("MT1"), message="the track opened on the far end")
     # the origin's newest keyframe and what followed went across with the track
     await wait_for(lambda: far.stats.packets == 10, message="the cached keyframe crossed")
@@ -84,7 +90,7 @@ async def test_packets_cross_once_for_every_far_subscriber_and_start_at_the_cach
         assert [(p.sequence_number - first) & 0xFFFF for p in sent] == list(range(60))
     # each packet crossed once for three subscribers, and the origin fan-out has one member for them
     assert origin_end.counters.sent - sent_before == 50
-    assert len(origin.producer.forwarding) == 1
+    assert len(origin.router.forwarding(origin.producer)) == 1
     assert origin_end.counters.dropped == 0
 
 
@@ -92,7 +98,7 @@ async def test_a_far_subscriber_without_a_cached_keyframe_asks_the_publisher_thr
     origin_end, far_end = pipe
     origin = Origin()
     origin.send(range(100, 105))  # no keyframe yet
-    origin_end.send_track(origin.producer)
+    origin_end.send_track(origin.producer, origin.router)
     far = await wait_for(lambda: far_end.producers.get("MT1"))
     consumer, sent = far_subscriber(far)
     await wait_for(lambda: origin.plis == [1111], message="the far subscriber's PLI reached the publisher")
@@ -112,13 +118,13 @@ async def test_a_packet_lost_in_the_pipe_is_nacked_to_the_origin_and_resent_from
     origin_end, far_end = pipe
     origin = Origin()
     origin.send(range(100, 102), keyframe_at={100})
-    member = origin_end.send_track(origin.producer)
+    member = origin_end.send_track(origin.producer, origin.router)
     far = await wait_for(lambda: far_end.producers.get("MT1"))
     consumer, sent = far_subscriber(far)
     await wait_for(lambda: len(sent) == 2)
-    origin.producer.set_forwarding(member, False)  # 102 never enters the pipe
+    origin.router.set_forwarding(member, False)  # type: ignore[arg-type]  # 102 never enters the pipe
     origin.send([102])
-    origin.producer.set_forwarding(member, True)
+    origin.router.set_forwarding(member, True)  # type: ignore[arg-type]
     origin.send(range(103, 106))
     await wait_for(lambda: len(sent) == 6, message="the lost packet came back")
     assert origin_end.counters.retransmitted == 1
@@ -134,7 +140,7 @@ async def test_a_reader_that_does_not_keep_up_costs_drops_never_memory() -> None
     origin_end.start()  # the far end does not read yet
     origin = Origin()
     origin.send([100], keyframe_at={100})
-    origin_end.send_track(origin.producer)
+    origin_end.send_track(origin.producer, origin.router)
     big = DELTA + b"x" * 1100
     fed = 20000  # 22 MB: several times any socket buffer
     for seq in range(101, 101 + fed):
@@ -155,15 +161,20 @@ async def test_a_reader_that_does_not_keep_up_costs_drops_never_memory() -> None
 async def test_unpublishing_closes_the_far_track_and_its_subscribers() -> None:
     a, b = pipe_pair()
     closed: list[Producer] = []
-    origin_end, far_end = PipeTransport(a), PipeTransport(b, on_close=closed.append)
+
+    def on_close(producer: Producer) -> None:  # what the far worker does: out of its room's Router
+        closed.append(producer)
+        router_for(producer).remove_source(producer)
+
+    origin_end, far_end = PipeTransport(a), PipeTransport(b, on_close=on_close)
     origin_end.start()
     far_end.start()
     origin = Origin()
     origin.send([100], keyframe_at={100})
-    origin_end.send_track(origin.producer)
+    origin_end.send_track(origin.producer, origin.router)
     far = await wait_for(lambda: far_end.producers.get("MT1"))
     consumer, _ = far_subscriber(far)
-    origin.producer.close()
+    origin.unpublish()
     await wait_for(lambda: closed == [far], message="the far track closed")
     assert far.closed and not consumer.forwarding and "MT1" not in far_end.producers
     origin_end.close()
@@ -192,7 +203,7 @@ def test_two_event_loops_in_two_threads_carry_a_track_and_its_plis() -> None:
         far_ready.set()
         far = await wait_for(lambda: far_end.producers.get("MT1"))
         far_subscriber(far)  # no keyframe yet: its PLI goes to the origin's thread
-        consumer = Consumer(far, lambda data: record(received, RtpPacket.parse(data)), 8000, 8001)
+        consumer = Consumer(far, router_for(far), lambda data: record(received, RtpPacket.parse(data)), 8000, 8001)
         consumer.configure([VP8], {98: 97}, EXTENSIONS, "0")
         consumer.attach()
         while not stop.is_set():
@@ -215,7 +226,7 @@ def test_two_event_loops_in_two_threads_carry_a_track_and_its_plis() -> None:
             origin_end.start()
             origin = Origin()
             origin.send(range(100, 103))
-            origin_end.send_track(origin.producer)
+            origin_end.send_track(origin.producer, origin.router)
             await wait_for(lambda: origin.plis, message="the far thread's PLI")
             origin.send(range(103, 130), keyframe_at={103})
             await wait_for(lambda: len(received) == 27, message="the far thread's subscriber got the stream")
@@ -237,7 +248,7 @@ def _origin_process(name: str) -> None:
         hub.connect(0, name)
         origin = Origin()
         origin.send(range(100, 103))
-        hub.send(0, origin.producer)  # before the connection is up: sent once it is
+        hub.send(0, origin.producer, origin.router)  # before the connection is up: sent once it is
         seq, pipe = 103, hub.pipe(0)
         while not pipe.closed and seq < 20000:  # paced like a camera, until worker 0 hangs up
             asked, origin.plis[:] = bool(origin.plis), []

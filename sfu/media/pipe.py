@@ -3,7 +3,7 @@
 
 A room bigger than one core keeps its publishers on one worker and puts some subscribers on
 another. For each published track the origin worker attaches a ``PipeConsumer`` to the
-track's fan-out, like any subscriber: it writes every inbound packet ONCE into the pipe, with
+track's fan-out (the room's Router), like any subscriber: it writes every inbound packet ONCE into the pipe, with
 the payload as the publisher sent it (no rewrite: the far worker's own consumers do that per
 subscriber). On the far worker the pipe feeds a plain ``Producer``, so the consumers there
 use what they use at home: its fan-out, its retransmission cache, its newest keyframe for a
@@ -41,11 +41,13 @@ import socket
 import struct
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, cast
 
+from ..contracts import Kind
 from . import rtp
-from .producer import CodecInfo, Producer
+from .producer import Producer
 from .rtp import InboundPacket
+from .source import CodecInfo, FanOut
 
 logger = logging.getLogger(__name__)
 
@@ -141,32 +143,34 @@ class PipeConsumer:
     """The origin's end for one track: a member of the producer's fan-out that writes each
     packet once into the pipe, and answers the far end's PLIs and NACKs."""
 
-    __slots__ = ("producer", "number", "transport", "_send", "_attached")
+    __slots__ = ("producer", "fan_out", "number", "transport", "_send", "_attached")
 
-    def __init__(self, producer: Producer, number: int, transport: "PipeTransport") -> None:
+    def __init__(self, producer: Producer, fan_out: FanOut, number: int, transport: "PipeTransport") -> None:
         self.producer = producer
+        self.fan_out = fan_out
         self.number = number
         self.transport = transport
         self._send = transport._sender(RTP, number)
         self._attached = False
 
-    # the fan-out's side (what Producer calls on its consumers)
+    # the fan-out's side (what the Router calls on its members; it types them as Consumer)
 
     def forward(self, packet: InboundPacket, abs_send_time: bytes) -> None:
         self._send(encode(packet))
 
-    def detach(self) -> None:
-        """The producer closed (its publisher left): the far end's track ends too."""
-        if self._attached:
-            self._attached = False
-            self.producer.remove_consumer(self)  # type: ignore[arg-type]
-            self.transport._closed(self)
-
     def attach(self) -> None:
         if not self._attached:
             self._attached = True
-            self.producer.add_consumer(self)  # type: ignore[arg-type]
-            self.producer.set_forwarding(self, True)  # type: ignore[arg-type]
+            self.fan_out.attach(self)  # type: ignore[arg-type]
+            self.fan_out.set_forwarding(self, True)  # type: ignore[arg-type]
+
+    def detach(self) -> None:
+        """Out of the fan-out (the track was unpublished, or the pipe closes): the far end's
+        track ends too."""
+        if self._attached:
+            self._attached = False
+            self.fan_out.detach(self)  # type: ignore[arg-type]
+            self.transport._closed(self)
 
     # the far end's requests
 
@@ -187,7 +191,7 @@ class PipeConsumer:
 class PipeTransport:
     """One end of a pipe between two workers; either end may send tracks and receive them.
 
-    Origin: ``send_track(producer)`` opens the track on the far end, starts it with the
+    Origin: ``send_track(producer, fan_out)`` opens the track on the far end, starts it with the
     producer's newest keyframe when the cache has one, and forwards from then on.
     Far end: ``producers`` holds a ``Producer`` per track received (by track SID), which the
     worker's consumers subscribe to as to any other; ``on_open`` / ``on_close`` report them.
@@ -201,7 +205,7 @@ class PipeTransport:
         cache_size: int = 512,
     ) -> None:
         self._sock = sock
-        self._waiting: list[Producer] = []  # send_track before the socket was attached
+        self._waiting: list[tuple[Producer, FanOut]] = []  # send_track before the socket was attached
         self.on_open = on_open
         self.on_close = on_close
         self._cache_size = cache_size
@@ -233,9 +237,9 @@ class PipeTransport:
         self._loop.add_reader(sock.fileno(), self._readable)
         self._sr_timer = self._loop.call_later(SR_INTERVAL, self._pass_sender_reports)
         waiting, self._waiting = self._waiting, []
-        for producer in waiting:
+        for producer, fan_out in waiting:
             if not producer.closed:
-                self.send_track(producer)
+                self.send_track(producer, fan_out)
 
     @property
     def attached(self) -> bool:
@@ -267,14 +271,15 @@ class PipeTransport:
     def _control(self, kind: int, number: int, body: bytes = b"") -> None:
         self._sender(kind, number)(body)
 
-    def send_track(self, producer: Producer) -> PipeConsumer | None:
-        """Forward ``producer`` to the far end (once, whatever the number of subscribers there);
-        before the connection is up, as soon as it is (None meanwhile)."""
+    def send_track(self, producer: Producer, fan_out: FanOut) -> PipeConsumer | None:
+        """Forward ``producer`` (a member of ``fan_out``, its room's Router) to the far end,
+        once whatever the number of subscribers there; before the connection is up, as soon
+        as it is (None meanwhile)."""
         existing = self._by_sid.get(producer.track_sid)
         if existing is not None:
             return existing
         if not self.attached:
-            self._waiting.append(producer)
+            self._waiting.append((producer, fan_out))
             return None
         number = self._next_number
         self._next_number += 1
@@ -282,7 +287,7 @@ class PipeTransport:
                   for c in producer.codecs.values()]
         self._control(OPEN, number, json.dumps({"sid": producer.track_sid, "kind": producer.kind, "codecs": codecs,
                                                 "ssrc": producer.ssrc}, default=str).encode())
-        member = PipeConsumer(producer, number, self)
+        member = PipeConsumer(producer, fan_out, number, self)
         self._outgoing[number] = member
         self._by_sid[producer.track_sid] = member
         for packet in producer.recent_keyframe() or ():
@@ -359,9 +364,7 @@ class PipeTransport:
             if producer is not None:
                 self.producers.pop(producer.track_sid, None)
                 self._numbers.pop(producer.track_sid, None)
-                producer.close()
-                if self.on_close is not None:
-                    self.on_close(producer)
+                self._end(producer)
 
     def expect(self, track_sid: str, kind: str) -> Producer:
         """The far end's producer for a track the origin is about to send: there at once, so a
@@ -386,7 +389,7 @@ class PipeTransport:
 
         # The far producer's keyframe requester rate-limits and coalesces its subscribers'
         # requests as at home; each PLI it lets through goes to the origin.
-        return Producer(sid, kind, send_pli, send_nack, cache_size=self._cache_size)
+        return Producer(sid, cast(Kind, kind), send_pli, send_nack, cache_size=self._cache_size)
 
     def _open(self, number: int, info: dict[str, Any]) -> None:
         sid, kind = str(info["sid"]), str(info["kind"])
@@ -401,10 +404,17 @@ class PipeTransport:
         logger.debug("pipe: track %s (%s) opened as %d", sid, kind, number)
         if self.on_open is not None:
             self.on_open(producer)
-        if producer.consumers:  # subscribed before it opened: their first keyframe, please
-            self._control(PLI, number)
+        if producer.keyframe_requests_sent or producer.keyframe_requests_coalesced:
+            self._control(PLI, number)  # asked for before it opened (no number to send it with)
 
     # --- lifecycle -------------------------------------------------------------------------
+
+    def _end(self, producer: Producer) -> None:
+        """A far track ended: ``on_close`` first (its owner takes it out of its Router, which
+        detaches its consumers), then the producer closes."""
+        if self.on_close is not None:
+            self.on_close(producer)
+        producer.close()
 
     def close(self) -> None:
         if self.closed:
@@ -413,9 +423,7 @@ class PipeTransport:
             member.detach()
         self.closed = True
         for producer in list(self.producers.values()):
-            producer.close()
-            if self.on_close is not None:
-                self.on_close(producer)
+            self._end(producer)
         self._incoming.clear()
         self.producers.clear()
         if self._sr_timer is not None:
@@ -487,8 +495,8 @@ class PipeHub:
 
         self._spawn(connect())
 
-    def send(self, peer: int, producer: Producer) -> None:
-        self.pipe(peer).send_track(producer)
+    def send(self, peer: int, producer: Producer, fan_out: FanOut) -> None:
+        self.pipe(peer).send_track(producer, fan_out)
 
     def expect(self, peer: int, track_sid: str, kind: str) -> Producer:
         return self.pipe(peer).expect(track_sid, kind)
