@@ -86,6 +86,7 @@ async def test_packets_cross_once_for_every_far_subscriber_and_start_at_the_cach
     for consumer, sent in subscribers:
         assert [p.payload for p in sent] == [origin.payloads[s] for s in range(101, 161)]  # verbatim, in order
         assert {p.ssrc for p in sent} == {consumer.ssrc}  # rewritten per far subscriber
+        assert {p.payload_type for p in sent} == {97}  # the publisher's 97, the pipe's 96, the subscriber's 97
         first = sent[0].sequence_number
         assert [(p.sequence_number - first) & 0xFFFF for p in sent] == list(range(60))
     # each packet crossed once for three subscribers, and the origin fan-out has one member for them
@@ -269,6 +270,7 @@ async def test_two_worker_processes_pipe_a_track_and_the_far_one_gets_its_keyfra
     child.start()
     try:
         far = hub.expect(1, "MT1", "video")  # a worker may hold it before the track opens
+        assert [c.mime_type for c in far.codecs.values()][0] == "video/VP8"  # the pipe's codecs, known at once
         await wait_for(lambda: opened == [(1, far)], message="the track opened")
         consumer, sent = far_subscriber(far)
         await wait_for(lambda: len(sent) >= 30, message="the other process's stream")

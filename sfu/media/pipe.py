@@ -23,8 +23,9 @@ Messages (track numbers are the origin's, announced by OPEN):
 =======  =========  ======================================================================
 type     direction  body
 =======  =========  ======================================================================
-OPEN     origin ->  JSON: track SID, kind, codecs, SSRC
-RTP      origin ->  the packet: RTP header (12 bytes, + audio level element) and payload
+OPEN     origin ->  JSON: track SID, kind, SSRC
+RTP      origin ->  the packet: RTP header (12 bytes, + audio level element) and payload;
+                    payload types are the pipe's own (``pipe_codecs``), the same in every worker
 SR       origin ->  the publisher's last sender report: NTP (8 bytes), RTP timestamp (4)
 CLOSE    origin ->  (empty): the track was unpublished
 PLI      <- far     (empty): a keyframe, please
@@ -35,6 +36,7 @@ NACK     <- far     the lost sequence numbers, 2 bytes each
 from __future__ import annotations
 
 import asyncio
+import functools
 import json
 import logging
 import socket
@@ -43,8 +45,11 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, cast
 
+from aiortc import RTCRtpSender
+
 from ..contracts import Kind
 from . import rtp
+from .codecs import codec_key
 from .producer import Producer
 from .rtp import InboundPacket
 from .source import CodecInfo, FanOut
@@ -126,8 +131,27 @@ def _tune(s: socket.socket) -> None:
     s.setblocking(False)
 
 
-def encode(packet: InboundPacket) -> bytes:
-    """The packet as RTP again: its header fields, its audio level, its payload verbatim."""
+@functools.cache
+def pipe_codecs(kind: str) -> tuple[CodecInfo, ...]:
+    """The payload types inside every pipe: each codec this server can forward, numbered
+    from 96 in aiortc's order of capabilities. The origin maps its publisher's types onto
+    these, so the far producer knows its codecs before the track opens (a subscription
+    there is offered with them at once)."""
+    capabilities = [c for c in RTCRtpSender.getCapabilities(kind).codecs if not c.mimeType.lower().endswith("/rtx")]
+    return tuple(CodecInfo(96 + i, c.mimeType, c.clockRate, codec_key(c.mimeType, dict(c.parameters)), dict(c.parameters))
+                 for i, c in enumerate(capabilities))
+
+
+def pipe_payload_types(codecs: dict[int, CodecInfo], kind: str) -> dict[int, int]:
+    """A publisher's payload type -> the pipe's, for the codecs both have."""
+    ours = {c.key: c.payload_type for c in pipe_codecs(kind)}
+    return {pt: ours[c.key] for pt, c in codecs.items() if c.key in ours}
+
+
+def encode(packet: InboundPacket, payload_type: int | None = None) -> bytes:
+    """The packet as RTP again: its header fields (``payload_type`` in place of its own, if
+    given), its audio level, its payload verbatim."""
+    pt = packet.payload_type if payload_type is None else payload_type
     b0 = 0x80 | (0x20 if packet.padding else 0)
     level = packet.audio_level
     if level is not None:
@@ -135,7 +159,7 @@ def encode(packet: InboundPacket) -> bytes:
         ext = _AUDIO_LEVEL_BLOCK + level + b"\x00\x00"
     else:
         ext = b""
-    return b"".join((rtp.pack_header(b0, (packet.marker << 7) | packet.payload_type, packet.sequence_number, packet.timestamp, packet.ssrc),
+    return b"".join((rtp.pack_header(b0, (packet.marker << 7) | pt, packet.sequence_number, packet.timestamp, packet.ssrc),
                      ext, packet.payload))
 
 
@@ -143,7 +167,7 @@ class PipeConsumer:
     """The origin's end for one track: a member of the producer's fan-out that writes each
     packet once into the pipe, and answers the far end's PLIs and NACKs."""
 
-    __slots__ = ("producer", "fan_out", "number", "transport", "_send", "_attached")
+    __slots__ = ("producer", "fan_out", "number", "transport", "_send", "_pts", "_attached")
 
     def __init__(self, producer: Producer, fan_out: FanOut, number: int, transport: "PipeTransport") -> None:
         self.producer = producer
@@ -151,12 +175,15 @@ class PipeConsumer:
         self.number = number
         self.transport = transport
         self._send = transport._sender(RTP, number)
+        self._pts = pipe_payload_types(producer.codecs, producer.kind)
         self._attached = False
 
     # the fan-out's side (what the Router calls on its members; it types them as Consumer)
 
     def forward(self, packet: InboundPacket, abs_send_time: bytes) -> None:
-        self._send(encode(packet))
+        pt = self._pts.get(packet.payload_type)
+        if pt is not None:
+            self._send(encode(packet, pt))
 
     def attach(self) -> None:
         if not self._attached:
@@ -183,8 +210,9 @@ class PipeConsumer:
     def on_nack(self, lost: list[int]) -> None:
         for seq in lost:
             packet = self.producer.cached(seq)
-            if packet is not None:
-                self._send(encode(packet))
+            pt = None if packet is None else self._pts.get(packet.payload_type)
+            if packet is not None and pt is not None:
+                self._send(encode(packet, pt))
                 self.transport.counters.retransmitted += 1
 
 
@@ -283,10 +311,7 @@ class PipeTransport:
             return None
         number = self._next_number
         self._next_number += 1
-        codecs = [{"pt": c.payload_type, "mime": c.mime_type, "clock": c.clock_rate, "key": list(c.key), "parameters": c.parameters}
-                  for c in producer.codecs.values()]
-        self._control(OPEN, number, json.dumps({"sid": producer.track_sid, "kind": producer.kind, "codecs": codecs,
-                                                "ssrc": producer.ssrc}, default=str).encode())
+        self._control(OPEN, number, json.dumps({"sid": producer.track_sid, "kind": producer.kind, "ssrc": producer.ssrc}).encode())
         member = PipeConsumer(producer, fan_out, number, self)
         self._outgoing[number] = member
         self._by_sid[producer.track_sid] = member
@@ -367,13 +392,13 @@ class PipeTransport:
                 self._end(producer)
 
     def expect(self, track_sid: str, kind: str) -> Producer:
-        """The far end's producer for a track the origin is about to send: there at once, so a
-        worker can hand it to its transports before the track opens. Its codecs come with the
-        track's OPEN: a consumer must be configured (the subscriber's answer applied) after
-        that, which ``on_open`` reports."""
+        """The far end's producer for a track the origin is about to send: there at once, with
+        the pipe's codecs, so a worker can subscribe its transports to it before the track
+        opens (they start at its first keyframe, asked for when it opens)."""
         producer = self.producers.get(track_sid)
         if producer is None:
             producer = self.producers[track_sid] = self._far_producer(track_sid, kind)
+            producer.configure(list(pipe_codecs(kind)), {}, AUDIO_LEVEL_ID, 0, nack_enabled=True)
         return producer
 
     def _far_producer(self, sid: str, kind: str) -> Producer:
@@ -394,9 +419,6 @@ class PipeTransport:
     def _open(self, number: int, info: dict[str, Any]) -> None:
         sid, kind = str(info["sid"]), str(info["kind"])
         producer = self.expect(sid, kind)
-        codecs = [CodecInfo(int(c["pt"]), str(c["mime"]), int(c["clock"]), tuple(c["key"]), dict(c.get("parameters") or {}))
-                  for c in info["codecs"]]
-        producer.configure(codecs, {}, AUDIO_LEVEL_ID, 0, nack_enabled=True)
         ssrc = info.get("ssrc")
         producer.set_ssrcs(ssrc if isinstance(ssrc, int) else None, None)
         self._incoming[number] = producer
