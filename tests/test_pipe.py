@@ -9,6 +9,7 @@ import multiprocessing
 import os
 import threading
 from collections.abc import Iterable
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -285,3 +286,46 @@ async def test_two_worker_processes_pipe_a_track_and_the_far_one_gets_its_keyfra
         if child.is_alive():
             child.kill()
         child.join(10)
+
+
+# --- a room bigger than one worker, end to end ----------------------------------------------------
+
+
+async def test_a_room_past_its_workers_capacity_spills_onto_the_other_worker_through_one_pipe(tmp_path: Path, netns: None) -> None:
+    """`sfu serve --workers 2 --room-capacity 2`: the publisher and one subscriber fill the
+    room's worker; two more subscribers land on the other worker, which gets the publisher's
+    packets once over the pipe and decodes on both."""
+    from sfu.workers.pool import RemoteMediaPlane
+
+    from .conftest import running_server
+    from .helpers.clients import Clients
+
+    async with running_server(tmp_path, workers=2, room_capacity=2) as (server, _):
+        clients = Clients(server)
+        try:
+            publisher = await clients.join("pub", "big", publish="va")
+            subscribers = [await clients.join(name, "big", publish="") for name in ("near", "far1", "far2")]
+            readers = [await clients.watch(s, "pub") for s in subscribers]
+            for reader in readers:
+                await reader.advance(10)
+            plane = server.registry.plane
+            assert isinstance(plane, RemoteMediaPlane)
+            home = plane.placement[publisher.sid]
+            other = next(w for w in plane.workers if w is not home)
+            assert [plane._room_transports(w, publisher.sid) for w in (home, other)] == [2, 2]
+
+            def figures() -> tuple[dict[str, float], dict[str, float], int]:
+                f = {w.index: w.plane_figures() for w in plane.workers}
+                return f[home.index].extra, f[other.index].extra, f[other.index].packets_out
+
+            await wait_for(lambda: figures()[2] > 2000, message="the far worker forwarding to its two subscribers")
+            sent, received, far_out = figures()
+            # once across, whatever the far subscribers: about half what the far worker sends them
+            assert received.get("pipe_packets_received", 0) > 500 and sent.get("pipe_packets_sent", 0) > 500
+            assert sent["pipe_packets_sent"] < 0.8 * far_out, (sent, far_out)
+            assert sent.get("pipe_dropped", 0) == 0
+            # every subscriber keeps decoding, the far ones through the pipe
+            for reader in readers:
+                await reader.advance(10)
+        finally:
+            await clients.close()
