@@ -6,7 +6,10 @@
 
 ``--workers N`` is the server's media worker processes (``sfu serve --workers N``; a comma
 list runs the sfu target once per count, named ``sfu``, ``sfu-w2``...); the server's CPU is
-that of its whole process tree. ``--peers`` is the number of load-peer processes.
+that of its whole process tree. ``--split-rooms`` spreads each room over the workers (``sfu
+serve --room-capacity``: the room's tracks cross between workers through pipes), e.g.
+``run --target sfu --scenario fanout --workers 2 --split-rooms``. ``--peers`` is the number
+of load-peer processes.
 
 Before anything runs, the harness installs what it lacks (Janus from Debian's packages when a
 Janus target is asked for; matplotlib and py-spy with pip), encodes the media clip once, and
@@ -62,6 +65,10 @@ def parser() -> argparse.ArgumentParser:
                         help="sfu target: media worker processes of the server (sfu serve --workers); a comma list runs "
                              "each in turn (default 1: one process, pinned to one core; N: the first N cores)")
         sp.add_argument("--room-size", type=int, default=4, help="rooms scenario: participants per room (default 4)")
+        sp.add_argument("--split-rooms", action="store_true",
+                        help="with --workers N > 1: spread each room over the N workers (sfu serve --room-capacity: a "
+                             "worker takes 1/N of the room's participants, tracks are piped between workers); results "
+                             "are named sfu-wN-split")
         sp.add_argument("--probes", type=int, default=4, help="latency probe subscribers per point (default 4)")
         sp.add_argument("--stop-loss", type=float, default=1.0, help="stop a target after a point with loss at or over this %% (default 1)")
         sp.add_argument("--rate", type=float, default=10.0, help="joinstorm: joins per second (default 10)")
@@ -129,6 +136,7 @@ def options(args: argparse.Namespace, clip: Path) -> Options:
         peers=max(1, args.peers),
         server_workers=[max(1, int(x)) for x in str(args.workers).split(",") if x.strip()],
         room_size=max(2, args.room_size),
+        split_rooms=args.split_rooms,
         probes=args.probes,
         points=[int(x) for x in args.points.split(",")] if args.points else None,
         stop_loss_pct=args.stop_loss,
@@ -162,7 +170,7 @@ def _document(args: argparse.Namespace, o: Options, argv: list[str], started: st
         "server_cores": server_cores,
         "peer_cpus": peer_cpus,
         "options": {"duration": o.duration, "warmup": o.warmup, "peers": o.peers, "server_workers": o.server_workers,
-                    "room_size": o.room_size, "probes": o.probes, "stop_loss_pct": o.stop_loss_pct, "peer_batch_ms": o.peer_batch_ms},
+                    "room_size": o.room_size, "split_rooms": o.split_rooms, "probes": o.probes, "stop_loss_pct": o.stop_loss_pct, "peer_batch_ms": o.peer_batch_ms},
         "load_before": load_before,
         "udpio_accelerated": udpio_accelerated(),
         "results": [],
@@ -195,7 +203,7 @@ def main(argv: list[str] | None = None) -> int:
     out_dir = args.out / (f"{args.command}-{args.scenario}-{'-'.join(targets)}-{stamp}")
     for target in targets:
         for n in o.server_workers if target == "sfu" else [1]:
-            say(f"=== {target_name(target, n)}: scenario {scenario.name} ({scenario.describe}) ===")
+            say(f"=== {target_name(target, n, o.split_rooms)}: scenario {scenario.name} ({scenario.describe}) ===")
             doc["results"].extend(run_target(target, scenario, o, say, n))
             report.write_run(out_dir, doc)  # keep partial results if a later target fails
 

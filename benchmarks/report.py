@@ -366,7 +366,7 @@ def workers_table(results: list[dict[str, Any]]) -> list[str]:
     load each held, what the whole process tree spent per output packet there, and what the
     load peers spent beside it. Empty unless the run has more than one worker count."""
     ours = [r for r in results if r["target"] == "sfu" or r["target"].startswith("sfu-w")]
-    names = sorted({r["target"] for r in ours}, key=lambda t: min(_server_workers(r) for r in ours if r["target"] == t))
+    names = sorted({r["target"] for r in ours}, key=lambda t: (min(_server_workers(r) for r in ours if r["target"] == t), t))
     if len(names) < 2:
         return []
     rows = ["| server | media workers | server on cores, peers on | highest load held | participants | out pkt/s | "

@@ -57,6 +57,7 @@ class Options:
     peers: int = 4  # load-peer processes
     server_workers: list[int] = field(default_factory=lambda: [1])  # sfu serve --workers, one run each
     room_size: int = 4
+    split_rooms: bool = False  # with media workers: spread each room over all of them (sfu serve --room-capacity)
     probes: int = 4
     points: list[int] | None = None
     stop_loss_pct: float = 1.0
@@ -122,10 +123,13 @@ def core_plan(server_cores: int = 1) -> tuple[list[int] | None, list[int] | None
     return server, peers
 
 
-def target_name(target: str, server_workers: int) -> str:
+def target_name(target: str, server_workers: int, split: bool = False) -> str:
     """How results name a target: ``sfu`` is today's single process, ``sfu-w2`` is ``sfu
-    serve --workers 2``."""
-    return target if server_workers == 1 else f"{target}-w{server_workers}"
+    serve --workers 2``, ``sfu-w2-split`` the same with each room spread over both workers
+    (its tracks piped between them)."""
+    if server_workers == 1:
+        return target
+    return f"{target}-w{server_workers}" + ("-split" if split else "")
 
 
 def _assign(layout: Layout, workers: int) -> list[list[Spec]]:
@@ -194,21 +198,25 @@ def _sleep(seconds: float, label: str, say: Say, pool: WorkerPool) -> None:
 
 def run_point(target: str, scenario: Scenario, load: int, o: Options, say: Say, server_workers: int = 1) -> dict[str, Any]:
     layout = scenario.layout(load, o)
-    name = target_name(target, server_workers)
+    split = o.split_rooms and server_workers > 1 and target == "sfu"
+    name = target_name(target, server_workers, split)
     tag = f"{name} {scenario.name} {layout.label}"
     workdir = (o.out / "runs" / f"{name}-{scenario.name}-{load}-{int(time.time())}").resolve()
     server_cores, peer_cpus = core_plan(server_workers)
     if peer_cpus:
         os.sched_setaffinity(0, peer_cpus)  # the harness itself stays with the peers
-    server = SERVERS[target](workdir, server_cores, server_workers)
     per_room: dict[str, int] = {}
     for spec in layout.specs:
         per_room[spec.room] = per_room.get(spec.room, 0) + 1
+    # split: each worker takes its share of a room, the rest goes to the others through pipes
+    capacity = -(-max(per_room.values()) // server_workers) if split else None
+    server = SERVERS[target](workdir, server_cores, server_workers, capacity)
     server.max_participants = max(per_room.values())
     pool: WorkerPool | None = None
     t_begin = time.monotonic()
     try:
         say(f"{tag}: starting {target}" + (f" with {server_workers} media workers" if server_workers != 1 else "")
+            + (f", at most {capacity} of a room's participants on each" if capacity else "")
             + (f" on cores {server_cores}, load peers on {peer_cpus}" if server_cores is not None else ""))
         pool = WorkerPool(o.peers, peer_cpus, o.log_level)  # peers import while the server starts
         t_server = time.monotonic()
@@ -268,7 +276,7 @@ def run_point(target: str, scenario: Scenario, load: int, o: Options, say: Say, 
             pool.close()
         server.stop()
     result.update(target=name, scenario=scenario.name, load=load, label=layout.label, seconds=round(time.monotonic() - t_begin, 1),
-                  server_workers=server_workers, server_cores=server_cores, peer_cpus=peer_cpus)
+                  server_workers=server_workers, room_capacity=capacity, server_cores=server_cores, peer_cpus=peer_cpus)
     result["held"] = bool("error" not in result and result["loss_pct"] < o.stop_loss_pct and result["failures"] == 0)
     return result
 

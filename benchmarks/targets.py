@@ -139,10 +139,11 @@ def _http_json(url: str, body: dict[str, Any] | None = None, timeout: float = 5.
 class Server:
     name = ""
 
-    def __init__(self, workdir: Path, cores: list[int] | None, workers: int = 1) -> None:
+    def __init__(self, workdir: Path, cores: list[int] | None, workers: int = 1, room_capacity: int | None = None) -> None:
         self.workdir = workdir
         self.cores = cores
         self.workers = workers  # media worker processes (only the sfu target has them)
+        self.room_capacity = room_capacity  # sfu serve --room-capacity: a room past it spills onto another worker
         self.port = free_port()
         self.process: subprocess.Popen[bytes] | None = None
         self.log_path = workdir / f"{self.name}.log"
@@ -217,6 +218,8 @@ class SfuServer(Server):
             argv += ["--workers", str(self.workers)]  # 1: today's single process (the default is one per core)
         elif self.workers != 1:
             raise RuntimeError(f"this tree's sfu serve has no --workers option: cannot run {self.workers} media workers")
+        if self.room_capacity is not None:
+            argv += ["--room-capacity", str(self.room_capacity)]
         self._spawn(argv, env)
         self._wait_http(f"http://127.0.0.1:{self.port}/healthz")
 

@@ -185,6 +185,11 @@ class PipeConsumer:
         if pt is not None:
             self._send(encode(packet, pt))
 
+    def remb(self) -> None:
+        """No bandwidth estimate: the far subscribers' REMBs stay on their worker, so they do
+        not lower what the publisher is asked to send (as with a subscriber that sends none)."""
+        return None
+
     def attach(self) -> None:
         if not self._attached:
             self._attached = True
