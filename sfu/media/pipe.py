@@ -484,8 +484,12 @@ class PipeHub:
         per front process, so two servers on one machine never meet)."""
         return f"sfu-pipe-{token}-{min(a, b)}-{max(a, b)}"
 
-    def pipe(self, peer: int) -> PipeTransport:
+    def pipe(self, peer: int, fresh: bool = False) -> PipeTransport:
+        """The pipe to worker ``peer``; ``fresh``: a new one (that worker was replaced, or the
+        front set the pair up anew), closing any earlier one."""
         pipe = self.pipes.get(peer)
+        if fresh and pipe is not None:
+            pipe.close()
         if pipe is None or pipe.closed:
             opened, closed = self._on_open, self._on_close
             pipe = self.pipes[peer] = PipeTransport(
@@ -497,7 +501,7 @@ class PipeHub:
         return pipe
 
     def listen(self, peer: int, name: str) -> None:
-        pipe = self.pipe(peer)
+        pipe = self.pipe(peer, fresh=True)
         listener = listen_pipe(name)
 
         async def accept() -> None:
@@ -511,7 +515,7 @@ class PipeHub:
         self._spawn(accept())
 
     def connect(self, peer: int, name: str) -> None:
-        pipe = self.pipe(peer)
+        pipe = self.pipe(peer, fresh=True)
 
         async def connect() -> None:
             try:
