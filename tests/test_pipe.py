@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import multiprocessing
 import os
+import signal
 import threading
 from collections.abc import Iterable
 from pathlib import Path
@@ -331,5 +332,46 @@ async def test_a_room_past_its_workers_capacity_spills_onto_the_other_worker_thr
             # every subscriber keeps decoding, the far ones through the pipe
             for reader in readers:
                 await reader.advance(10)
+        finally:
+            await clients.close()
+
+
+async def test_killing_the_worker_a_room_spilled_onto_leaves_the_rest_of_the_room_going(
+    tmp_path: Path, netns: None, capfd: pytest.CaptureFixture[str]
+) -> None:
+    """The far worker dies: its participants leave with 53405; the publisher and the
+    subscriber on the room's own worker go on, the pipe's end closed cleanly."""
+    from sfu.workers.pool import RemoteMediaPlane
+    from sfu.workers.remote import WORKER_DIED
+
+    from .conftest import running_server
+    from .helpers.clients import Clients, EventLog
+    from .test_workers import gaps
+
+    async with running_server(tmp_path, workers=2, room_capacity=2) as (server, _):
+        clients = Clients(server)
+        try:
+            publisher = await clients.join("pub", "big", publish="va")
+            near, far = [await clients.join(name, "big", publish="") for name in ("near", "far")]
+            near_video, far_video = await clients.watch(near, "pub"), await clients.watch(far, "pub")
+            await far_video.advance(10)
+            await near_video.advance(45)  # (1.5 s of frames before the kill)
+            plane = server.registry.plane
+            assert isinstance(plane, RemoteMediaPlane)
+            home = plane.placement[publisher.sid]
+            victim = next(w for w in plane.workers if w is not home)
+            logs = {room.local_participant.identity: EventLog(room) for room in (publisher, near, far)}
+            loop = asyncio.get_running_loop()
+            killed_at, old_pid = loop.time(), victim.pid
+            os.kill(victim.pid, signal.SIGKILL)
+            (error,) = await logs["far"].wait("disconnected")
+            assert error is not None and error.code == WORKER_DIED
+            # the near subscriber's video never paused: frames all through the 4 s around the kill
+            await wait_for(lambda: near_video.frames[-1][0] > killed_at + 3.0, message="3 s of video after the kill")
+            assert gaps(near_video, killed_at - 1.0, killed_at + 3.0) < 1.0, near_video.frames[-150:]
+            assert logs["pub"].find("disconnected") is None and logs["near"].find("disconnected") is None
+            await wait_for(lambda: victim.alive and victim.pid != old_pid, message="the replacement worker")
+            # the origin's end of the pipe saw it go, without a traceback in the living worker
+            assert "Traceback" not in capfd.readouterr().err
         finally:
             await clients.close()

@@ -356,10 +356,10 @@ class PipeTransport:
                 data = recv(65536)
             except (BlockingIOError, InterruptedError):
                 return
-            except OSError as exc:
-                logger.warning("pipe: receive failed: %s", exc)
-                return
-            if not data:  # the other worker closed its end (or exited)
+            except OSError as exc:  # (ECONNRESET: the other worker died with data unread)
+                data = b""
+                logger.debug("pipe: receive failed: %s", exc)
+            if not data:  # the other worker closed its end, or exited
                 logger.info("pipe: the other end closed")
                 self.close()
                 return
