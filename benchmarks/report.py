@@ -202,8 +202,11 @@ at the top."""
 METHOD = """## How the figures are taken
 
 - **Processes and cores.** The server under test runs alone in its own process, pinned with
-  `taskset` to the first core; the harness and its load-peer workers (4 processes, each hosting
-  many aiortc peer connections on a uvloop loop) are pinned to the other core. Everything runs in
+  `taskset` to the first core; the harness and its load-peer processes (4, each hosting
+  many aiortc peer connections on a uvloop loop) are pinned to the other core. With media
+  workers (`sfu-wN`: `sfu serve --workers N`) the server's front and its N workers get the
+  first N cores and the load peers keep the last one, so on a 2-core machine `sfu-w2`'s
+  second worker shares core 1 with the load peers. Everything runs in
   the private network namespace of `tests/netns.sh`: ICE uses its test interface, HTTP and
   signaling use 127.0.0.1, no packet leaves the machine.
 - **Server settings.** Ours: `sfu serve` as shipped (uvloop), with `--max-participants` raised
@@ -242,9 +245,10 @@ METHOD = """## How the figures are taken
   packets decrypted, to see where that keyframe is (time to first frame), and, like a browser
   that cannot decode yet, the subscriber sends a PLI every 0.3 s. Otherwise subscribers send no
   receiver reports and no NACKs, so the servers handle less RTCP than they would with browsers.
-- **Server CPU per output packet** = the server process's CPU time (utime + stime of all its
-  threads, from `/proc/PID/stat`, i.e. the kernel's accounting of that process, including the
-  kernel work of its own `sendto`/`recvfrom` calls) over the steady window, divided by the RTP
+- **Server CPU per output packet** = the server's CPU time (utime + stime of all its threads,
+  from `/proc/PID/stat`, i.e. the kernel's accounting, including the kernel work of its own
+  `sendto`/`recvfrom` calls), summed over its whole process tree (the front and its media
+  workers, plus any child reaped during the window), over the steady window, divided by the RTP
   packets the subscribers received in that window. **Peers CPU** is the same for the worker
   processes, per packet they sent or received: when it is near 100% the peers, not the server,
   were the limit.
