@@ -22,7 +22,8 @@ TOKEN_GRANTS_INVALID = 20106
 TOKEN_SIGNATURE_INVALID = 20107
 
 # --- signaling (530xx) ----------------------------------------------------------------------
-SIGNALING_ERROR = 53000  # also: a message too large, a malformed ICE candidate
+SIGNALING_ERROR = 53000  # also: a malformed ICE candidate
+SIGNALING_MESSAGE_TOO_LARGE = 53000
 SIGNALING_CONNECTION_LOST = 53001  # also: the server is shutting down
 SESSION_NOT_FOUND = 53002  # no session to resume
 SERVER_BUSY = 53006  # "Video server is busy": shedding, draining

@@ -10,10 +10,9 @@ from typing import TYPE_CHECKING, Any, cast
 
 from pyee.asyncio import AsyncIOEventEmitter
 
-from . import errors
 from . import rules as subscribe_rules
 from . import sids
-from .contracts import Priority, TrackSink, TrackSource
+from .contracts import Kind, Priority, TrackSink, TrackSource
 from .errors import (
     DUPLICATE_IDENTITY,
     MAX_TRACKS_EXCEEDED,
@@ -24,6 +23,7 @@ from .errors import (
     SESSION_LENGTH_EXCEEDED,
     TRACK_INVALID,
     TRACK_KIND_NOT_SUPPORTED,
+    TRACK_NAME_DUPLICATED,
 )
 from .participant import KINDS, Participant, ParticipantError, PublishedTrack, Subscription
 
@@ -242,7 +242,7 @@ class Room(AsyncIOEventEmitter):
         if any(t.client_id == client_id for t in live):
             raise ParticipantError(TRACK_INVALID, f"Track id '{client_id}' is already published")
         if any(t.name == name for t in live):
-            raise ParticipantError(errors.TRACK_NAME_DUPLICATED, f"Track name '{name}' is duplicated")
+            raise ParticipantError(TRACK_NAME_DUPLICATED, f"Track name '{name}' is duplicated")
         limit = self.settings.max_concurrent_published_tracks
         if limit is not None and len(live) >= limit:
             raise ParticipantError(MAX_TRACKS_EXCEEDED, "Maximum number of published tracks exceeded")
@@ -261,7 +261,7 @@ class Room(AsyncIOEventEmitter):
             self.attach_data(participant, track)  # if its channel is open already
         else:
             codecs = self.settings.video_codecs if kind == "video" else None
-            track.source = participant.transport.publish(track.sid, kind, codecs)  # type: ignore[arg-type]
+            track.source = participant.transport.publish(track.sid, cast(Kind, kind), codecs)
         participant.emit("published_changed")
         return track
 

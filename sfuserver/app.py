@@ -29,7 +29,7 @@ from .logs import access_log_middleware, log_lifecycle
 from .metrics import Metrics
 from .web import WebClient, dev_tokens_enabled
 
-__all__ = ["ServerConfig", "UdpPortUnavailable", "build_app", "build_media_plane"]
+__all__ = ["ServerConfig", "UdpPortUnavailable", "build_app", "build_media_plane", "media_config"]
 
 logger = logging.getLogger(__name__)
 
@@ -74,11 +74,9 @@ class ServerConfig:
     room_capacity: int | None = None
 
 
-def build_media_plane(config: ServerConfig) -> MediaPlane:
-    """The media plane the room model builds its participants' transports with (started by
-    the app's startup, closed by its cleanup): in this process, or in ``config.workers``
-    worker processes (README "Workers")."""
-    media = MediaConfig(
+def media_config(config: ServerConfig) -> MediaConfig:
+    """The media settings of a server (a media worker process builds its plane with these too)."""
+    return MediaConfig(
         ice_servers=list(config.ice_servers),
         ice_relay=config.server_ice_relay,
         announced_address=config.announced_address,
@@ -86,13 +84,19 @@ def build_media_plane(config: ServerConfig) -> MediaPlane:
         # An offer made while a participant's websocket is down waits for its resume.
         negotiation_timeout=max(30.0, config.reconnect_grace + 10.0),
     )
+
+
+def build_media_plane(config: ServerConfig) -> MediaPlane:
+    """The media plane the room model builds its participants' transports with (started by
+    the app's startup, closed by its cleanup): in this process on ``config.udp_port``, or in
+    ``config.workers`` worker processes on ``udp_port + i`` (README "Workers")."""
     if config.workers > 1:
         spec = WorkerSpec(
-            media=media_spec(media), udp_port=config.udp_port, udp_host=config.udp_host,
+            media=media_spec(media_config(config)), udp_port=config.udp_port, udp_host=config.udp_host,
             log_level=logging.getLevelName(logging.getLogger().getEffectiveLevel()),
         )  # fmt: skip
         return RemoteMediaPlane(config.workers, spec, room_capacity=config.room_capacity)
-    return LocalMediaPlane(media, udp_port=config.udp_port, udp_host=config.udp_host)
+    return LocalMediaPlane(media_config(config), udp_port=config.udp_port, udp_host=config.udp_host)
 
 
 def build_app(

@@ -25,6 +25,8 @@ from sfu.credentials import Credentials, CredentialsNotFound, load, load_or_crea
 from signaling.tokens import MAX_TTL, mint_token
 from sfu.store import DataDirLocked, lock_data_dir
 
+from sfu.workers.pool import WorkerStartError
+
 from . import logs
 from .app import ServerConfig, UdpPortUnavailable, build_app
 
@@ -450,7 +452,7 @@ async def serve(config: ServerConfig) -> None:
     runner = web.AppRunner(app, handle_signals=False, access_log=None)
     try:
         await runner.setup()
-    except UdpPortUnavailable as exc:
+    except (UdpPortUnavailable, WorkerStartError) as exc:
         await runner.cleanup()
         raise CLIError(str(exc)) from None
     site = web.TCPSite(runner, config.host, config.port)

@@ -16,6 +16,7 @@ from aiohttp._websocket import reader_py
 from aiohttp.helpers import DEFAULT_CHUNK_SIZE
 from aiohttp.web_protocol import RequestHandler
 
+from sfu import errors
 from sfu.credentials import Credentials
 from sfu.contracts import NegotiationError, Offer
 from sfu.participant import Participant, ParticipantError
@@ -33,15 +34,13 @@ logger = logging.getLogger(__name__)
 
 CLOSE_NORMAL = 1000
 CLOSE_POLICY = 1008
-UNABLE_TO_CONNECT = 53104
 STORE_FAILING = "Unable to connect to Room: the server cannot store records right now"
 
 CLOSE_TRY_AGAIN_LATER = 1013
 
-SERVER_BUSY = 53006  # Twilio's "Video server is busy": shedding, and new connects while draining
 SERVER_SHUTTING_DOWN = "Server is busy: it is shutting down"
 SHUTDOWN_DISCONNECTED = {
-    "type": "disconnected", "status": "disconnected", "code": 53001,
+    "type": "disconnected", "status": "disconnected", "code": errors.SIGNALING_CONNECTION_LOST,
     "message": "The server is shutting down", "reason": "server_shutdown",
 }  # fmt: skip
 
@@ -214,7 +213,7 @@ class Session:
         }
 
     def _on_removed(self, code: int | None, message: str | None) -> None:
-        status = "completed" if code == 53118 else "disconnected"
+        status = "completed" if code == errors.ROOM_COMPLETED else "disconnected"
         out: dict[str, Any] = {"type": "disconnected", "status": status}
         if code is not None:
             out.update(code=code, message=message)
@@ -242,7 +241,7 @@ class Session:
         elif kind == "disconnect":
             await self.room.remove(self.participant)
         elif kind in ("connect", "sync"):
-            raise ProtocolError(protocol.SIGNALING_ERROR, f"Already connected: unexpected {kind}")
+            raise ProtocolError(errors.SIGNALING_ERROR, f"Already connected: unexpected {kind}")
 
     async def _update(self, message: dict[str, Any]) -> None:
         # Check every part before applying any: a refused update changes nothing.
@@ -290,7 +289,7 @@ class Session:
         description = protocol.field(pc, "description", dict, required=False)
         if description is not None:
             if description.get("type") != "answer":
-                raise ProtocolError(protocol.SIGNALING_ERROR, "The server makes the offers: only an answer is accepted")
+                raise ProtocolError(errors.SIGNALING_ERROR, "The server makes the offers: only an answer is accepted")
             sdp = protocol.field(description, "sdp", str)
             revision = protocol.field(description, "revision", int)
             try:
@@ -302,7 +301,7 @@ class Session:
             candidates = protocol.field(ice, "candidates", list, required=False) or []
             for c in candidates[:64]:
                 if not isinstance(c, dict):
-                    raise ProtocolError(protocol.SIGNALING_ERROR, "Malformed ICE candidate")
+                    raise ProtocolError(errors.SIGNALING_ERROR, "Malformed ICE candidate")
                 try:
                     await self.participant.transport.add_ice_candidate(
                         protocol.field(c, "candidate", str, required=False),
@@ -329,7 +328,7 @@ class Session:
     async def _expire(self) -> None:
         if self.ws is None and not self.ended:
             logger.info("%s did not reconnect to %s", self.participant.identity, self.room.unique_name)
-            await self.room.remove(self.participant, 53001, "Signaling connection lost")
+            await self.room.remove(self.participant, errors.SIGNALING_CONNECTION_LOST, "Signaling connection lost")
 
     def resume(self, ws: web.WebSocketResponse) -> None:
         """Move the session to ``ws``. The room kept reconciling the participant meanwhile
@@ -429,7 +428,7 @@ class SignalingService:
                 oldest = next(iter(self._unauthenticated))
                 logger.debug("signaling: shedding the oldest unauthenticated websocket (from %s)", self._unauthenticated[oldest])
                 self._forget(oldest)
-                asyncio.ensure_future(self._close_with_error(oldest, SERVER_BUSY, "Server is busy: too many connections waiting to authenticate", CLOSE_TRY_AGAIN_LATER))
+                asyncio.ensure_future(self._close_with_error(oldest, errors.SERVER_BUSY, "Server is busy: too many connections waiting to authenticate", CLOSE_TRY_AGAIN_LATER))
         return address
 
     def _track(self, ws: web.WebSocketResponse, address: str) -> None:
@@ -489,7 +488,7 @@ class SignalingService:
         for session in sessions:
             session.send(dict(SHUTDOWN_DISCONNECTED))
             session.end()
-        pending = [self._close_with_error(ws, SERVER_BUSY, SERVER_SHUTTING_DOWN, CLOSE_TRY_AGAIN_LATER) for ws in list(self._unauthenticated)]
+        pending = [self._close_with_error(ws, errors.SERVER_BUSY, SERVER_SHUTTING_DOWN, CLOSE_TRY_AGAIN_LATER) for ws in list(self._unauthenticated)]
         await asyncio.gather(*(s.drain(2.0) for s in sessions), *pending)
 
     # --- the socket ---------------------------------------------------------------------
@@ -517,7 +516,7 @@ class SignalingService:
                             msg = await ws.receive()
                     except TimeoutError:
                         logger.debug("signaling: closed a websocket from %s that sent no connect in %gs", address, self.auth_timeout)
-                        await self._close_with_error(ws, protocol.SIGNALING_ERROR, "Timed out waiting for connect")
+                        await self._close_with_error(ws, errors.SIGNALING_ERROR, "Timed out waiting for connect")
                         break
                 else:
                     msg = await ws.receive()
@@ -526,7 +525,7 @@ class SignalingService:
                 request_type: str | None = None
                 try:
                     if not budget.take():
-                        raise ProtocolError(protocol.SIGNALING_ERROR, "Too many messages: slow down")
+                        raise ProtocolError(errors.SIGNALING_ERROR, "Too many messages: slow down")
                     message = protocol.decode(msg.data)
                     request_type = message["type"]
                     if request_type == "heartbeat":
@@ -550,7 +549,7 @@ class SignalingService:
                         break
                 except Exception:  # never let one participant's bad input take the server down
                     logger.exception("signaling: unexpected failure handling %s", request_type)
-                    await self._send_error(ws, session, ProtocolError(protocol.SIGNALING_ERROR, "Internal signaling error"), request_type)
+                    await self._send_error(ws, session, ProtocolError(errors.SIGNALING_ERROR, "Internal signaling error"), request_type)
         finally:
             if session is not None:
                 if session.ended:
@@ -572,9 +571,9 @@ class SignalingService:
             await ws.close(code=CLOSE_NORMAL)
             return None
         if kind == "update":
-            raise ProtocolError(protocol.SIGNALING_ERROR, "Not connected: send connect first")
+            raise ProtocolError(errors.SIGNALING_ERROR, "Not connected: send connect first")
         if kind == "connect" and (self.draining or self._closing):
-            raise ProtocolError(SERVER_BUSY, SERVER_SHUTTING_DOWN, fatal=True)
+            raise ProtocolError(errors.SERVER_BUSY, SERVER_SHUTTING_DOWN, fatal=True)
         grant = self._grant(message)
         self._authenticate(ws)
         if kind == "sync":
@@ -584,7 +583,7 @@ class SignalingService:
     def _grant(self, message: dict[str, Any]) -> VideoGrant:
         token = message.get("token")
         if not isinstance(token, str):
-            raise ProtocolError(20101, "Invalid Access Token", fatal=True)
+            raise ProtocolError(errors.TOKEN_INVALID, "Invalid Access Token", fatal=True)
         try:
             return verify_token(token, self.credentials)
         except TokenError as exc:
@@ -593,7 +592,7 @@ class SignalingService:
     async def _connect(self, ws: web.WebSocketResponse, message: dict[str, Any], grant: VideoGrant) -> Session:
         name = protocol.field(message, "name", str, required=False) or grant.room
         if not name:
-            raise ProtocolError(53100, "Room name is invalid", fatal=True)
+            raise ProtocolError(errors.ROOM_NAME_INVALID, "Room name is invalid", fatal=True)
         try:
             check_room_grant(grant, name)
         except TokenError as exc:
@@ -608,7 +607,7 @@ class SignalingService:
             except InvalidRules as exc:
                 raise ProtocolError(exc.code, str(exc), fatal=True) from None
         if not self.registry.records.healthy:
-            raise ProtocolError(UNABLE_TO_CONNECT, STORE_FAILING, fatal=True)
+            raise ProtocolError(errors.UNABLE_TO_CONNECT, STORE_FAILING, fatal=True)
         try:
             room = self.registry.room_for_connect(name)
             participant = await room.join(grant.identity, rules)
@@ -626,9 +625,9 @@ class SignalingService:
         except RecordsUnavailable:
             session.end()
             await room.remove(participant)
-            raise ProtocolError(UNABLE_TO_CONNECT, STORE_FAILING, fatal=True) from None
+            raise ProtocolError(errors.UNABLE_TO_CONNECT, STORE_FAILING, fatal=True) from None
         if session.ended:  # removed while its records were stored (say, the room was ended)
-            raise ProtocolError(UNABLE_TO_CONNECT, "Unable to connect to Room: the participant was removed", fatal=True)
+            raise ProtocolError(errors.UNABLE_TO_CONNECT, "Unable to connect to Room: the participant was removed", fatal=True)
         session.attach(ws)
         session.send(session.state("connected"))
         if participant.transport.negotiating and session._last_offer is not None:
@@ -640,7 +639,7 @@ class SignalingService:
     def _resume(self, ws: web.WebSocketResponse, message: dict[str, Any], grant: VideoGrant) -> Session:
         session = self.sessions.get(str(message.get("session")))
         if session is None or session.ended or session.participant.identity != grant.identity:
-            raise ProtocolError(53002, "Unable to resume the session", fatal=True)
+            raise ProtocolError(errors.SESSION_NOT_FOUND, "Unable to resume the session", fatal=True)
         try:
             check_room_grant(grant, session.room.unique_name, session.room.sid)
         except TokenError as exc:

@@ -180,6 +180,19 @@ async def test_a_paused_consumer_leaves_the_fan_out_and_comes_back_at_a_keyframe
     assert (sent[1].sequence_number - sent[0].sequence_number) & 0xFFFF == 1
 
 
+async def test_the_router_owns_the_fan_out_and_a_removed_source_leaves_no_consumer_behind() -> None:
+    producer, consumer, sent = setup()
+    router = router_for(producer)
+    producer.on_rtp(packet(1, KEYFRAME))
+    assert router.consumers(producer) == [consumer] and router.forwarding(producer) == [consumer]
+
+    router.remove_source(producer)
+    producer.on_rtp(packet(2))
+
+    assert router.consumers(producer) == [] and router.forwarding(producer) == []
+    assert not consumer.forwarding and len(sent) == 1
+
+
 # --- time to first frame -------------------------------------------------------------------
 
 

@@ -17,15 +17,16 @@ import pytest
 
 from sfu.contracts import NegotiationError, Offer
 from sfu.workers.channel import MAX_FRAME, Channel, ChannelClosed, ProtocolError, RequestError, encode
-from sfu.workers.pool import RemoteMediaPlane, Worker, WorkerSpec, WorkerStartError
+from sfu.workers.pool import PACKETS_PER_PARTICIPANT, RemoteMediaPlane, Worker, WorkerSpec, WorkerStartError
 from sfu.workers.remote import WORKER_DIED, RemoteSink, RemoteSource, RemoteTransport
-from signaling.client import Room
+from signaling.client import LocalDataTrack, Room
 
 from .conftest import Server, running_server, wait_for
 from .helpers.browser import Page, chromium
-from .helpers.clients import Clients, EventLog, VideoReader, subscribed_media
+from .helpers.clients import Clients, EventLog, VideoReader, local_track, subscribed_data, subscribed_media
 from .rest_support import call, helper_client, until
 from .test_metrics import scrape, value
+from .test_udp_port import free_udp_port, sfu_serve, udp_sockets
 
 FAKE = "tests.helpers.fake_plane:build"
 
@@ -151,6 +152,17 @@ async def test_rooms_go_to_the_least_loaded_worker_and_stay_there(fake_plane: Re
     assert len({f.pid for f in figures}) == 2 and os.getpid() not in {f.pid for f in figures}
 
 
+async def test_placement_weighs_forwarded_packets_as_well_as_transports(fake_plane: RemoteMediaPlane) -> None:
+    busy, idle = fake_plane.workers
+    fake_plane.create_transport("RMa", "a/1", Recorder())
+    assert fake_plane.placement["RMa"] is busy  # (a tie goes to the lower index)
+    idle.rate = 3 * PACKETS_PER_PARTICIPANT  # one room forwarding as much as three participants
+    fake_plane.create_transport("RMb", "b/1", Recorder())
+    assert fake_plane.placement["RMb"] is busy
+    fake_plane.room_closed("RMb")
+    assert "RMb" not in fake_plane.placement and "RMb" not in busy.rooms
+
+
 async def test_a_remote_transport_negotiates_publishes_and_subscribes(fake_plane: RemoteMediaPlane) -> None:
     pub_events, sub_events = Recorder(), Recorder()
     publisher = fake_plane.create_transport("RMx", "x/pub", pub_events)
@@ -270,7 +282,7 @@ def worker_of(server: Server, room_sid: str) -> Worker:
 
 async def pair_in(clients: Clients, room: str) -> tuple[Room, Room, VideoReader]:
     """A publisher and a subscriber in ``room``, the subscriber decoding the publisher's video."""
-    publisher = await clients.join(f"{room}-pub", room, publish="va")
+    publisher = await clients.join(f"{room}-pub", room, publish="vad")
     subscriber = await clients.join(f"{room}-sub", room, publish="")
     reader = await clients.watch(subscriber, f"{room}-pub")
     await reader.advance(10)
@@ -288,6 +300,16 @@ async def test_two_rooms_land_on_different_workers_and_both_carry_media(server2:
     assert set(figures) == {0, 1}
     for f in figures.values():
         assert f.alive and f.pid not in (0, os.getpid()) and f.rooms == 1 and f.transports == 2
+    # Data tracks too: each subscriber gets its own room's messages, in order.
+    for pub, sub, _ in (one, two):
+        got: list[str] = []
+        (await subscribed_data(sub, pub.local_participant.identity)).on("message", got.append)
+        chat = local_track(pub, "chat")
+        assert isinstance(chat, LocalDataTrack)
+        for i in range(20):
+            chat.send(f"{pub.name}:{i}")
+        await wait_for(lambda: len(got) >= 20, message="20 data messages")
+        assert got == [f"{pub.name}:{i}" for i in range(20)]
     # Each worker forwards its own room's packets on its own UDP port; the front none of them.
     await wait_for(lambda: all(f.packets_out > 100 for f in plane_of(server2).figures()), message="both workers forwarding")
     assert len({f.udp_port for f in plane_of(server2).figures()}) == 2
@@ -380,11 +402,12 @@ async def test_metrics_show_each_worker(server2: Server, clients2: Clients) -> N
 
 @pytest.mark.browser
 async def test_chromium_calls_through_a_worker(server2: Server, clients2: Clients) -> None:
-    """Two Chromium tabs meet on the second worker (a Python room holds the first) and a Python
-    client in their room receives both cameras."""
-    await pair_in(clients2, "first")
+    """Two Chromium tabs meet on the second worker (a silent Python participant's room holds the
+    first: a media pair there as well starves this process on two shared cores, with or
+    without workers) and a Python client in their room receives both cameras."""
+    holder = await clients2.join("holder", "first", publish="")
     py = await clients2.join("py", "browsers", publish="va", receive="packets")
-    assert worker_of(server2, py.sid).index != worker_of(server2, clients2.rooms[0].sid).index
+    assert worker_of(server2, py.sid).index != worker_of(server2, holder.sid).index
     async with chromium() as browser:
         alice = await Page.open(browser, server2.http + "/", "alice")
         bob = await Page.open(browser, server2.http + "/", "bob")
@@ -402,3 +425,41 @@ async def test_chromium_calls_through_a_worker(server2: Server, clients2: Client
         finally:
             for page in (alice, bob):
                 await page.close()
+
+
+async def test_sfu_serve_workers_bind_consecutive_ports_and_the_front_none(tmp_path: Path, netns: None) -> None:
+    base = free_udp_port()
+    while not udp_port_free(base + 1):
+        base = free_udp_port()
+    async with sfu_serve(tmp_path, "--workers", "2", "--udp-port", str(base)) as (process, _):
+        children = await wait_for(lambda: worker_pids(process.pid), message="two worker processes")
+        assert len(children) == 2
+        bound = sorted(port for pid in children for _, port in udp_sockets(pid))
+        assert bound == [base, base + 1]
+        assert udp_sockets(process.pid) == []  # no media socket in the front process
+    for pid in children:  # the front was killed: its workers see the channel close and exit
+        await wait_for(lambda: not alive(pid), message=f"worker {pid} to exit")
+
+
+def udp_port_free(port: int) -> bool:
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+        try:
+            s.bind(("0.0.0.0", port))
+        except OSError:
+            return False
+    return True
+
+
+def worker_pids(front: int) -> list[int]:
+    """The processes whose parent is ``front`` and that run a media worker."""
+    found = []
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                stat = Path(f"/proc/{entry}/stat").read_text()
+                cmdline = Path(f"/proc/{entry}/cmdline").read_bytes()
+            except OSError:
+                continue
+            if int(stat.rsplit(")", 1)[1].split()[1]) == front and b"sfu.workers.worker" in cmdline:
+                found.append(int(entry))
+    return sorted(found) if len(found) == 2 else []

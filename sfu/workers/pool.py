@@ -33,7 +33,7 @@ from typing import Any
 
 from ..contracts import PlaneFigures, TransportListener
 from .channel import Channel, ProtocolError
-from .remote import WORKER_DIED, RemoteSource, RemoteTransport
+from .remote import WORKER_DIED, RemoteHandle, RemoteSource, RemoteTransport
 
 logger = logging.getLogger(__name__)
 
@@ -78,12 +78,14 @@ class Worker:
         self.process: asyncio.subprocess.Process | None = None
         self.channel: Channel
         self.transports: dict[str, RemoteTransport] = {}
+        self.handles: dict[str, RemoteHandle] = {}  # every live source and sink on the worker, by id
         self.rooms: set[str] = set()
         self.figures: dict[str, Any] = {}
         self.rate = 0.0  # forwarded packets per second, from the last two stats
         self._last: tuple[float, int] | None = None
         self._ready: asyncio.Future[dict[str, Any]] | None = None
         self._reader: asyncio.Task[None] | None = None
+        self._logs: asyncio.Future[None] | None = None
 
     @property
     def load(self) -> float:
@@ -106,11 +108,14 @@ class Worker:
             args.append("--uvloop")
         try:
             self.process = await asyncio.create_subprocess_exec(
-                spec.python, *args, pass_fds=(child.fileno(),), stdin=asyncio.subprocess.DEVNULL
-            )
+                spec.python, *args, pass_fds=(child.fileno(),), stdin=asyncio.subprocess.DEVNULL,
+                stderr=asyncio.subprocess.PIPE,
+            )  # fmt: skip
         finally:
             child.close()
         self.pid = self.process.pid
+        assert self.process.stderr is not None
+        self._logs = asyncio.ensure_future(relay_log(self.process.stderr, self.index, self.pid))
         self.channel = await Channel.over_socket(front, f"worker {self.index}", on_event=self._on_event)
         self._ready = asyncio.get_running_loop().create_future()
         self._reader = asyncio.ensure_future(self._read())
@@ -160,12 +165,13 @@ class Worker:
                 transport.dispatch(event, data)
 
     def _apply_stats(self, data: dict[str, Any]) -> None:
-        rows = data.get("handles", {})
-        for transport in self.transports.values():
-            for handle_id, handle in transport.handles.items():
-                row = rows.get(handle_id)
-                if row is not None:
-                    handle.update(row)
+        rows = data.get("handles")
+        if not isinstance(rows, dict):
+            raise ProtocolError("stats without handles")
+        for handle_id, row in rows.items():
+            handle = self.handles.get(handle_id)
+            if handle is not None:
+                handle.update(row)
         figures = data.get("figures")
         if isinstance(figures, dict):
             self.figures = figures
@@ -195,6 +201,8 @@ class Worker:
             logger.warning("media worker %d did not exit within %.0f s: killing it", self.index, STOP_TIMEOUT)
             self.kill()
             await self.process.wait()
+        if self._logs is not None:  # (its last lines)
+            await asyncio.wait([self._logs], timeout=1.0)
 
 
 class RemoteMediaPlane:
@@ -270,8 +278,9 @@ class RemoteMediaPlane:
         if known is not None:
             return known[1]
         self._forget_gone_sources()
-        origin = source.worker
-        piped = RemoteSource(source.transport, source.track_sid, source.kind, source.data_options)
+        origin, room_sid = source.worker, source.transport.room_sid if source.transport is not None else ""
+        piped = RemoteSource(worker, None, source.track_sid, source.kind, source.data_options)
+        worker.handles[piped.id] = piped  # (its counters come with the far worker's stats)
         self._piped[key] = (source, piped)
         if source.kind == "data":  # (the pipe carries RTP only: a subscription there gets nothing)
             logger.warning("track %s: data tracks do not cross media workers", source.track_sid)
@@ -287,18 +296,18 @@ class RemoteMediaPlane:
         # in this order on each channel: the far worker has the proxy before any subscribe to it
         worker.channel.request("pipe_in", {"peer": origin.index, "h": piped.id, "track_sid": source.track_sid,
                                            "kind": source.kind}).add_done_callback(_quiet)
-        origin.channel.request("pipe_out", {"peer": worker.index, "h": source.id,
-                                            "room": source.transport.room_sid}).add_done_callback(_quiet)
+        origin.channel.request("pipe_out", {"peer": worker.index, "h": source.id, "room": room_sid}).add_done_callback(_quiet)
         logger.info("track %s piped from media worker %d to %d", source.track_sid, origin.index, worker.index)
         return piped
 
     def _forget_gone_sources(self) -> None:
         """Proxies of sources unpublished since, or of workers replaced (their workers forgot
         them when the piped track closed)."""
-        for key, (source, _) in list(self._piped.items()):
+        for key, (source, piped) in list(self._piped.items()):
             far = self.workers[key[1]]
-            if source.transport.closed or source.id not in source.transport.handles or far.pid != key[2] or not far.alive:
+            if source.id not in source.worker.handles or far.pid != key[2] or not far.alive:
                 del self._piped[key]
+                far.handles.pop(piped.id, None)
 
     # --- MediaPlane ----------------------------------------------------------------------------
 
@@ -347,6 +356,7 @@ class RemoteMediaPlane:
                 del self.placement[room_sid]
         worker.rooms.clear()
         worker.transports.clear()
+        worker.handles.clear()
         worker.rate, worker._last = 0.0, None
         for transport in transports:
             transport.lost(WORKER_DIED, f"Media connection failed: media worker {worker.index} exited")
@@ -367,6 +377,24 @@ class RemoteMediaPlane:
                 logger.error("replacement of media worker %d failed: %s (again in %.1f s)", worker.index, exc, delay)
             await asyncio.sleep(delay)
             delay = min(delay * 2, MAX_RESTART_DELAY)
+
+
+async def relay_log(stream: asyncio.StreamReader, index: int, pid: int) -> None:
+    """Log a worker's stderr lines (``worker.LineFormatter``) through this process's logging,
+    so they take its format and levels; a line that is not one (a crash before logging was
+    set up) is logged as a warning as it is."""
+    while line := await stream.readline():
+        text = line.decode(errors="replace").rstrip()
+        try:
+            entry = json.loads(text)
+            name, level, message, created = entry["logger"], int(entry["level"]), str(entry["message"]), float(entry["t"])
+        except (ValueError, KeyError, TypeError):
+            name, level, message, created = __name__, logging.WARNING, text, time.time()
+        target = logging.getLogger(name)
+        if target.isEnabledFor(level):
+            record = target.makeRecord(name, level, "", 0, "worker %d [%d]: %s", (index, pid, message), None)
+            record.created, record.msecs = created, (created % 1) * 1000
+            target.handle(record)
 
 
 def _quiet(future: asyncio.Future[Any]) -> None:

@@ -11,7 +11,7 @@ from __future__ import annotations
 import asyncio
 import itertools
 import logging
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from .. import errors
 from ..contracts import (
@@ -35,6 +35,7 @@ logger = logging.getLogger(__name__)
 
 WORKER_DIED = errors.MEDIA_CONNECTION_FAILED  # 53405: the worker carrying the transport exited
 _ids = itertools.count(1)
+H = TypeVar("H", bound="RemoteHandle")
 
 
 def new_id(prefix: str) -> str:
@@ -42,10 +43,12 @@ def new_id(prefix: str) -> str:
 
 
 class RemoteHandle:
-    """A source or sink living in a worker; ``counters`` are as of its last stats."""
+    """A source or sink living in a worker; ``counters`` are as of its last stats. Its
+    ``transport`` is None for a source made by the worker itself (the end of a pipe)."""
 
-    def __init__(self, transport: RemoteTransport, track_sid: str, kind: Kind) -> None:
+    def __init__(self, worker: Worker, transport: RemoteTransport | None, track_sid: str, kind: Kind) -> None:
         self.id = new_id("h")
+        self.worker = worker
         self.transport = transport
         self._track_sid = track_sid
         self._kind = kind
@@ -72,26 +75,25 @@ class RemoteHandle:
 
 
 class RemoteSource(RemoteHandle):
-    def __init__(self, transport: RemoteTransport, track_sid: str, kind: Kind, options: DataTrackOptions | None = None) -> None:
-        super().__init__(transport, track_sid, kind)
+    def __init__(
+        self, worker: Worker, transport: RemoteTransport | None, track_sid: str, kind: Kind, options: DataTrackOptions | None = None
+    ) -> None:
+        super().__init__(worker, transport, track_sid, kind)
         self._options = options
 
     @property
     def data_options(self) -> DataTrackOptions | None:
         return self._options
 
-    @property
-    def worker(self) -> Worker:
-        return self.transport.worker
-
 
 class RemoteSink(RemoteHandle):
     def __init__(self, transport: RemoteTransport, source: RemoteSource) -> None:
-        super().__init__(transport, source.track_sid, source.kind)
+        super().__init__(transport.worker, transport, source.track_sid, source.kind)
         self.source = source
+        self.sender = transport
 
     def set_priority(self, priority: Priority) -> None:
-        self.transport.call("set_priority", h=self.id, priority=priority)
+        self.sender.call("set_priority", h=self.id, priority=priority)
 
 
 class RemoteTransport:
@@ -144,8 +146,7 @@ class RemoteTransport:
     def publish(
         self, track_sid: str, kind: Kind, codecs: list[str] | None = None, client_track_id: str | None = None
     ) -> TrackSource:
-        source = RemoteSource(self, track_sid, kind)
-        self.handles[source.id] = source
+        source = self._add(RemoteSource(self.worker, self, track_sid, kind))
         self.call("publish", h=source.id, track_sid=track_sid, kind=kind, codecs=codecs, client_track_id=client_track_id)
         return source
 
@@ -153,8 +154,7 @@ class RemoteTransport:
         if label not in self._channels:
             return None
         options = self._channels.pop(label) or DataTrackOptions()  # (corrected by the worker's answer)
-        source = RemoteSource(self, track_sid, "data", options)
-        self.handles[source.id] = source
+        source = self._add(RemoteSource(self.worker, self, track_sid, "data", options))
         if self.closed or not self.worker.alive:
             return source
         future = self.worker.channel.request("publish_data", {"t": self.id, "h": source.id, "track_sid": track_sid, "label": label})
@@ -169,27 +169,20 @@ class RemoteTransport:
             source._options = DataTrackOptions(**options)
 
     def unpublish(self, source: TrackSource) -> None:
-        handle = self._own(source)
-        self.handles.pop(handle.id, None)
-        self.call("unpublish", h=handle.id)
+        self.call("unpublish", h=self._drop(source).id)
 
     def subscribe(self, source: TrackSource, stream_id: str, priority: Priority = "standard") -> TrackSink:
         assert isinstance(source, RemoteSource), source
         local = self.worker.plane.source_on(source, self.worker)
-        sink = RemoteSink(self, local)
-        self.handles[sink.id] = sink
+        sink = self._add(RemoteSink(self, local))
         self.call("subscribe", h=sink.id, source=local.id, stream_id=stream_id, priority=priority)
         return sink
 
     def unsubscribe(self, sink: TrackSink) -> None:
-        handle = self._own(sink)
-        self.handles.pop(handle.id, None)
-        self.call("unsubscribe", h=handle.id)
+        self.call("unsubscribe", h=self._drop(sink).id)
 
     def release(self, sink: TrackSink) -> None:
-        handle = self._own(sink)
-        self.handles.pop(handle.id, None)
-        self.call("release", h=handle.id)
+        self.call("release", h=self._drop(sink).id)
 
     def request_negotiation(self) -> None:
         self.call("request_negotiation")
@@ -219,13 +212,21 @@ class RemoteTransport:
                 pass
         self._gone()
 
-    def _own(self, handle: TrackSource | TrackSink) -> RemoteHandle:
+    def _add(self, handle: H) -> H:
+        self.handles[handle.id] = self.worker.handles[handle.id] = handle
+        return handle
+
+    def _drop(self, handle: TrackSource | TrackSink) -> RemoteHandle:
         assert isinstance(handle, RemoteHandle) and handle.transport is self, handle
+        self.handles.pop(handle.id, None)
+        self.worker.handles.pop(handle.id, None)
         return handle
 
     def _gone(self) -> None:
         self.closed = True
         self.worker.transports.pop(self.id, None)
+        for handle_id in self.handles:
+            self.worker.handles.pop(handle_id, None)
 
     # --- from the worker -----------------------------------------------------------------------
 

@@ -39,7 +39,7 @@ from .channel import Channel, ProtocolError, RequestError
 if TYPE_CHECKING:
     from ..media.peer import MediaConfig
 
-logger = logging.getLogger(__name__)
+logger = logging.getLogger("sfu.workers.worker")  # (also when run as __main__)
 
 STATS_INTERVAL = 1.0  # seconds between two stats notifications
 PlaneFactory = Callable[[dict[str, Any]], MediaPlane]  # (spec) -> an unstarted plane
@@ -335,9 +335,15 @@ def _factory(path: str) -> PlaneFactory:
     return factory
 
 
-class _Prefix(logging.Formatter):
-    def __init__(self, index: int) -> None:
-        super().__init__(f"%(asctime)s worker {index} [{os.getpid()}] %(levelname)s %(name)s: %(message)s")
+class LineFormatter(logging.Formatter):
+    """One JSON object per line on stderr, which the front reads and logs in its own format
+    (``pool.relay_log``): time, level, logger, message (with any traceback)."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        message = record.getMessage()
+        if record.exc_info:
+            message += "\n" + self.formatException(record.exc_info)
+        return json.dumps({"t": record.created, "level": record.levelno, "logger": record.name, "message": message})
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -350,7 +356,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--log-level", default="INFO")
     args = p.parse_args(argv)
     handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(_Prefix(args.index))
+    handler.setFormatter(LineFormatter())
     logging.basicConfig(level=args.log_level, handlers=[handler], force=True)
     sock = socket.socket(fileno=args.fd)
     plane = _factory(args.plane)(json.loads(args.spec))
