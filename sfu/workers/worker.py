@@ -126,7 +126,7 @@ class WorkerHost:
             "pipe_listen": lambda d: self.pipes.listen(d["peer"], d["name"]),
             "pipe_connect": lambda d: self.pipes.connect(d["peer"], d["name"]),
             "pipe_out": self._pipe_out,
-            "pipe_in": lambda d: self._bind(d["h"], self.pipes.expect(d["peer"], d["track_sid"], d["kind"])),
+            "pipe_in": lambda d: self.bind(d["h"], self.pipes.expect(d["peer"], d["track_sid"], d["kind"])),
         }
         self.pipes = PipeHub(on_close=self._pipe_closed)
 
