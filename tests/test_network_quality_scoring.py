@@ -25,6 +25,7 @@ def test_each_measure_maps_to_twilios_levels() -> None:
     assert bandwidth_level(500_000, 100_000) == 5
     assert bandwidth_level(60_000, 100_000) == 3
     assert bandwidth_level(500_000, 100_000, available=20_000) == 1  # the estimate caps it
+    assert bandwidth_level(0, 0) == 5  # nothing needed
 
 
 def test_the_transport_level_is_its_worst_direction_and_stats_take_twilios_shape() -> None:

@@ -7,8 +7,8 @@ SFU forwards to it) and scores it here, as LiveKit's ``connectionquality`` does:
   the fraction lost the subscriber reports in its receiver reports (RFC 3550);
 - latency: the subscriber's interarrival jitter and the round-trip time from its receiver
   reports' LSR/DLSR against the sender reports the SFU sent;
-- bandwidth: the bitrate sent or received against what the tracks need (a floor per kind)
-  and, for what the SFU sends, the subscriber's bandwidth estimate (REMB).
+- bandwidth: the bitrate sent or received against what the tracks need (a floor per kind),
+  for what the SFU sends capped by the subscriber's bandwidth estimate (REMB).
 Each measure gives a level; a direction's level is its worst measure's, the transport's is
 the worst direction's. Twilio: 5 excellent, 1 very poor, 0 the network is broken (nothing
 arrives). A level falls at once and rises one step per report, so it does not flap.
@@ -32,7 +32,9 @@ JITTER_STEPS = ((0.02, 5), (0.04, 4), (0.08, 3), (0.15, 2))  # seconds
 BANDWIDTH_STEPS = ((0.9, 5), (0.7, 4), (0.5, 3), (0.3, 2))  # share of the bitrate needed (at least)
 LOWEST = 1  # a measure past every step: very poor, but media still flows
 BROKEN_LOSS = 0.95  # nearly nothing arrives: the network is broken (level 0)
-NEEDED_BITRATE = {"audio": 16_000, "video": 100_000}  # bits/s below which a sending track is starved
+# Bits/s below which a track that sends at all is starved: Opus' floor, and a video too thin
+# to move (an encoder sends less for still or simple content, so this is a floor, not a goal).
+NEEDED_BITRATE = {"audio": 8_000, "video": 30_000}
 
 
 def _stepped(value: float, steps: Sequence[tuple[float, int]], higher_is_better: bool = False) -> int:
