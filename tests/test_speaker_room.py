@@ -5,7 +5,10 @@ from __future__ import annotations
 from sfu import speakers
 from sfu.participant import Participant
 
-from .test_room_model import Model, model, transport  # noqa: F401  (the fixture)
+from . import test_room_model
+from .test_room_model import Model, transport
+
+model = test_room_model.model  # (the fixture: a registry over a fake media plane and a manual clock)
 
 
 def speak(model: Model, p: Participant, track_sid: str, level: float) -> None:
@@ -14,7 +17,7 @@ def speak(model: Model, p: Participant, track_sid: str, level: float) -> None:
     p.on_audio_activity(source, level)
 
 
-async def test_the_dominant_speaker_moves_to_whoever_speaks_long_enough(model: Model) -> None:  # noqa: F811
+async def test_the_dominant_speaker_moves_to_whoever_speaks_long_enough(model: Model) -> None:
     room = model.room()
     alice, bob, carol = [await room.join(n) for n in ("alice", "bob", "carol")]
     mics = {p.identity: model.ready(p, "mic", "audio").sid for p in (alice, bob, carol)}
@@ -43,7 +46,7 @@ async def test_the_dominant_speaker_moves_to_whoever_speaks_long_enough(model: M
     assert transport(carol).dominant_speaker_tracks == frozenset()
 
 
-async def test_network_quality_reports_reach_the_participant_and_the_room(model: Model) -> None:  # noqa: F811
+async def test_network_quality_reports_reach_the_participant_and_the_room(model: Model) -> None:
     room = model.room()
     alice = await room.join("alice")
     seen: list[tuple[str, int | None]] = []
