@@ -5,6 +5,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+import pytest
+
 from sfu.media.quality import (
     LevelSmoother,
     QualityMonitor,
@@ -110,3 +112,22 @@ def test_a_muted_track_counts_for_nothing() -> None:
     monitor.measure([mic], [], 1.0)
     assert not monitor.measure([mic], [], 1.0)  # no packets in the window: nothing to score
     assert monitor.level is None
+
+
+def test_connect_options_and_entries_follow_twilios_verbosity() -> None:
+    from signaling.protocol import ProtocolError, network_quality_entry, quality_options
+
+    assert quality_options(None) == (0, 0) and quality_options(False) == (0, 0)
+    assert quality_options(True) == (1, 0)  # Twilio's default: the local level only
+    assert quality_options({"local": 0, "remote": 3}) == (1, 3)  # local is at least minimal
+    for bad in ({"local": 4}, {"remote": "2"}, [1, 1], 2):
+        with pytest.raises(ProtocolError):
+            quality_options(bad)
+    scored = network_quality({("audio", "send"): Sample(0.1, None, None, 40_000, 8_000)})
+    assert scored is not None
+    level, stats = scored
+    assert network_quality_entry("PA1", level, stats, 1) == {"sid": "PA1", "level": 2}
+    moderate = network_quality_entry("PA1", level, stats, 2)["stats"]
+    assert moderate == {"level": 2, "audio": {"send": 2, "recv": None}, "video": None}
+    detailed = network_quality_entry("PA1", level, stats, 3)["stats"]
+    assert detailed["audio"]["sendStats"]["fractionLost"]["fractionLost"] == 0.1 and detailed["audio"]["recvStats"] is None
