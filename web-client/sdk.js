@@ -784,7 +784,10 @@ export class Room extends EventEmitter {
     for (const p of message.participants || []) this._applyParticipant(p);
     this._applyPublished(message.published);
     this._applySubscribed(message.subscribed);
-    applySpeakersAndQuality(this, message);
+    // After connect() resolves, as Twilio's first media-signaling message comes: an app that
+    // listens for dominantSpeakerChanged / networkQualityLevelChanged then hears the first values.
+    if (first) setTimeout(() => this.state !== 'disconnected' && applySpeakersAndQuality(this, message), 0);
+    else applySpeakersAndQuality(this, message);
     this.state = 'connected';
     this._startHeartbeat((message.options || {}).heartbeat_interval);
     if (first) {
