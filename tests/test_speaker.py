@@ -4,9 +4,12 @@ those levels alone and tells the clients that asked (``dominant_speaker=True``).
 
 from __future__ import annotations
 
+from pathlib import Path
+
+from sfu.workers.pool import RemoteMediaPlane
 from signaling.client import LocalAudioTrack, Room, connect
 
-from .conftest import Server, wait_for
+from .conftest import Server, running_server, wait_for
 from .helpers.clients import Clients
 from .media import ToneAudioTrack
 
@@ -59,3 +62,23 @@ async def test_the_dominant_speaker_moves_when_another_participant_becomes_loud(
     await bob.disconnect()
     await wait_for(lambda: dominant(carol) != "bob", message="bob gone")
     assert seen[2] in (None, "alice"), seen
+
+
+async def test_dominant_speaker_and_network_quality_through_media_workers(tmp_path: Path, netns: None) -> None:
+    """With ``--workers 2`` the levels and quality come from a worker process over its channel,
+    and the dominant speaker goes back down to the worker's transports."""
+    async with running_server(tmp_path, workers=2) as (server, _):
+        clients = Clients(server)
+        try:
+            alice_tone, bob_tone = ToneAudioTrack(level_dbov=LOUD), ToneAudioTrack(level_dbov=QUIET)
+            await join(clients, server, "alice", alice_tone)
+            bob = await join(clients, server, "bob", bob_tone, dominant_speaker=True, network_quality={"local": 2, "remote": 1})
+            assert isinstance(server.registry.plane, RemoteMediaPlane)
+            await wait_for(lambda: dominant(bob) == "alice", message="alice dominant, decided from a worker's levels")
+            alice_tone.level_dbov, bob_tone.level_dbov = QUIET, LOUD
+            await wait_for(lambda: dominant(bob) == "bob", message="bob dominant")
+            me = bob.local_participant
+            await wait_for(lambda: me.network_quality_level is not None, message="bob's network quality from the worker")
+            assert me.network_quality_stats is not None and me.network_quality_stats["audio"]["send"] is not None
+        finally:
+            await clients.close()
