@@ -6,10 +6,13 @@ from __future__ import annotations
 
 from sfu.contracts import BandwidthProfile
 
-from .test_room_model import Model, model, transport  # noqa: F401  (the fixture)
+from . import test_room_model
+from .test_room_model import Model, transport
+
+model = test_room_model.model  # (the room model's fixture)
 
 
-async def test_priority_is_the_subscribers_own_else_its_rules_else_the_publishers(model: Model) -> None:  # noqa: F811
+async def test_priority_is_the_subscribers_own_else_its_rules_else_the_publishers(model: Model) -> None:
     room = model.room()
     alice, bob = await room.join("alice"), await room.join("bob")
     cam = room.publish(alice, "cam-1", "video", "cam", priority="low")
@@ -31,7 +34,7 @@ async def test_priority_is_the_subscribers_own_else_its_rules_else_the_publisher
     assert transport(bob).profile == BandwidthProfile(mode="presentation") and sink.priority == "standard"
 
 
-async def test_hints_go_down_and_switches_come_up_as_subscription_state(model: Model) -> None:  # noqa: F811
+async def test_hints_go_down_and_switches_come_up_as_subscription_state(model: Model) -> None:
     room = model.room()
     alice, bob = await room.join("alice"), await room.join("bob")
     cam = room.publish(alice, "cam-1", "video", "cam")

@@ -68,6 +68,7 @@ class FakeTransport:
         self.hints: dict[str, tuple[tuple[int, int] | None, bool]] = {}  # track SID -> the last set_sink_hints
         self.negotiating = False
         self.closed = False
+        self.dominant_speaker_tracks: frozenset[str] = frozenset()
 
     def publish(self, track_sid: str, kind: Kind, codecs: list[str] | None = None, client_track_id: str | None = None) -> TrackSource:
         if client_track_id is not None:
@@ -120,6 +121,9 @@ class FakeTransport:
 
     async def add_ice_candidate(self, candidate: str | None, sdp_mid: str | None, sdp_mline_index: int | None) -> None:
         pass
+
+    def set_dominant_speaker(self, track_sids: frozenset[str]) -> None:
+        self.dominant_speaker_tracks = track_sids
 
     async def close(self) -> None:
         self.closed = True

@@ -99,6 +99,12 @@ class _Listener:
     def on_failed(self, code: int, reason: str) -> None:
         self._send("failed", code=code, reason=reason)
 
+    def on_audio_activity(self, source: TrackSource, level: float) -> None:
+        self._send("audio_activity", h=self.host.id_of(source), level=level)
+
+    def on_network_quality(self, level: int, stats: dict[str, Any]) -> None:
+        self._send("network_quality", level=level, stats=stats)
+
 
 class WorkerHost:
     """Carries out the front's requests on ``plane`` (see the module docstring)."""
@@ -128,6 +134,7 @@ class WorkerHost:
                 self._sink(d["h"]), tuple(d["render"]) if d["render"] else None, bool(d["off"])  # type: ignore[arg-type]
             ),
             "request_negotiation": lambda d: self._transport(d).request_negotiation(),
+            "set_dominant_speaker": lambda d: self._transport(d).set_dominant_speaker(frozenset(d["tracks"])),
             "apply_answer": self._apply_answer,
             "apply_offer": self._apply_offer,
             "add_ice_candidate": self._add_ice_candidate,
