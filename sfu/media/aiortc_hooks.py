@@ -477,6 +477,15 @@ def hook_receiver(
     _hook_endpoint(receiver, "receive", register, on_started, on_rtcp)
 
 
+def route_ssrc(receiver: RTCRtpReceiver, ssrc: int) -> None:
+    """Route RTCP about ``ssrc`` (sender reports) to ``receiver``: aiortc learns a receiver's
+    SSRCs from the RTP it routes, which the SFU's RTP sink bypasses (a simulcast layer's SSRC
+    is never in the SDP)."""
+    router = getattr(receiver.transport, "_rtp_router", None)
+    if router is not None:
+        router.ssrc_table[ssrc] = receiver
+
+
 def unhook_receiver(receiver: RTCRtpReceiver) -> None:
     receiver.transport._unregister_rtp_receiver(receiver)
 
