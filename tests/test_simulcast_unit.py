@@ -59,7 +59,12 @@ def setup(rids: list[str]) -> tuple[Producer, Consumer, list[RtpPacket], list[in
         layer.set_ssrcs(SSRCS[layer.rid], None)
     router = Router()
     sent: list[RtpPacket] = []
-    consumer = Consumer(producer, router, lambda data: sent.append(RtpPacket.parse(data)) or True, 5555, 6666, guard=None)
+
+    def write(data: bytes) -> bool:
+        sent.append(RtpPacket.parse(data))
+        return True
+
+    consumer = Consumer(producer, router, write, 5555, 6666, guard=None)
     consumer.configure([VP8], {98: 97}, EXTENSIONS, "3")
     consumer.attach()
     return producer, consumer, sent, plis, router

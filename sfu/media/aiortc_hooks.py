@@ -486,6 +486,14 @@ def route_ssrc(receiver: RTCRtpReceiver, ssrc: int) -> None:
         router.ssrc_table[ssrc] = receiver
 
 
+def route_sender_ssrc(sender: RTCRtpSender, ssrc: int) -> None:
+    """Route RTCP feedback about ``ssrc`` (PLI, NACK, reports) to ``sender`` too: a client
+    that sends simulcast layers itself, on SSRCs aiortc does not know."""
+    router = getattr(sender.transport, "_rtp_router", None)
+    if router is not None:
+        router.senders[ssrc] = sender
+
+
 def unhook_receiver(receiver: RTCRtpReceiver) -> None:
     receiver.transport._unregister_rtp_receiver(receiver)
 

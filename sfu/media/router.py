@@ -14,10 +14,12 @@ also waits in that layer's fan-out for its next keyframe (``set_pending``) until
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 
 from .consumer import Consumer
 from .datatrack import DataConsumer, DataProducer
 from .producer import Producer
+from .rtp import InboundPacket
 
 logger = logging.getLogger(__name__)
 
@@ -66,7 +68,7 @@ class Router:
         self._publish(producer)
 
     def _publish(self, producer: Producer) -> None:
-        forwards = [c.forward for c in self._forwarding.get(producer, ())]
+        forwards: list[Callable[[InboundPacket, bytes], None]] = [c.forward for c in self._forwarding.get(producer, ())]
         producer.set_fan_out(forwards + [c.switch_at_keyframe for c in self._pending.get(producer, ())])
 
     def set_pending(self, consumer: Consumer, layer: object | None) -> None:

@@ -86,3 +86,33 @@ def answered_simulcast(sdp: str) -> dict[str, SimulcastAnswer]:
         if len(rids) >= 2 and ids.get(RID_URI):
             found[mid] = SimulcastAnswer(rids, ids[RID_URI], ids.get(REPAIRED_RID_URI, 0))
     return found
+
+
+def answer_simulcast(answer: str, offer: str, layers: dict[str, int]) -> tuple[str, dict[str, SimulcastAnswer]]:
+    """A publisher's side (a client that sends layers itself): add ``a=simulcast:send`` with the
+    first ``layers[mid]`` RIDs the offer's section receives, and the RID header extensions, to
+    each such section of an answer aiortc made. Returns the answer and what it now says."""
+    offered: dict[str, tuple[list[str], dict[str, int]]] = {}
+    for block in re.split(r"\r?\n(?=m=)", offer):
+        lines = block.splitlines()
+        mid = next((line[6:].strip() for line in lines if line.startswith("a=mid:")), None)
+        if mid is not None:
+            rids = [line[6:].split()[0] for line in lines if line.startswith("a=rid:") and line.split()[1:2] == ["recv"]]
+            offered[mid] = (rids, {m.group(2): int(m.group(1)) for m in map(_EXTMAP.match, lines) if m})
+    said: dict[str, SimulcastAnswer] = {}
+    blocks = re.split(r"\r\n(?=m=)", answer)
+    for i, block in enumerate(blocks):
+        mid = next((line[6:].strip() for line in block.split("\r\n") if line.startswith("a=mid:")), None)
+        count = layers.get(mid or "", 0)
+        rids, ids = offered.get(mid or "", ([], {}))
+        if count < 2 or len(rids) < count or not ids.get(RID_URI):
+            continue
+        rids = rids[:count]
+        extra = [f"a=extmap:{ids[RID_URI]} {RID_URI}"]
+        if ids.get(REPAIRED_RID_URI):
+            extra.append(f"a=extmap:{ids[REPAIRED_RID_URI]} {REPAIRED_RID_URI}")
+        extra += [f"a=rid:{rid} send" for rid in rids] + ["a=simulcast:send " + ";".join(rids)]
+        body = block[:-2] if block.endswith("\r\n") else block
+        blocks[i] = body + "\r\n" + "\r\n".join(extra) + ("\r\n" if block.endswith("\r\n") else "")
+        said[str(mid)] = SimulcastAnswer(rids, ids[RID_URI], ids.get(REPAIRED_RID_URI, 0))
+    return "\r\n".join(blocks), said
