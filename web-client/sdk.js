@@ -1240,7 +1240,8 @@ function isPublicationError(code) {
  * `iceServers` (default: the STUN / TURN servers the server hands out, from its
  * `--ice-server` list; an array given here replaces them, as Twilio's replaces its Network
  * Traversal Service), `iceTransportPolicy` ('relay': relayed candidates only, through TURN),
- * `bundlePolicy` (default max-bundle). Rejects with a
+ * `bundlePolicy` (default max-bundle), `preferredVideoCodecs` (`[{codec: 'VP8', simulcast: true}]`:
+ * the camera goes out as simulcast layers at 1/4, 1/2 and full resolution). Rejects with a
  * TwilioError carrying the server's code and message (20101 bad token, 53105 room full, ...)
  * or with the browser's DOMException when the camera or microphone is refused.
  */

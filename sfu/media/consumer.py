@@ -92,7 +92,7 @@ class Consumer:
         "_b0_variable", "_ext_before", "_ext_after", "_b0_plain", "_ext_plain", "_clock_rate", "_needs_keyframe",
         "_seq_offset", "_ts_offset", "_start_seq", "_next_seq", "_next_ts", "_resume_from", "_attached",
         "_rtx_tokens", "_rtx_refilled", "source", "_layers", "_target", "_pending", "_munge", "_pid_offset",
-        "_tl0_offset", "_last_pid", "_last_tl0",
+        "_tl0_offset", "_last_pid", "_last_tl0", "_auto",
     )  # fmt: skip
 
     def __init__(
@@ -112,6 +112,10 @@ class Consumer:
         self._layers: list[MediaSource] = layers
         self.producer: MediaSource = layers[-1]  # (the highest layer until told otherwise)
         self._target: int | None = len(layers) - 1
+        # Until set_target_layer is called: the highest layer the publisher is sending (a
+        # browser sends fewer layers than offered for a small camera, or stops one when short
+        # of bandwidth), followed by follow_active_layers.
+        self._auto = len(layers) > 1
         self._pending: MediaSource | None = None  # the layer waited for (its next keyframe)
         # VP8 picture IDs and TL0PICIDX are rewritten only for a simulcast track: one
         # layer's own numbering is already continuous.
@@ -190,6 +194,8 @@ class Consumer:
         """Start forwarding (the subscriber's sender is up)."""
         logger.debug("track %s -> ssrc %d: attached", self.producer.track_sid, self.ssrc)
         self._paused = False
+        if self._auto:
+            self.follow_active_layers()
         if not self._attached:
             self._attached = True
             self.fan_out.attach(self)
@@ -233,6 +239,19 @@ class Consumer:
     def set_target_layer(self, index: int | None) -> None:
         """Forward layer ``index`` of the track (clamped to those it has), switching at a
         keyframe of that layer; None switches the track off (no forwarding at all)."""
+        self._auto = False
+        self._set_target(index)
+
+    def follow_active_layers(self, max_age: float = 1.5) -> None:
+        """Unless a layer was chosen (``set_target_layer``): target the highest layer that
+        received packets in the last ``max_age`` seconds (the highest when none did)."""
+        if not self._auto:
+            return
+        now = time.monotonic()
+        active = [i for i, layer in enumerate(self._layers) if layer.stats.packets and now - layer.last_arrival <= max_age]
+        self._set_target(active[-1] if active else len(self._layers) - 1)
+
+    def _set_target(self, index: int | None) -> None:
         if index is not None:
             index = max(0, min(index, len(self._layers) - 1))
         if index == self._target:

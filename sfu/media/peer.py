@@ -581,6 +581,7 @@ class Peer(AsyncIOEventEmitter):
         for transceiver, consumer in list(self._subscriptions.items()):
             if consumer.waiting_for_keyframe:
                 consumer.producer.request_keyframe()  # the last PLI (or its keyframe) was lost
+            consumer.follow_active_layers()
             pending = consumer.pending_layer
             if pending is not None:
                 pending.request_keyframe()  # (a layer switch waits for that layer's keyframe)

@@ -8,7 +8,8 @@ extensions. A publisher that wants simulcast answers ``a=simulcast:send`` with t
 sends (a browser: one encoding each); one that does not (our /sdk.js removes the lines unless
 asked for simulcast, aiortc ignores them) answers without, and its track has one layer.
 Packets are mapped to layers by the RID header extension (RTX ones by the repaired RID), so
-the SDP never has to announce SSRCs.
+the SDP never has to announce SSRCs. Only sections that offer VP8 get the RIDs (the SFU rewrites VP8 picture IDs across
+layer switches; an H.264-only room publishes one encoding).
 """
 
 from __future__ import annotations
@@ -43,7 +44,8 @@ def offer_simulcast(sdp: str, mids: set[str]) -> str:
 
     def flush() -> None:
         mid = next((line[6:] for line in block if line.startswith("a=mid:")), None)
-        if block and block[0].startswith("m=video") and mid in mids:
+        vp8 = any(re.match(r"a=rtpmap:\d+ VP8/", line, flags=re.IGNORECASE) for line in block)
+        if block and block[0].startswith("m=video") and mid in mids and vp8:
             used = [int(m.group(1)) for m in map(_EXTMAP.match, block) if m]
             first = max(used, default=0) + 1
             if first + 1 <= 14:  # (one-byte header elements only)
