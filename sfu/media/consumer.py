@@ -92,7 +92,7 @@ class Consumer:
         "_b0_variable", "_ext_before", "_ext_after", "_b0_plain", "_ext_plain", "_clock_rate", "_needs_keyframe",
         "_seq_offset", "_ts_offset", "_start_seq", "_next_seq", "_next_ts", "_resume_from", "_attached",
         "_rtx_tokens", "_rtx_refilled", "source", "_layers", "_target", "_pending", "_munge", "_pid_offset",
-        "_tl0_offset", "_last_pid", "_last_tl0", "_auto",
+        "_tl0_offset", "_last_pid", "_last_tl0", "_auto", "deliver",
     )  # fmt: skip
 
     def __init__(
@@ -124,6 +124,9 @@ class Consumer:
         self._tl0_offset = 0
         self._last_pid: int | None = None
         self._last_tl0: int | None = None
+        # What the fan-out calls per packet: forward itself, unless picture IDs are rewritten
+        # (so a track without simulcast pays nothing for it).
+        self.deliver: Callable[[InboundPacket, bytes], None] = self._forward_rewritten if self._munge else self.forward
         self.fan_out = fan_out
         self.kind = producer.kind
         self.ssrc = ssrc
@@ -297,7 +300,7 @@ class Consumer:
         self._needs_keyframe = True
         self.stats.layer_switches += 1
         logger.debug("track %s -> ssrc %d: switched to layer %s", self.track_sid, self.ssrc, self.current_layer)
-        self.forward(packet, abs_send_time)
+        self.deliver(packet, abs_send_time)
 
     @property
     def waiting_for_keyframe(self) -> bool:
@@ -382,8 +385,9 @@ class Consumer:
         # offsets; live packets go on from the same offsets.
         self._begin(packets[0], self.producer.last_timestamp)
         abs_send_time = rtp.abs_send_time()
+        deliver = self.deliver
         for packet in packets:
-            self.forward(packet, abs_send_time)
+            deliver(packet, abs_send_time)
         self.cached_starts += 1
         self.producer.cached_starts += 1
         logger.debug("track %s -> ssrc %d: started from %d cached packets", self.producer.track_sid, self.ssrc, len(packets))
@@ -409,10 +413,7 @@ class Consumer:
         if out_pt is None:
             return
         ts = (packet.timestamp + self._ts_offset) & 0xFFFFFFFF
-        payload = packet.payload
-        if self._munge:
-            payload = self._rewrite(payload)
-        if self._write(self._build(packet, payload, out_pt, (seq + offset) & 0xFFFF, ts, self.ssrc, abs_send_time, b"")):
+        if self._write(self._build(packet, out_pt, (seq + offset) & 0xFFFF, ts, self.ssrc, abs_send_time, b"")):
             stats = self.stats
             stats.packets += 1
             stats.octets += len(packet.payload)
@@ -443,14 +444,26 @@ class Consumer:
         logger.debug("track %s -> ssrc %d: starting at seq %d", self.producer.track_sid, self.ssrc, packet.sequence_number)
         return offset
 
-    def _rewrite(self, payload: bytes) -> bytes:
-        """A simulcast layer's VP8 picture ID and TL0PICIDX on this subscriber's numbering."""
-        payload, pid, tl0 = vp8.rewrite_picture_ids(payload, self._pid_offset, self._tl0_offset)
+    def _forward_rewritten(self, packet: InboundPacket, abs_send_time: bytes) -> None:
+        """``forward`` for a simulcast VP8 track: the layer's picture ID and TL0PICIDX moved
+        onto this subscriber's numbering (set where its stream (re)starts, in ``_begin``)."""
+        if self._seq_offset is None:
+            if self._needs_keyframe and not packet.keyframe:
+                return
+            self._begin(packet)
+        payload, pid, tl0 = vp8.rewrite_picture_ids(packet.payload, self._pid_offset, self._tl0_offset)
         if pid is not None:
             self._last_pid = pid
         if tl0 is not None:
             self._last_tl0 = tl0
-        return payload
+        self.forward(self._with_payload(packet, payload), abs_send_time)
+
+    @staticmethod
+    def _with_payload(packet: InboundPacket, payload: bytes) -> InboundPacket:
+        return InboundPacket(
+            packet.payload_type, packet.sequence_number, packet.timestamp, packet.marker, packet.ssrc,
+            payload, packet.padding, packet.audio_level, packet.keyframe,
+        )  # fmt: skip
 
     def _set_layout(self, layout: rtp.ExtensionLayout) -> None:
         """Precompute the header pieces _build joins, for the two cases a packet can be in."""
@@ -461,7 +474,7 @@ class Consumer:
         self._b0_plain = 0x90 if layout.plain else 0x80  # (no per-packet value)
         self._ext_plain = layout.plain
 
-    def _build(self, packet: InboundPacket, payload: bytes, pt: int, seq: int, ts: int, ssrc: int, abs_send_time: bytes, prefix: bytes) -> bytes:
+    def _build(self, packet: InboundPacket, pt: int, seq: int, ts: int, ssrc: int, abs_send_time: bytes, prefix: bytes) -> bytes:
         """The packet as this subscriber gets it; ``prefix`` goes before the payload (the
         original sequence number of an RTX packet)."""
         value = abs_send_time if self._video else packet.audio_level
@@ -471,7 +484,7 @@ class Consumer:
             b0, before, value, after = self._b0_plain, self._ext_plain, b"", b""
         if packet.padding:
             b0 |= 0x20
-        return b"".join((_pack_header(b0, (packet.marker << 7) | pt, seq, ts, ssrc), before, value, after, prefix, payload))
+        return b"".join((_pack_header(b0, (packet.marker << 7) | pt, seq, ts, ssrc), before, value, after, prefix, packet.payload))
 
     # --- RTCP from the subscriber ------------------------------------------------------
 
@@ -524,15 +537,14 @@ class Consumer:
             if pt is None:
                 continue
             ts = (packet.timestamp + self._ts_offset) & 0xFFFFFFFF
-            payload = packet.payload
             if self._munge:
-                payload = vp8.rewrite_picture_ids(payload, self._pid_offset, self._tl0_offset)[0]
+                packet = self._with_payload(packet, vp8.rewrite_picture_ids(packet.payload, self._pid_offset, self._tl0_offset)[0])
             rtx_pt = self._rtx_pts.get(pt)
             if rtx_pt is not None:
-                data = self._build(packet, payload, rtx_pt, self._rtx_seq, ts, self.rtx_ssrc, abs_send_time, seq.to_bytes(2, "big"))
+                data = self._build(packet, rtx_pt, self._rtx_seq, ts, self.rtx_ssrc, abs_send_time, seq.to_bytes(2, "big"))
                 self._rtx_seq = (self._rtx_seq + 1) & 0xFFFF
             else:
-                data = self._build(packet, payload, pt, seq, ts, self.ssrc, abs_send_time, b"")
+                data = self._build(packet, pt, seq, ts, self.ssrc, abs_send_time, b"")
             if self._write(data):
                 self.stats.retransmitted += 1
                 self._rtx_tokens -= 1

@@ -68,7 +68,7 @@ class Router:
         self._publish(producer)
 
     def _publish(self, producer: Producer) -> None:
-        forwards: list[Callable[[InboundPacket, bytes], None]] = [c.forward for c in self._forwarding.get(producer, ())]
+        forwards: list[Callable[[InboundPacket, bytes], None]] = [c.deliver for c in self._forwarding.get(producer, ())]
         producer.set_fan_out(forwards + [c.switch_at_keyframe for c in self._pending.get(producer, ())])
 
     def set_pending(self, consumer: Consumer, layer: object | None) -> None:
