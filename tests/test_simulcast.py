@@ -158,3 +158,28 @@ async def test_python_clients_publish_layers_and_each_subscriber_gets_the_one_it
             reader.close()
         for room in (alice, small, large):
             await room.disconnect()
+
+
+async def test_simulcast_works_in_a_worker_process(tmp_path, netns) -> None:
+    """With ``--workers 2`` the layers live in the worker hosting the room: the offer with RIDs
+    and the answer with a=simulcast:send cross the channel as SDP text, and a subscriber nobody
+    sets a layer for gets the highest layer the publisher sends."""
+    from .conftest import running_server
+
+    async with running_server(tmp_path, workers=2) as (server, _):
+        source = Two()
+        track = LocalSimulcastVideoTrack([source.layer(0), ScaledVideoTrack(source.layer(1), 640, 480)], "cam")
+        alice = await connect(server.url, server.token("alice"), name=ROOM, tracks=[track])
+        bob = await connect(server.url, server.token("bob"), name=ROOM, tracks=[])
+        reader: Frames | None = None
+        try:
+            reader = Frames(await subscribed_media(bob, "alice", "cam"))
+            await reader.wait_width(640, count=15)
+            layers = next(iter(alice._layer_senders.values()))
+            assert layers.answer is not None and layers.answer.rids == ["q", "h"]
+            assert all(sent > 0 for sent in layers.packets_sent)  # both layers go to the worker
+        finally:
+            if reader is not None:
+                reader.close()
+            for room in (alice, bob):
+                await room.disconnect()
