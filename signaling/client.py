@@ -6,6 +6,10 @@
     frame = await track.recv()          # decoded frames (default)
     await room.disconnect()
 
+``LocalSimulcastVideoTrack([low, ..., high])`` publishes one track as simulcast layers (VP8,
+one encoding per source, sent with the RIDs the server offers), as a browser does with
+``sendEncodings``; the server forwards each subscriber one of them.
+
 Remote media tracks yield decoded frames by default; ``connect(..., receive="packets")``
 makes them yield encoded RTP packets instead, so load peers never decode.
 """
@@ -16,6 +20,7 @@ import asyncio
 import collections
 import fractions
 import logging
+import random
 import uuid
 from collections.abc import Iterable
 from typing import Any
@@ -30,13 +35,16 @@ from aiortc import (
     RTCRtpTransceiver,
     RTCSessionDescription,
 )
+from aiortc.codecs.vpx import Vp8Encoder
 from aiortc.rtcconfiguration import RTCBundlePolicy, RTCIceTransportPolicy
-from aiortc.rtp import RtpPacket
+from aiortc.rtcrtpparameters import RTCRtpSendParameters
+from aiortc.rtp import RTCP_PSFB_FIR, RTCP_PSFB_PLI, AnyRtcpPacket, RtcpPsfbPacket, RtpPacket
 from av import AudioFrame, VideoFrame
 from pyee.asyncio import AsyncIOEventEmitter
 
 from sfu import errors
 from sfu.media import aiortc_hooks as hooks
+from sfu.media import rtp, simulcast
 
 from . import ice, protocol
 
@@ -135,6 +143,74 @@ class LocalAudioTrack(LocalMediaTrack):
 
 class LocalVideoTrack(LocalMediaTrack):
     kind = "video"
+
+
+class LocalSimulcastVideoTrack(LocalVideoTrack):
+    """A video track published as simulcast layers: one VP8 encoding per source in ``layers``
+    (low to high, e.g. the same picture at growing sizes), each on its own SSRC with its RID."""
+
+    def __init__(self, layers: list[MediaStreamTrack], name: str | None = None) -> None:
+        if len(layers) < 2:
+            raise ValueError("simulcast needs at least two layers")
+        super().__init__(layers[-1], name)
+        self.layers = [_Gate(self, layer) for layer in layers]
+
+
+class _LayerSender:
+    """Sends a LocalSimulcastVideoTrack's layers on one m-section: it encodes each layer with
+    its own VP8 encoder and writes the RTP itself (aiortc sends one encoding per sender), with
+    the MID and RID header extensions, and answers PLIs for each layer's SSRC."""
+
+    def __init__(self, track: LocalSimulcastVideoTrack, transceiver: RTCRtpTransceiver) -> None:
+        self.track = track
+        self.transceiver = transceiver
+        self.answer: simulcast.SimulcastAnswer | None = None
+        self.ssrcs = [random.randint(1, 0xFFFFFFFF) for _ in track.layers]
+        self._keyframe = [True] * len(track.layers)
+        self._tasks: list[asyncio.Task[None]] = []
+        self.packets_sent = [0] * len(track.layers)
+        hooks.hook_sender(transceiver.sender, on_started=self._start, on_rtcp=self._on_rtcp)
+
+    def _start(self, params: RTCRtpSendParameters) -> None:
+        answer = self.answer
+        codec = next((c for c in params.codecs if c.mimeType.lower() == "video/vp8"), None)
+        if answer is None or codec is None or codec.payloadType is None:
+            logger.warning("client: simulcast not negotiated for %s", self.track.name)
+            return
+        mid_id = next((e.id for e in params.headerExtensions if e.uri == "urn:ietf:params:rtp-hdrext:sdes:mid"), 0)
+        for index, rid in enumerate(answer.rids):
+            fixed = rtp.one_byte_element(answer.rid_id, rid.encode())
+            if mid_id and params.muxId:
+                fixed = rtp.one_byte_element(mid_id, params.muxId.encode()) + fixed
+            hooks.route_sender_ssrc(self.transceiver.sender, self.ssrcs[index])
+            self._tasks.append(asyncio.create_task(self._send_layer(index, codec.payloadType, rtp.extension_block(fixed))))
+
+    def _on_rtcp(self, packet: AnyRtcpPacket) -> None:
+        if isinstance(packet, RtcpPsfbPacket) and packet.fmt in (RTCP_PSFB_PLI, RTCP_PSFB_FIR) and packet.media_ssrc in self.ssrcs:
+            self._keyframe[self.ssrcs.index(packet.media_ssrc)] = True
+
+    async def _send_layer(self, index: int, payload_type: int, extensions: bytes) -> None:
+        encoder = Vp8Encoder()
+        source = self.track.layers[index]
+        ssrc = self.ssrcs[index]
+        seq = random.randint(0, 0xFFFF)
+        offset = random.randint(0, 0xFFFFFFFF)
+        loop = asyncio.get_running_loop()
+        sender = self.transceiver.sender
+        while True:
+            frame = await source.recv()
+            force, self._keyframe[index] = self._keyframe[index], False
+            payloads, timestamp = await loop.run_in_executor(None, encoder.encode, frame, force)
+            for i, payload in enumerate(payloads):
+                marker = int(i == len(payloads) - 1)
+                header = rtp.pack_header(0x90, (marker << 7) | payload_type, seq, (timestamp + offset) & 0xFFFFFFFF, ssrc)
+                await hooks.send_raw_rtp(sender, header + extensions + payload)
+                seq = (seq + 1) & 0xFFFF
+                self.packets_sent[index] += 1
+
+    def stop(self) -> None:
+        for task in self._tasks:
+            task.cancel()
 
 
 class LocalDataTrack(LocalTrack):
@@ -358,6 +434,10 @@ class LocalParticipant(AsyncIOEventEmitter):
         for transceiver in self.room.pc.getTransceivers():
             if isinstance(track, LocalMediaTrack) and transceiver.sender.track is track.media:
                 transceiver.sender.replaceTrack(None)
+        for mid, layers in list(self.room._layer_senders.items()):
+            if layers.track is track:
+                layers.stop()
+                del self.room._layer_senders[mid]
 
     def _send_tracks(self) -> None:
         self.room._send({"type": "update", "participant": {"tracks": [t.describe() for t in self.tracks.values()]}})
@@ -415,6 +495,7 @@ class Room(AsyncIOEventEmitter):
         self._failures_announced: set[str] = set()
         self._remote_tracks: dict[str, RemoteTrack] = {}
         self._mid_role: dict[str, tuple[str, str]] = {}
+        self._layer_senders: dict[str, _LayerSender] = {}  # by mid
         self._data_queue: list[LocalDataTrack] = []
         self._negotiated_once = False
         self._closing = False
@@ -741,13 +822,18 @@ class Room(AsyncIOEventEmitter):
                     track = self.local_participant.tracks.get(section.get("id", ""))
                     self._mid_role[str(transceiver.mid)] = ("publish", str(section.get("id", "")))
                     transceiver.direction = "sendonly"
-                    if isinstance(track, LocalMediaTrack) and transceiver.sender.track is not track.media:
+                    if isinstance(track, LocalSimulcastVideoTrack):
+                        layers = self._layer_senders.get(str(transceiver.mid))
+                        if layers is None or layers.track is not track:
+                            self._layer_senders[str(transceiver.mid)] = _LayerSender(track, transceiver)
+                    elif isinstance(track, LocalMediaTrack) and transceiver.sender.track is not track.media:
                         transceiver.sender.replaceTrack(track.media)
                 else:
                     transceiver.direction = "recvonly"
                     self._media_section(transceiver, section)
             answer = await self.pc.createAnswer()
             await self.pc.setLocalDescription(answer)
+            sdp = self._simulcast_answer(description["sdp"])
         except Exception as exc:
             logger.warning("client: could not answer offer %s: %s", revision, exc)
             self._emit_error(SignalingError(errors.CLIENT_REMOTE_DESCRIPTION_FAILED, str(exc)))
@@ -755,7 +841,7 @@ class Room(AsyncIOEventEmitter):
         self._send(
             {
                 "type": "update",
-                "peer_connection": {"description": {"type": "answer", "revision": revision, "sdp": self.pc.localDescription.sdp}},
+                "peer_connection": {"description": {"type": "answer", "revision": revision, "sdp": sdp}},
             }
         )
         self.offers_answered += 1
@@ -765,6 +851,17 @@ class Room(AsyncIOEventEmitter):
             for track in self._data_queue:
                 self._open_data_channel(track)
             self._data_queue.clear()
+
+    def _simulcast_answer(self, offer: str) -> str:
+        """Our answer, saying ``a=simulcast:send`` for the sections of simulcast tracks."""
+        sdp = self.pc.localDescription.sdp
+        layers = {mid: len(s.track.layers) for mid, s in self._layer_senders.items()}
+        if not layers:
+            return sdp  # type: ignore[no-any-return]
+        sdp, said = simulcast.answer_simulcast(sdp, offer, layers)
+        for mid, answer in said.items():
+            self._layer_senders[mid].answer = answer
+        return sdp
 
     async def _renew_retired_sections(self, previous: dict[str, tuple[str, str]], by_mid: dict[str, dict[str, Any]]) -> None:
         """Give each m-section that stopped carrying its track a fresh receiver or sender.
@@ -903,6 +1000,8 @@ class Room(AsyncIOEventEmitter):
         for p in list(self.participants.values()):
             for pub in list(p.tracks.values()):
                 self._unsubscribe(pub.track_sid)
+        for layers in self._layer_senders.values():
+            layers.stop()
         if self._ws is not None:
             await self._ws.close()
         if self._http is not None:

@@ -119,7 +119,10 @@ async def exchange_chat(py: Room, carol: Any, alice: Page) -> None:
 VIDEO_CODECS = """async () => {
     const stats = await window.room._pc.getStats();
     const streams = [...stats.values()].filter(s => (s.type === 'inbound-rtp' || s.type === 'outbound-rtp') && s.kind === 'video');
-    return streams.map(s => (stats.get(s.codecId) || {}).mimeType || 'unknown');
+    // (one per received track, and one per sent track: its simulcast layers count once)
+    const seen = new Set();
+    return streams.filter(s => s.type === 'inbound-rtp' || !seen.has(s.mid) && seen.add(s.mid))
+        .map(s => (stats.get(s.codecId) || {}).mimeType || 'unknown');
 }"""
 
 

@@ -821,6 +821,7 @@ export class Room extends EventEmitter {
     this.participants = new Map();
     this.dominantSpeaker = null; // with connect({dominantSpeaker: true}): see applySpeakersAndQuality
     this._token = token;
+    this._simulcast = wantsSimulcast(options.preferredVideoCodecs);
     this._url = options.signalingUrl || defaultSignalingUrl();
     this._initialTracks = tracks;
     this._createdTracks = createdTracks;
@@ -1211,7 +1212,7 @@ export class Room extends EventEmitter {
     const pc = this._pc;
     const revision = description.revision;
     try {
-      await pc.setRemoteDescription({ type: 'offer', sdp: description.sdp });
+      await pc.setRemoteDescription({ type: 'offer', sdp: simulcastOffer(description.sdp, this._simulcast) });
       const byMid = new Map(sections.map((s) => [s.mid, s]));
       for (const transceiver of pc.getTransceivers()) {
         if (transceiver.mid === null || transceiver.currentDirection === 'stopped') continue;
@@ -1230,6 +1231,7 @@ export class Room extends EventEmitter {
         }
       }
       await pc.setLocalDescription(await pc.createAnswer());
+      if (this._simulcast) await scaleSimulcastLayers(pc);
     } catch (error) {
       if (this.state === 'disconnected') return;
       console.warn('sdk: could not answer offer', revision, error);
@@ -1409,7 +1411,6 @@ export class Room extends EventEmitter {
   }
 }
 
-/** A TwilioError from a protocol `{code, message}` object (defaults when a field is missing). */
 // --- dominant speaker and network quality (issue 12) ----------------------------------
 //
 // connect(token, {dominantSpeaker: true}) keeps `room.dominantSpeaker` (a RemoteParticipant or
@@ -1467,6 +1468,49 @@ function applySpeakersAndQuality(room, message) {
   }
 }
 
+// --- simulcast (publish side) -------------------------------------------------------------
+// The server offers each video publication's recvonly m-section with `a=rid:<rid> recv` lines
+// (low to high) and `a=simulcast:recv`; the browser, answering, sends one encoding per rid
+// (`a=simulcast:send`). Without `preferredVideoCodecs: [{codec: 'VP8', simulcast: true}]` the
+// rids are taken out of the offer, so the track goes out as one encoding.
+
+function wantsSimulcast(preferredVideoCodecs) {
+  return (preferredVideoCodecs || []).some(
+    (c) => c && typeof c === 'object' && String(c.codec).toUpperCase() === 'VP8' && c.simulcast,
+  );
+}
+
+function simulcastOffer(sdp, enabled) {
+  if (enabled) return sdp;
+  return sdp
+    .split('\r\n')
+    .filter((line) => !line.startsWith('a=rid:') && !line.startsWith('a=simulcast:'))
+    .join('\r\n');
+}
+
+/** Each sending video encoding with a rid at half the resolution of the next one up, as
+ * browsers lay out simulcast (e.g. 320, 640 and 1280 wide for a 1280x720 camera). */
+async function scaleSimulcastLayers(pc) {
+  for (const transceiver of pc.getTransceivers()) {
+    const sender = transceiver.sender;
+    if (!sender.track || sender.track.kind !== 'video') continue;
+    const parameters = sender.getParameters();
+    const encodings = parameters.encodings || [];
+    if (encodings.length < 2 || !encodings.every((e) => e.rid)) continue;
+    const wanted = encodings.map((_, i) => 2 ** (encodings.length - 1 - i));
+    if (encodings.every((e, i) => e.scaleResolutionDownBy === wanted[i])) continue;
+    encodings.forEach((e, i) => {
+      e.scaleResolutionDownBy = wanted[i];
+    });
+    try {
+      await sender.setParameters(parameters);
+    } catch (error) {
+      console.warn('sdk: could not scale the simulcast layers', error);
+    }
+  }
+}
+
+/** A TwilioError from a protocol `{code, message}` object (defaults when a field is missing). */
 function twilioError(error, code, message) {
   const e = error && typeof error === 'object' ? error : {};
   return new TwilioError(Number(e.code) || code, String(e.message || message));
@@ -1483,8 +1527,9 @@ function isPublicationError(code) {
  * `iceServers` (default: the STUN / TURN servers the server hands out, from its
  * `--ice-server` list; an array given here replaces them, as Twilio's replaces its Network
  * Traversal Service), `iceTransportPolicy` ('relay': relayed candidates only, through TURN),
- * `bundlePolicy` (default max-bundle), `dominantSpeaker` and `networkQuality` (Twilio's; see
- * "dominant speaker and network quality" above). Rejects with a
+ * `bundlePolicy` (default max-bundle), `preferredVideoCodecs` (`[{codec: 'VP8', simulcast: true}]`:
+ * the camera goes out as simulcast layers at 1/4, 1/2 and full resolution), `dominantSpeaker` and
+ * `networkQuality` (Twilio's; see "dominant speaker and network quality" above). Rejects with a
  * TwilioError carrying the server's code and message (20101 bad token, 53105 room full, ...)
  * or with the browser's DOMException when the camera or microphone is refused.
  */

@@ -477,6 +477,23 @@ def hook_receiver(
     _hook_endpoint(receiver, "receive", register, on_started, on_rtcp)
 
 
+def route_ssrc(receiver: RTCRtpReceiver, ssrc: int) -> None:
+    """Route RTCP about ``ssrc`` (sender reports) to ``receiver``: aiortc learns a receiver's
+    SSRCs from the RTP it routes, which the SFU's RTP sink bypasses (a simulcast layer's SSRC
+    is never in the SDP)."""
+    router = getattr(receiver.transport, "_rtp_router", None)
+    if router is not None:
+        router.ssrc_table[ssrc] = receiver
+
+
+def route_sender_ssrc(sender: RTCRtpSender, ssrc: int) -> None:
+    """Route RTCP feedback about ``ssrc`` (PLI, NACK, reports) to ``sender`` too: a client
+    that sends simulcast layers itself, on SSRCs aiortc does not know."""
+    router = getattr(sender.transport, "_rtp_router", None)
+    if router is not None:
+        router.senders[ssrc] = sender
+
+
 def unhook_receiver(receiver: RTCRtpReceiver) -> None:
     receiver.transport._unregister_rtp_receiver(receiver)
 

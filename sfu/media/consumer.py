@@ -11,6 +11,14 @@ While it forwards it is in its producer's fan-out list, which the room's Router 
 sfu.media.overload) and detaching take it out, so the per-packet path checks none of that.
 It reaches its producer only through ``source.MediaSource`` (keyframes, the cache, the
 stream's position).
+
+A simulcast track (``Producer.layers``, several encodings) is consumed one layer at a time:
+``producer`` is the layer being forwarded, ``source`` the track. ``set_target_layer`` moves to
+another layer at that layer's next keyframe (asked for at once): until then the consumer also
+waits in the target layer's fan-out (``FanOut.set_pending``), and the first keyframe packet
+there moves it over (``FanOut.move``) with sequence numbers and timestamps going on from the
+last packet sent, and VP8 picture IDs and TL0PICIDX rewritten in place to go on as well.
+``set_target_layer(None)`` switches it off: in no fan-out at all, so it costs nothing.
 """
 
 from __future__ import annotations
@@ -40,6 +48,7 @@ from aiortc.rtp import (
 
 from ..contracts import MediaCounters, Priority
 from . import overload, rtp
+from .codecs import vp8
 from .rtp import InboundPacket
 from .source import CodecInfo, FanOut, MediaSource
 
@@ -76,6 +85,8 @@ class SendStats:
     reports: int = 0
     sr_ntp: int = 0
     sr_sent_at: float = 0.0
+    layer_switches: int = 0  # completed moves to another simulcast layer
+    switch_offs: int = 0  # times set_target_layer(None) stopped it
 
 
 class Consumer:
@@ -88,7 +99,8 @@ class Consumer:
         "_paused", "_guard", "_write", "_pt_map", "_rtx_pts", "_rtx_seq", "_layout", "_video", "_variable",
         "_b0_variable", "_ext_before", "_ext_after", "_b0_plain", "_ext_plain", "_clock_rate", "_needs_keyframe",
         "_seq_offset", "_ts_offset", "_start_seq", "_next_seq", "_next_ts", "_resume_from", "_attached",
-        "_rtx_tokens", "_rtx_refilled",
+        "_rtx_tokens", "_rtx_refilled", "source", "_layers", "_target", "_pending", "_munge", "_pid_offset",
+        "_tl0_offset", "_last_pid", "_last_tl0", "_auto", "deliver",
     )  # fmt: skip
 
     def __init__(
@@ -103,7 +115,26 @@ class Consumer:
         """``fan_out`` puts this consumer in ``producer``'s fan-out (the room's Router).
         ``guard`` sheds its video under overload: by default the one of the running event
         loop (overload.guard_for_running_loop), the server's media plane."""
-        self.producer = producer
+        self.source = producer  # the published track; producer is the layer forwarded (the same without simulcast)
+        layers: list[Any] = list(getattr(producer, "layers", None) or [producer])
+        self._layers: list[MediaSource] = layers
+        self.producer: MediaSource = layers[-1]  # (the highest layer until told otherwise)
+        self._target: int | None = len(layers) - 1
+        # Until set_target_layer is called: the highest layer the publisher is sending (a
+        # browser sends fewer layers than offered for a small camera, or stops one when short
+        # of bandwidth), followed by follow_active_layers.
+        self._auto = len(layers) > 1
+        self._pending: MediaSource | None = None  # the layer waited for (its next keyframe)
+        # VP8 picture IDs and TL0PICIDX are rewritten only for a simulcast track: one
+        # layer's own numbering is already continuous.
+        self._munge = len(layers) > 1 and any(c.mime_type.lower() == "video/vp8" for c in producer.codecs.values())
+        self._pid_offset = 0
+        self._tl0_offset = 0
+        self._last_pid: int | None = None
+        self._last_tl0: int | None = None
+        # What the fan-out calls per packet: forward itself, unless picture IDs are rewritten
+        # (so a track without simulcast pays nothing for it).
+        self.deliver: Callable[[InboundPacket, bytes], None] = self._forward_rewritten if self._munge else self.forward
         self.fan_out = fan_out
         self.kind = producer.kind
         self.ssrc = ssrc
@@ -138,7 +169,7 @@ class Consumer:
 
     @property
     def track_sid(self) -> str:
-        return self.producer.track_sid
+        return self.source.track_sid
 
     @property
     def counters(self) -> MediaCounters:
@@ -174,6 +205,8 @@ class Consumer:
         """Start forwarding (the subscriber's sender is up)."""
         logger.debug("track %s -> ssrc %d: attached", self.producer.track_sid, self.ssrc)
         self._paused = False
+        if self._auto:
+            self.follow_active_layers()
         if not self._attached:
             self._attached = True
             self.fan_out.attach(self)
@@ -193,7 +226,89 @@ class Consumer:
 
     @property
     def forwarding(self) -> bool:
-        return self._attached and not self._paused and not self.shed
+        return self._attached and not self._paused and not self.shed and self._target is not None
+
+    # --- simulcast layers --------------------------------------------------------------
+
+    @property
+    def current_layer(self) -> int | None:
+        """The index of the layer forwarded (or about to be) in ``source.layers``; None when
+        switched off."""
+        if self._target is None:
+            return None
+        return next(i for i, layer in enumerate(self._layers) if layer is self.producer)
+
+    @property
+    def target_layer(self) -> int | None:
+        return self._target
+
+    @property
+    def pending_layer(self) -> MediaSource | None:
+        """The layer this consumer waits to move to (at its next keyframe), if any."""
+        return self._pending
+
+    def set_target_layer(self, index: int | None) -> None:
+        """Forward layer ``index`` of the track (clamped to those it has), switching at a
+        keyframe of that layer; None switches the track off (no forwarding at all)."""
+        self._auto = False
+        self._set_target(index)
+
+    def follow_active_layers(self, max_age: float = 1.5) -> None:
+        """Unless a layer was chosen (``set_target_layer``): target the highest layer that
+        received packets in the last ``max_age`` seconds (the highest when none did)."""
+        if not self._auto:
+            return
+        now = time.monotonic()
+        active = [i for i, layer in enumerate(self._layers) if layer.stats.packets and now - layer.last_arrival <= max_age]
+        self._set_target(active[-1] if active else len(self._layers) - 1)
+
+    def _set_target(self, index: int | None) -> None:
+        if index is not None:
+            index = max(0, min(index, len(self._layers) - 1))
+        if index == self._target:
+            return
+        was_off = self._target is None
+        self._target = index
+        if index is None:
+            self._set_pending(None)
+            self.stats.switch_offs += 1
+            self._update_fan_out()
+            return
+        layer = self._layers[index]
+        if not self.forwarding or was_off or self._seq_offset is None:
+            # Nothing is flowing to the subscriber: start the target layer directly.
+            if self.forwarding:
+                self._restart(from_cache=True)
+            else:
+                self._set_pending(None)
+            self._update_fan_out()
+            return
+        if layer is self.producer:
+            self._set_pending(None)  # back to the layer still forwarded: no switch
+            return
+        self._set_pending(layer)
+        layer.request_keyframe(urgent=True)
+
+    def _set_pending(self, layer: MediaSource | None) -> None:
+        if layer is not self._pending:
+            self._pending = layer
+            self.fan_out.set_pending(self, layer)
+
+    def switch_at_keyframe(self, packet: InboundPacket, abs_send_time: bytes) -> None:
+        """A packet of the pending layer (its fan-out calls this): move there at its first
+        keyframe packet, going on from the last packet sent on the current one."""
+        layer = self._pending
+        if not packet.keyframe or layer is None:
+            return
+        state = self.continuation()
+        self._set_pending(None)
+        self.fan_out.move(self, layer)  # (in layer's fan-out from the next packet on)
+        self.continue_from(state)
+        self._seq_offset = None
+        self._needs_keyframe = True
+        self.stats.layer_switches += 1
+        logger.debug("track %s -> ssrc %d: switched to layer %s", self.track_sid, self.ssrc, self.current_layer)
+        self.deliver(packet, abs_send_time)
 
     @property
     def waiting_for_keyframe(self) -> bool:
@@ -224,6 +339,7 @@ class Consumer:
 
     def detach(self) -> None:
         self._paused = True
+        self._set_pending(None)
         if self._attached:
             self._attached = False
             self.fan_out.detach(self)
@@ -232,6 +348,8 @@ class Consumer:
 
     def _update_fan_out(self) -> None:
         forwarding = self.forwarding
+        if not forwarding:
+            self._set_pending(None)
         if not forwarding and self._seq_offset is not None:
             # Stopped: the stream goes on later right after the last packet it may have
             # sent, so the subscriber sees no sequence gap for what it never got.
@@ -259,6 +377,11 @@ class Consumer:
         cached one if allowed and usable, else the next one (asked for at once)."""
         self.continue_from(self.continuation())
         self._seq_offset = None
+        if self._target is not None:
+            self._set_pending(None)
+            target = self._layers[self._target]
+            if target is not self.producer:
+                self.fan_out.move(self, target)
         self._needs_keyframe = self._video
         if not self._needs_keyframe:
             return
@@ -270,8 +393,9 @@ class Consumer:
         # offsets; live packets go on from the same offsets.
         self._begin(packets[0], self.producer.last_timestamp)
         abs_send_time = rtp.abs_send_time()
+        deliver = self.deliver
         for packet in packets:
-            self.forward(packet, abs_send_time)
+            deliver(packet, abs_send_time)
         self.cached_starts += 1
         self.producer.cached_starts += 1
         logger.debug("track %s -> ssrc %d: started from %d cached packets", self.producer.track_sid, self.ssrc, len(packets))
@@ -318,8 +442,36 @@ class Consumer:
         self._ts_offset = (self._next_ts - packet.timestamp) & 0xFFFFFFFF
         self._start_seq = packet.sequence_number
         self._needs_keyframe = False
+        if self._munge:
+            # The first picture of this stream goes on right after the last one sent.
+            pid, tl0 = vp8.read_picture_ids(packet.payload)
+            if pid is not None and self._last_pid is not None:
+                self._pid_offset = self._last_pid + 1 - pid
+            if tl0 is not None and self._last_tl0 is not None:
+                self._tl0_offset = self._last_tl0 + 1 - tl0
         logger.debug("track %s -> ssrc %d: starting at seq %d", self.producer.track_sid, self.ssrc, packet.sequence_number)
         return offset
+
+    def _forward_rewritten(self, packet: InboundPacket, abs_send_time: bytes) -> None:
+        """``forward`` for a simulcast VP8 track: the layer's picture ID and TL0PICIDX moved
+        onto this subscriber's numbering (set where its stream (re)starts, in ``_begin``)."""
+        if self._seq_offset is None:
+            if self._needs_keyframe and not packet.keyframe:
+                return
+            self._begin(packet)
+        payload, pid, tl0 = vp8.rewrite_picture_ids(packet.payload, self._pid_offset, self._tl0_offset)
+        if pid is not None:
+            self._last_pid = pid
+        if tl0 is not None:
+            self._last_tl0 = tl0
+        self.forward(self._with_payload(packet, payload), abs_send_time)
+
+    @staticmethod
+    def _with_payload(packet: InboundPacket, payload: bytes) -> InboundPacket:
+        return InboundPacket(
+            packet.payload_type, packet.sequence_number, packet.timestamp, packet.marker, packet.ssrc,
+            payload, packet.padding, packet.audio_level, packet.keyframe,
+        )  # fmt: skip
 
     def _set_layout(self, layout: rtp.ExtensionLayout) -> None:
         """Precompute the header pieces _build joins, for the two cases a packet can be in."""
@@ -399,6 +551,8 @@ class Consumer:
             if pt is None:
                 continue
             ts = (packet.timestamp + self._ts_offset) & 0xFFFFFFFF
+            if self._munge:
+                packet = self._with_payload(packet, vp8.rewrite_picture_ids(packet.payload, self._pid_offset, self._tl0_offset)[0])
             rtx_pt = self._rtx_pts.get(pt)
             if rtx_pt is not None:
                 data = self._build(packet, rtx_pt, self._rtx_seq, ts, self.rtx_ssrc, abs_send_time, seq.to_bytes(2, "big"))

@@ -57,7 +57,7 @@ from pyee.asyncio import AsyncIOEventEmitter
 from .. import errors
 from ..contracts import DataTrackOptions, Kind, MediaSection, NegotiationError, Offer, Role
 from . import aiortc_hooks as hooks
-from . import rtp
+from . import rtp, simulcast
 from .codecs import codec_key
 from .consumer import AUDIO_LEVEL_URI, MID_URI, Consumer
 from .producer import Producer
@@ -142,6 +142,7 @@ class Peer(AsyncIOEventEmitter):
         self._negotiation_task: asyncio.Task[None] | None = None
         self._pending_answer: tuple[int, asyncio.Future[None]] | None = None
         self._rtcp_task: asyncio.Task[None] | None = None
+        self._simulcast: dict[str, simulcast.SimulcastAnswer] = {}  # the last answer's, by mid
         self.pc.on("connectionstatechange", self._on_connection_state)
         self.pc.on("datachannel", lambda channel: self.emit("datachannel", channel))
 
@@ -191,7 +192,11 @@ class Peer(AsyncIOEventEmitter):
         if self.closed or self._publications.get(transceiver) is not producer:
             return  # removed while its offer was outstanding
         self._configure_producer(transceiver, producer, params)
-        for encoding in params.encodings:
+        layers = self._simulcast.get(str(transceiver.mid))
+        if layers is not None and producer.kind == "video":
+            producer.set_layers(layers.rids)  # (SSRCs learned from the RID in each stream's packets)
+            logger.info("%s: track %s arrives as simulcast layers %s", self.name, producer.track_sid, layers.rids)
+        for encoding in params.encodings if not producer.simulcast else ():
             producer.set_ssrcs(encoding.ssrc, encoding.rtx.ssrc if encoding.rtx else None)
         for ssrc in (producer.ssrc, producer.rtx_ssrc):
             if ssrc is not None:
@@ -250,6 +255,8 @@ class Peer(AsyncIOEventEmitter):
         if len(candidates) != 1:
             return None
         producer = candidates[0]
+        if producer.simulcast:
+            return self._learn_layer(producer, ssrc, data, pt)
         if pt in producer.rtx_apt:
             if producer.rtx_ssrc is not None:
                 return None
@@ -261,9 +268,42 @@ class Peer(AsyncIOEventEmitter):
         self._by_ssrc[ssrc] = producer
         return producer
 
+    def _learn_layer(self, producer: Producer, ssrc: int, data: bytes, pt: int) -> Producer | None:
+        """The simulcast layer of a new SSRC: by its RID header extension (the repaired RID for
+        RTX), else by MID and SSRC order (the first layer still without one)."""
+        answer = self._simulcast.get(next((str(t.mid) for t, p in self._publications.items() if p is producer), ""))
+        values = rtp.extension_values(data)
+        rtx = pt in producer.rtx_apt
+        rid: bytes | None = None
+        if answer is not None:
+            rid = values.get(answer.repaired_rid_id) if rtx and answer.repaired_rid_id else None
+            rid = rid or values.get(answer.rid_id)
+        if rid is not None:
+            layer = producer.layer_for(rid.decode(errors="replace"))
+        else:
+            layer = next((l for l in producer.layers if (l.rtx_ssrc if rtx else l.ssrc) is None), None)
+        if layer is None:
+            return None
+        if rtx:
+            if layer.rtx_ssrc is not None:
+                return None
+            layer.rtx_ssrc = ssrc
+        elif pt in producer.codecs and layer.ssrc is None:
+            layer.ssrc = ssrc
+        else:
+            return None
+        self._by_ssrc[ssrc] = layer
+        transceiver = next((t for t, p in self._publications.items() if p is producer), None)
+        if transceiver is not None:
+            hooks.route_ssrc(transceiver.receiver, ssrc)  # (its sender reports)
+        logger.debug("%s: ssrc %d is layer %s of track %s", self.name, ssrc, layer.rid, producer.track_sid)
+        return layer
+
     def _publisher_rtcp(self, producer: Producer, packet: AnyRtcpPacket) -> None:
-        if isinstance(packet, RtcpSrPacket) and packet.ssrc == producer.ssrc:
-            producer.on_sender_report(packet.sender_info.ntp_timestamp, packet.sender_info.rtp_timestamp)
+        if isinstance(packet, RtcpSrPacket):
+            for layer in producer.layers:
+                if packet.ssrc == layer.ssrc:
+                    layer.on_sender_report(packet.sender_info.ntp_timestamp, packet.sender_info.rtp_timestamp)
 
     def _send_nack(self, transceiver: RTCRtpTransceiver, rtcp_ssrc: int, media_ssrc: int, lost: list[int]) -> None:
         self._send_rtcp(transceiver, rtp.rtcp_nack(rtcp_ssrc, media_ssrc, lost))
@@ -376,7 +416,9 @@ class Peer(AsyncIOEventEmitter):
                     self._retired[transceiver] = self.revision
             waiter: asyncio.Future[None] = asyncio.get_running_loop().create_future()
             self._pending_answer = (self.revision, waiter)
-            self.emit("offer", Offer(self._announce(self.pc.localDescription.sdp), self.revision, self.sections()))
+            videos = {str(t.mid) for t, p in self._publications.items() if p.kind == "video" and t.mid is not None}
+            sdp = simulcast.offer_simulcast(self.pc.localDescription.sdp, videos)
+            self.emit("offer", Offer(self._announce(sdp), self.revision, self.sections()))
             try:
                 await asyncio.wait_for(waiter, self.config.negotiation_timeout)
             except asyncio.TimeoutError:
@@ -398,6 +440,7 @@ class Peer(AsyncIOEventEmitter):
         if pending is None or pending[0] != revision:
             raise NegotiationError(errors.SIGNALING_ERROR, f"no offer with revision {revision} is waiting for an answer")
         sdp, rejected = self._accept_rejected_sections(sdp)
+        self._simulcast = simulcast.answered_simulcast(sdp)
         try:
             await self.pc.setRemoteDescription(RTCSessionDescription(sdp=sdp, type="answer"))
         except Exception as exc:  # aiortc raises ValueError, OperationError, InvalidStateError...
@@ -538,46 +581,59 @@ class Peer(AsyncIOEventEmitter):
         for transceiver, consumer in list(self._subscriptions.items()):
             if consumer.waiting_for_keyframe:
                 consumer.producer.request_keyframe()  # the last PLI (or its keyframe) was lost
+            consumer.follow_active_layers()
+            pending = consumer.pending_layer
+            if pending is not None:
+                pending.request_keyframe()  # (a layer switch waits for that layer's keyframe)
             report = consumer.sender_report()
             if report is not None:
                 self._writer(transceiver.sender.transport)(bytes(report))
-        for transceiver, producer in list(self._publications.items()):
-            if producer.ssrc is None or producer.stats.base_seq is None:
-                continue
-            rtcp_ssrc = hooks.sender_ssrcs(transceiver.sender)[0]
-            stats = producer.stats
-            expected = stats.expected()
-            interval_expected = expected - stats.expected_prior
-            interval_lost = interval_expected - (stats.packets - stats.received_prior)
-            stats.expected_prior, stats.received_prior = expected, stats.packets
-            fraction = (interval_lost << 8) // interval_expected if interval_expected > 0 and interval_lost > 0 else 0
-            lost = max(-0x800000, min(0x7FFFFF, expected - stats.packets))
-            data = bytes(
-                RtcpRrPacket(
-                    ssrc=rtcp_ssrc,
-                    reports=[
-                        RtcpReceiverInfo(
-                            ssrc=producer.ssrc,
-                            fraction_lost=min(fraction, 255),
-                            packets_lost=lost,
-                            highest_sequence=(stats.cycles + stats.max_seq) & 0xFFFFFFFF,
-                            jitter=0,
-                            lsr=stats.sr_ntp or 0,
-                            dlsr=int((time.time() - stats.sr_arrival) * 65536) & 0xFFFFFFFF if stats.sr_ntp is not None else 0,
-                        )
-                    ],
+        for transceiver, track in list(self._publications.items()):
+            for producer in track.layers:
+                self._report_to_publisher(transceiver, track, producer)
+
+    def _report_to_publisher(self, transceiver: RTCRtpTransceiver, track: Producer, producer: Producer) -> None:
+        """A receiver report (and REMB) for one RTP stream of a published track."""
+        if producer.ssrc is None or producer.stats.base_seq is None:
+            return
+        rtcp_ssrc = hooks.sender_ssrcs(transceiver.sender)[0]
+        stats = producer.stats
+        expected = stats.expected()
+        interval_expected = expected - stats.expected_prior
+        interval_lost = interval_expected - (stats.packets - stats.received_prior)
+        stats.expected_prior, stats.received_prior = expected, stats.packets
+        fraction = (interval_lost << 8) // interval_expected if interval_expected > 0 and interval_lost > 0 else 0
+        lost = max(-0x800000, min(0x7FFFFF, expected - stats.packets))
+        data = bytes(
+            RtcpRrPacket(
+                ssrc=rtcp_ssrc,
+                reports=[
+                    RtcpReceiverInfo(
+                        ssrc=producer.ssrc,
+                        fraction_lost=min(fraction, 255),
+                        packets_lost=lost,
+                        highest_sequence=(stats.cycles + stats.max_seq) & 0xFFFFFFFF,
+                        jitter=0,
+                        lsr=stats.sr_ntp or 0,
+                        dlsr=int((time.time() - stats.sr_arrival) * 65536) & 0xFFFFFFFF if stats.sr_ntp is not None else 0,
+                    )
+                ],
+            )
+        )
+        if producer.remb_enabled:
+            data += bytes(
+                RtcpPsfbPacket(
+                    fmt=RTCP_PSFB_APP, ssrc=rtcp_ssrc, media_ssrc=0, fci=pack_remb_fci(self._upstream_bitrate(track), [producer.ssrc])
                 )
             )
-            if producer.remb_enabled:
-                data += bytes(
-                    RtcpPsfbPacket(
-                        fmt=RTCP_PSFB_APP, ssrc=rtcp_ssrc, media_ssrc=0, fci=pack_remb_fci(self._upstream_bitrate(producer), [producer.ssrc])
-                    )
-                )
-            self._send_rtcp(transceiver, data)
+        self._send_rtcp(transceiver, data)
 
     def _upstream_bitrate(self, producer: Producer) -> int:
+        """The lowest recent estimate of its subscribers; for simulcast the server's cap: slow
+        subscribers get a lower layer, not a throttled publisher."""
         cap = self.config.max_video_bitrate
+        if producer.simulcast:
+            return cap
         estimates = [e for e in (c.remb() for c in self.router.consumers(producer)) if e]
         return max(100_000, min([cap, *estimates]))
 

@@ -185,6 +185,8 @@ class PipeConsumer:
         if pt is not None:
             self._send(encode(packet, pt))
 
+    deliver = forward  # what the Router's fan-out calls (a simulcast Consumer's switch-aware entry)
+
     def remb(self) -> None:
         """No bandwidth estimate: the far subscribers' REMBs stay on their worker, so they do
         not lower what the publisher is asked to send (as with a subscriber that sends none)."""

@@ -6,6 +6,11 @@ and hands the packet to each forward function of its fan-out list. It never deco
 it knows no consumers: the room's Router (sfu.media.router) owns the producer -> consumers
 map and hands the producer the list of forward methods (``set_fan_out``).
 
+A simulcast track is one Producer whose ``layers`` are Producers too, one per RTP stream
+(RID), ordered low to high: each has its own SSRCs, retransmission cache, NACKs, keyframe
+requests (PLI to its own SSRC) and fan-out; the track's Producer receives no packets itself.
+Without simulcast ``layers`` is ``[self]``.
+
 The fan-out starts at a different consumer for each packet (round robin), so no
 subscriber consistently waits for all the others' copies to be built and queued.
 """
@@ -19,7 +24,7 @@ from collections.abc import Callable
 from ..contracts import Kind, MediaCounters
 from . import rtp
 from .audiolevel import ACTIVE_DBOV
-from .codecs import KeyframeProbe, keyframe_probe
+from .codecs import KeyframeProbe, keyframe_probe, vp8
 from .keyframes import KeyframeRequester
 from .rtp import InboundPacket
 from .source import CodecInfo, ReceiveStats
@@ -79,6 +84,17 @@ class Producer:
         self.level_active = 0
         self.level_active_dbov = 0
         self.closed = False
+        # Simulcast: the layers (low to high; [self] without simulcast), this layer's RID and
+        # the track it is a layer of, its picture size (from its keyframes) and bitrate.
+        self.layers: list[Producer] = [self]
+        self.rid: str | None = None
+        self.parent: Producer | None = None
+        self.width: int | None = None
+        self.height: int | None = None
+        self._vp8_pts: set[int] = set()
+        self._rate_sample = (0.0, 0)  # (monotonic time, octets) of the last bitrate reading
+        self._bitrate = 0
+        self._settings = (cache_size, keyframe_interval)
 
     # --- negotiation -------------------------------------------------------------------
 
@@ -102,6 +118,52 @@ class Producer:
             probe = keyframe_probe(c.mime_type)
             if probe is not None:
                 self._probes[c.payload_type] = probe
+        self._vp8_pts = {c.payload_type for c in codecs if c.mime_type.lower() == "video/vp8"}
+        for layer in self.layers:
+            if layer is not self:
+                layer.configure(codecs, rtx_apt, audio_level_id, mid_id, nack_enabled, remb_enabled)
+
+    # --- simulcast ---------------------------------------------------------------------
+
+    @property
+    def simulcast(self) -> bool:
+        return len(self.layers) > 1
+
+    def set_layers(self, rids: list[str]) -> None:
+        """Receive the track as one RTP stream per RID (low to high); fewer than two: none."""
+        if len(rids) < 2 or [layer.rid for layer in self.layers] == rids:
+            return
+        cache_size, keyframe_interval = self._settings
+        layers = []
+        for rid in rids:
+            layer = Producer(self.track_sid, self.kind, self._send_pli, self._send_nack, cache_size, keyframe_interval)
+            layer.rid, layer.parent = rid, self
+            layer.configure(list(self.codecs.values()), self.rtx_apt, self.audio_level_id, self.mid_id, self.nack_enabled, self.remb_enabled)
+            layers.append(layer)
+        self.layers = layers
+
+    def layer_for(self, rid: str | None) -> Producer | None:
+        return next((layer for layer in self.layers if layer.rid == rid), None)
+
+    @property
+    def bitrate(self) -> int:
+        """Bits per second received, over the time since the previous reading (at least 0.5 s)."""
+        if self.simulcast:
+            return sum(layer.bitrate for layer in self.layers)
+        now = time.monotonic()
+        at, octets = self._rate_sample
+        if now - at >= 0.5:
+            if at:
+                self._bitrate = int((self.stats.octets - octets) * 8 / (now - at))
+            self._rate_sample = (now, self.stats.octets)
+        return self._bitrate
+
+    def describe_layers(self) -> list[dict[str, object]]:
+        """The layers as the allocator sees them, low to high."""
+        return [
+            {"rid": layer.rid, "ssrc": layer.ssrc, "width": layer.width, "height": layer.height, "bitrate": layer.bitrate}
+            for layer in self.layers
+        ]
 
     def set_ssrcs(self, ssrc: int | None, rtx_ssrc: int | None) -> None:
         if ssrc is not None:
@@ -111,6 +173,11 @@ class Producer:
 
     @property
     def counters(self) -> MediaCounters:
+        if self.simulcast:
+            parts = [layer.stats for layer in self.layers]
+            return MediaCounters(
+                packets=sum(s.packets for s in parts), octets=sum(s.octets for s in parts), lost=sum(s.lost_detected for s in parts)
+            )
         stats = self.stats
         return MediaCounters(packets=stats.packets, octets=stats.octets, lost=stats.lost_detected)
 
@@ -151,6 +218,10 @@ class Producer:
         if probe is not None and packet.payload and probe(packet.payload):
             packet.keyframe = True
             self._keyframe_seen(packet.sequence_number)
+            if packet.payload_type in self._vp8_pts:
+                size = vp8.keyframe_size(packet.payload)
+                if size is not None:
+                    self.width, self.height = size
         self._count(packet, len(data))
         level = packet.audio_level
         if level is not None:  # (one byte, already sliced by rtp.parse)
@@ -256,6 +327,10 @@ class Producer:
     def request_keyframe(self, urgent: bool = False) -> None:
         """Ask the publisher for a keyframe: ``urgent`` for a subscriber that is starting
         (not held back by the rate limit, coalesced with a PLI already on its way)."""
+        if self.simulcast:
+            for layer in self.layers:
+                layer.request_keyframe(urgent)
+            return
         if self.kind == "video" and not self.closed:
             if urgent:
                 self._keyframes.request_urgent()
@@ -295,3 +370,6 @@ class Producer:
         self._keyframes.close()
         self._forwards = []
         self._cache = []
+        for layer in self.layers:
+            if layer is not self:
+                layer.close()

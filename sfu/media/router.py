@@ -5,15 +5,21 @@ A Producer only iterates the list of forward methods the Router hands it (``set_
 and a DataProducer the list of send methods; consumers join and leave through the Router
 (``source.FanOut``). So producers and consumers never import each other, and the per-packet
 path stays one loop over bound methods in the producer.
+
+A simulcast track is a Producer whose ``layers`` are Producers of their own (one per RTP
+stream): consumers are keyed by the layer they forward, and a consumer moving to another layer
+also waits in that layer's fan-out for its next keyframe (``set_pending``) until it ``move``s.
 """
 
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 
 from .consumer import Consumer
 from .datatrack import DataConsumer, DataProducer
 from .producer import Producer
+from .rtp import InboundPacket
 
 logger = logging.getLogger(__name__)
 
@@ -24,6 +30,9 @@ class Router:
         # Per producer: its attached consumers (forwarding or not), and those forwarding now.
         self._consumers: dict[Producer, list[Consumer]] = {}
         self._forwarding: dict[Producer, list[Consumer]] = {}
+        # Per simulcast layer: the consumers waiting for its next keyframe to move to it.
+        self._pending: dict[Producer, list[Consumer]] = {}
+        self._pending_of: dict[Consumer, Producer] = {}
         self._data: dict[DataProducer, list[DataConsumer]] = {}
         self._data_sources: dict[DataConsumer, DataProducer] = {}
 
@@ -56,15 +65,49 @@ class Router:
             self._forwarding[producer] = active
         else:
             self._forwarding.pop(producer, None)
-        producer.set_fan_out([c.forward for c in active])
+        self._publish(producer)
+
+    def _publish(self, producer: Producer) -> None:
+        forwards: list[Callable[[InboundPacket, bytes], None]] = [c.deliver for c in self._forwarding.get(producer, ())]
+        producer.set_fan_out(forwards + [c.switch_at_keyframe for c in self._pending.get(producer, ())])
+
+    def set_pending(self, consumer: Consumer, layer: object | None) -> None:
+        """``consumer`` waits for ``layer``'s next keyframe (None: for no layer any more)."""
+        previous = self._pending_of.pop(consumer, None)
+        if previous is not None:
+            waiting = [c for c in self._pending.get(previous, ()) if c is not consumer]
+            if waiting:
+                self._pending[previous] = waiting
+            else:
+                self._pending.pop(previous, None)
+            self._publish(previous)
+        if layer is not None:
+            assert isinstance(layer, Producer)
+            self._pending_of[consumer] = layer
+            self._pending[layer] = [*self._pending.get(layer, ()), consumer]
+            self._publish(layer)
+
+    def move(self, consumer: Consumer, layer: object) -> None:
+        """Key ``consumer`` by another layer of its track, keeping it attached and forwarding
+        as it was."""
+        assert isinstance(layer, Producer)
+        old = consumer.producer
+        assert isinstance(old, Producer)
+        attached = consumer in self._consumers.get(old, ())
+        if attached:
+            self.detach(consumer)
+        consumer.producer = layer
+        if attached:
+            self.attach(consumer)
+            self.set_forwarding(consumer, consumer.forwarding)
 
     def consumers(self, producer: Producer) -> list[Consumer]:
-        """The producer's attached consumers, forwarding or not."""
-        return list(self._consumers.get(producer, ()))
+        """The producer's attached consumers, forwarding or not (of every layer)."""
+        return [c for layer in producer.layers for c in self._consumers.get(layer, ())]
 
     def forwarding(self, producer: Producer) -> list[Consumer]:
-        """The consumers the producer's fan-out reaches now."""
-        return list(self._forwarding.get(producer, ()))
+        """The consumers the producer's fan-out reaches now (of every layer)."""
+        return [c for layer in producer.layers for c in self._forwarding.get(layer, ())]
 
     # --- data ----------------------------------------------------------------------------
 
@@ -96,13 +139,16 @@ class Router:
         if isinstance(source, Producer):
             for consumer in self.consumers(source):
                 consumer.detach()
-            source.set_fan_out([])
+            for layer in source.layers:
+                for consumer in list(self._pending.pop(layer, ())):
+                    self._pending_of.pop(consumer, None)
+                layer.set_fan_out([])
         else:
             for sink in self.data_consumers(source):
                 self.remove_data_consumer(sink)
 
     def close(self) -> None:
         for producer in list(self._consumers):
-            self.remove_source(producer)
+            self.remove_source(producer.parent or producer)
         for source in list(self._data):
             self.remove_source(source)

@@ -108,6 +108,19 @@ def _read_extensions(
     return audio_level, mid
 
 
+def extension_values(data: bytes) -> dict[int, bytes]:
+    """{id: value} of every header extension element of a packet (not for the per-packet
+    path: for learning what an unknown SSRC is)."""
+    if len(data) < 12 or not data[0] & 0x10:
+        return {}
+    offset = 12 + 4 * (data[0] & 0x0F)
+    if len(data) < offset + 4:
+        return {}
+    profile, words = _EXT_HEADER.unpack_from(data, offset)
+    end = min(len(data), offset + 4 + 4 * words)
+    return {ext_id: data[at : at + size] for ext_id, at, size in _elements(data, offset + 4, end, profile)}
+
+
 pack_header = _HEADER.pack
 
 

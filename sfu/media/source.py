@@ -101,3 +101,9 @@ class FanOut(Protocol):
 
     def set_forwarding(self, consumer: "Consumer", forwarding: bool) -> None:
         """Include the attached consumer in the packets' fan-out, or leave it out."""
+
+    def set_pending(self, consumer: "Consumer", layer: "MediaSource | None") -> None:
+        """Have ``layer``'s packets reach ``consumer.switch_at_keyframe`` (None: no layer's)."""
+
+    def move(self, consumer: "Consumer", layer: "MediaSource") -> None:
+        """Make ``layer`` (another layer of the same track) the consumer's producer."""
