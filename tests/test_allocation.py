@@ -202,3 +202,31 @@ async def test_a_bad_publish_priority_is_refused_and_publishes_nothing(server) -
         assert got[0].code == 53000 and not live_participant(server, "alice").published
     finally:
         await alice.disconnect()
+
+
+async def test_render_dimensions_choose_the_simulcast_layer(server) -> None:
+    from signaling.client import LocalSimulcastVideoTrack
+
+    from .test_simulcast import Frames, ScaledVideoTrack, Two
+
+    source = Two()
+    cam = LocalSimulcastVideoTrack([source.layer(0), ScaledVideoTrack(source.layer(1), 640, 480)], "cam")
+    alice = await connect(server.url, server.token("alice"), name="layers", tracks=[cam])
+    bob = await connect(server.url, server.token("bob"), name="layers", bandwidth_profile={"video": {"content_preferences_mode": "manual"}})
+    reader = None
+    try:
+        track = await subscribed_media(bob, "alice", "cam")
+        reader = Frames(track)
+        consumer = consumer_of(server, "bob", "alice")
+        await reader.wait_width(640)  # no hint: the top layer
+        track.set_content_preferences((160, 120))
+        await wait_for(lambda: consumer.target_layer == 0, message="a small tile gets the low layer")
+        await reader.wait_width(320)
+        track.set_content_preferences((1280, 720))
+        await wait_for(lambda: consumer.target_layer == 1, message="a large one the high layer again")
+        await reader.wait_width(640)
+    finally:
+        if reader is not None:
+            reader.close()
+        await bob.disconnect()
+        await alice.disconnect()
