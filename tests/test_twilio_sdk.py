@@ -5,14 +5,22 @@ from __future__ import annotations
 
 import asyncio
 import os
+import time
 from collections.abc import Awaitable, Callable
 from typing import Any
 from urllib.parse import urlsplit
 
 import pytest
 
-from .conftest import DEADLINE, Server
-from .helpers.browser import Page, chromium
+from aiortc import RTCIceServer
+
+from signaling.client import RemoteMediaTrack
+from signaling.tokens import mint_token
+from signaling.twilio.service import TWILIO_SIGNALING
+
+from .conftest import DEADLINE, Server, running_server, wait_for
+from .helpers.browser import Page, chromium, harness_site
+from .helpers.clients import EventLog, about, subscribed_media
 from .helpers.twilio_sdk import require_sdk, sdk_site
 
 pytestmark = pytest.mark.browser  # real Chromium: deselect with -m 'not browser'
@@ -40,11 +48,14 @@ class SdkPage(Page):
         return page
 
     async def connect(self, server: Server, identity: str, room: str, options: str = "{}") -> dict[str, Any]:
-        """``Video.connect`` as an app does it, our server as ``wsServer``; the room is
-        ``window.room`` and its events are recorded."""
+        """``Video.connect`` as an app does it, our server as ``wsServer`` (``options``: a JS
+        expression, may ``await``); the room is ``window.room``, its events are recorded and
+        its remote tracks played."""
         return await self.js(  # type: ignore[no-any-return]
             """async ([token, name, ws, extra]) => {
-                const room = await Twilio.Video.connect(token, {name, wsServer: ws, insights: false, logLevel: window.LOGLEVEL || "off", ...eval('(' + extra + ')')});
+                const options = await eval('(async () => (' + extra + '))()');
+                if (window.LOGLEVEL) options.logLevel = window.LOGLEVEL;
+                const room = await Twilio.Video.connect(token, {name, wsServer: ws, insights: false, ...options});
                 window.room = room;
                 record(room, 'room');
                 room.on('trackSubscribed', (track) => { if (track.attach) document.body.append(track.attach()); });  // played, as an app does
@@ -146,3 +157,116 @@ async def test_two_sdk_pages_see_and_hear_each_other_and_exchange_data(server):
         finally:
             await alice.close()
             await bob.close()
+
+
+NAMED_TRACKS = "{tracks: await Twilio.Video.createLocalTracks({audio: {name: 'mic'}, video: {name: 'cam'}})}"
+
+
+async def test_sdk_page_sdk_js_page_and_python_client_meet_in_one_room(server, clients):
+    require_sdk()
+    py = await clients.join("py", "mixed", publish="vad", receive="packets")
+    log = EventLog(py)
+    async with chromium(extra_flags=AUTOPLAY) as browser, sdk_site() as origin, harness_site() as harness_origin:
+        official = await SdkPage.load(browser, origin, "official")
+        ours = await Page.harness(browser, harness_origin, server.http, "ours")
+        try:
+            joined = await official.connect(server, "official", "mixed", NAMED_TRACKS)
+            assert joined["others"] == ["py"]
+            await ours.js(
+                """async (token) => { window.room = record(await Video.connect(token, {name: 'mixed', audio: true, video: true}), 'room'); }""",
+                server.token("ours"),
+            )
+            await official.wait_logged("participantConnected", identity="ours")
+            # The official SDK decodes both others' video and hears their audio.
+            await official.wait(
+                "() => [...room.participants.values()].every((p) => [...p.videoTracks.values()].some((t) => t.isSubscribed))"
+                " && room.participants.size === 2",
+                message="subscribed to the video of ours and py",
+            )
+            await official.wait_media()
+            # Our own JS client receives the official SDK's camera, by its name.
+            await ours.wait_event("trackSubscribed", on="room", arg1={"trackName": "cam"}, arg2={"identity": "official"})
+            width = await ours.wait(
+                """() => { const p = [...room.participants.values()].find((p) => p.identity === 'official');
+                           const pub = [...p.videoTracks.values()][0];
+                           window.el = window.el || document.body.appendChild(pub.track.attach());
+                           return window.el.videoWidth; }""",
+                message="the official SDK's video playing in our JS client",
+            )
+            assert width > 0
+            # The Python client receives its camera and microphone.
+            for name in ("cam", "mic"):
+                track = await subscribed_media(py, "official", name)
+                assert isinstance(track, RemoteMediaTrack)
+                start = track.packets_received
+                await wait_for(lambda: track.packets_received > start + 20, message=f"py receiving the official SDK's {name}")
+            # Leaving: both other kinds of client see it.
+            mark = log.mark()
+            await official.js("() => room.disconnect()")
+            await log.wait("participant_disconnected", about("official"), since=mark)
+            await ours.wait_event("participantDisconnected", on="room", arg0={"identity": "official"})
+            assert official.foreign_requests(origin, server.http) == [], official.requests
+            assert not official.errors and not ours.errors, (official.errors, ours.errors)
+        finally:
+            await official.close()
+            await ours.close()
+
+
+async def test_a_bad_token_is_the_sdks_twilio_error(server):
+    require_sdk()
+    async with chromium() as browser, sdk_site() as origin:
+        page = await SdkPage.load(browser, origin, "page")
+        try:
+            error = await page.connect_error("not-a-token", server, "bad")
+            assert error is not None and error["code"] == 20101 and error["message"] == "Invalid Access Token", error
+            late = mint_token(server.credentials, "late", ttl=60, now=time.time() - 3600)
+            expired = await page.connect_error(late, server, "bad")
+            assert expired is not None and expired["code"] == 20104, expired
+            assert server.registry.find_in_progress("bad") is None  # nobody joined
+        finally:
+            await page.close()
+
+
+async def test_a_dropped_websocket_reconnects_the_same_participant(server, clients):
+    require_sdk()
+    py = await clients.join("py", "flaky", publish="vad", receive="packets")
+    log = EventLog(py)
+    async with chromium(extra_flags=AUTOPLAY) as browser, sdk_site() as origin:
+        page = await SdkPage.load(browser, origin, "page")
+        try:
+            joined = await page.connect(server, "sdk", "flaky", NAMED_TRACKS)
+            await page.wait_media(frames=10)
+            mark = log.mark()
+            session = next(s for s in server.app[TWILIO_SIGNALING].sessions.values() if s.participant.identity == "sdk")
+            assert session.connection is not None
+            await session.connection.ws.close(code=4000)  # not 1000 (that is a clean end): the SDK resumes
+            await page.wait_logged("reconnecting", code=53001)
+            await page.wait_logged("reconnected")
+            await log.wait("participant_reconnecting", about("sdk"), since=mark)
+            await log.wait("participant_reconnected", about("sdk"), since=mark)
+            assert await page.js("() => [room.state, room.localParticipant.sid]") == ["connected", joined["lp"]]
+            room = server.registry.find_in_progress("flaky")
+            assert room is not None and [p.identity for p in room.participants.values()] == ["py", "sdk"]
+            await page.wait_media(frames=10)  # the call goes on
+            track = await subscribed_media(py, "sdk", "cam")
+            start = track.packets_received
+            await wait_for(lambda: track.packets_received > start + 20, message="py still receiving the SDK's camera")
+            assert not await page.js("() => window.log.filter((e) => e.name === 'disconnected')")
+        finally:
+            await page.close()
+
+
+async def test_without_ice_servers_the_sdk_gets_the_servers_list(tmp_path, netns):
+    require_sdk()
+    stun = RTCIceServer(urls="stun:127.0.0.1:3478")
+    async with running_server(tmp_path, ice_servers=[stun]) as (server, _):
+        async with chromium() as browser, sdk_site() as origin:
+            page = await SdkPage.load(browser, origin, "page")
+            try:
+                await page.connect(server, "alone", "ice", "{audio: false, video: false}")
+                servers = await page.js("() => window.pcs[0].getConfiguration().iceServers")
+                assert [s["urls"] for s in servers] in (["stun:127.0.0.1:3478"], [["stun:127.0.0.1:3478"]]), servers
+                sent = await page.js("() => window.sockets[0].url")
+                assert sent == twilio_url(server)
+            finally:
+                await page.close()

@@ -48,6 +48,7 @@ class TwilioSignaling:
         return self.signaling.reconnect_grace
 
     def add_routes(self, app: web.Application, path: str = PATH) -> None:
+        app[TWILIO_SIGNALING] = self
         app.router.add_get(path, self.handle)
         app.on_shutdown.append(self._shutdown)
 
@@ -212,6 +213,9 @@ class TwilioSignaling:
             raise ProtocolError(exc.code, exc.message) from None
         await session.resume(connection, body)
         return session
+
+
+TWILIO_SIGNALING = web.AppKey("twilio_signaling", TwilioSignaling)
 
 
 def _first_offer(body: dict[str, Any]) -> tuple[str, int, str]:
