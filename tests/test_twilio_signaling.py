@@ -1,0 +1,321 @@
+"""The official SDK's dialect without a browser: TCMP framing, the numbering of our offers,
+the room model in RSP's shapes, and the protocol over a raw websocket with an aiortc peer
+standing in for the SDK's."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import uuid
+from collections.abc import Callable
+from typing import Any
+
+import aiohttp
+import pytest
+from aiortc import RTCPeerConnection, RTCSessionDescription
+
+from sfu.media.peer import MediaConfig, NegotiationError, Peer, offered_tracks
+from signaling.sources import CounterVideoTrack, ToneAudioTrack
+from signaling.twilio import tcmp
+from signaling.twilio.sdp import Numbering
+from signaling.twilio.translate import ice
+
+from .conftest import DEADLINE, Server, wait_for
+
+# A Chrome offer's numbering (trimmed): VP8 96 / RTX 97, H264 102 / RTX 103, opus 111;
+# audio level is extension 1, abs-send-time 2, mid 4.
+CHROME_OFFER = "\r\n".join([
+    "v=0", "o=- 1 2 IN IP4 127.0.0.1", "s=-", "t=0 0", "a=group:BUNDLE 0 1",
+    "m=audio 9 UDP/TLS/RTP/SAVPF 111 0", "a=mid:0", "a=sendrecv", "a=msid:stream a1",
+    "a=extmap:1 urn:ietf:params:rtp-hdrext:ssrc-audio-level", "a=extmap:4 urn:ietf:params:rtp-hdrext:sdes:mid",
+    "a=rtpmap:111 opus/48000/2", "a=fmtp:111 minptime=10;useinbandfec=1", "a=rtpmap:0 PCMU/8000", "a=ssrc:1111 cname:x",
+    "m=video 9 UDP/TLS/RTP/SAVPF 96 97 102 103", "a=mid:1", "a=sendrecv", "a=msid:stream v1",
+    "a=extmap:2 http://www.webrtc.org/experiments/rtp-hdrext/abs-send-time", "a=extmap:4 urn:ietf:params:rtp-hdrext:sdes:mid",
+    "a=rtpmap:96 VP8/90000", "a=rtcp-fb:96 nack", "a=rtpmap:97 rtx/90000", "a=fmtp:97 apt=96",
+    "a=rtpmap:102 H264/90000", "a=fmtp:102 level-asymmetry-allowed=1;packetization-mode=1;profile-level-id=42e01f",
+    "a=rtpmap:103 rtx/90000", "a=fmtp:103 apt=102",
+    "a=ssrc-group:FID 2222 3333", "a=ssrc:2222 cname:x", "a=ssrc:3333 cname:x", "",
+])  # fmt: skip
+
+# An aiortc offer's numbering for a new video section: VP8 97 / RTX 98, H264 99 / RTX 100, an
+# H264 profile Chrome did not offer (101), mid as extension 1, abs-send-time 3.
+AIORTC_OFFER = "\r\n".join([
+    "v=0", "o=- 3 3 IN IP4 0.0.0.0", "s=-", "t=0 0", "a=group:BUNDLE 0 1 2",
+    "m=audio 9 UDP/TLS/RTP/SAVPF 96 0", "a=mid:0", "a=recvonly",
+    "a=extmap:1 urn:ietf:params:rtp-hdrext:sdes:mid", "a=extmap:2 urn:ietf:params:rtp-hdrext:ssrc-audio-level",
+    "a=rtpmap:96 opus/48000/2", "a=rtpmap:0 PCMU/8000",
+    "m=application 9 UDP/DTLS/SCTP webrtc-datachannel", "a=mid:2", "a=sctp-port:5000",
+    "m=video 9 UDP/TLS/RTP/SAVPF 97 98 99 100 101", "a=mid:3", "a=sendonly", "a=msid:PA1 MT1",
+    "a=extmap:1 urn:ietf:params:rtp-hdrext:sdes:mid", "a=extmap:3 http://www.webrtc.org/experiments/rtp-hdrext/abs-send-time",
+    "a=extmap:5 urn:example:not-offered",
+    "a=rtpmap:97 VP8/90000", "a=rtcp-fb:97 nack", "a=rtcp-fb:97 nack pli", "a=rtpmap:98 rtx/90000", "a=fmtp:98 apt=97",
+    "a=rtpmap:99 H264/90000", "a=fmtp:99 packetization-mode=1;profile-level-id=42e01f",
+    "a=rtpmap:100 rtx/90000", "a=fmtp:100 apt=99",
+    "a=rtpmap:101 H264/90000", "a=fmtp:101 packetization-mode=1;profile-level-id=640c1f", "",
+])  # fmt: skip
+
+
+# --- TCMP framing -------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "text",
+    ["not json", "[]", '{"type": "welcome"}', '{"type": "hello", "body": []}', '{"type": "msg"}', '{"no": "type"}'],
+)
+def test_frames_that_are_not_client_tcmp_are_refused(text):
+    with pytest.raises(tcmp.FrameError):
+        tcmp.parse(text)
+
+
+def test_client_frames_parse_and_the_timeout_is_negotiated_within_bounds():
+    hello = tcmp.parse('{"id": "x", "timeout": 5000, "type": "hello", "version": 2, "body": {"type": "connect"}}')
+    assert hello["body"] == {"type": "connect"}
+    assert tcmp.parse('{"type": "msg", "body": {"type": "update"}}')["body"]["type"] == "update"
+    assert tcmp.negotiate_timeout(hello) == 5000
+    assert tcmp.negotiate_timeout({"timeout": 10}) == tcmp.MIN_TIMEOUT
+    assert tcmp.negotiate_timeout({"timeout": 10**9}) == tcmp.MAX_TIMEOUT
+    assert tcmp.negotiate_timeout({"timeout": True}) == tcmp.DEFAULT_TIMEOUT
+    assert json.loads(tcmp.welcome(5000)) == {"type": "welcome", "negotiatedTimeout": 5000}
+
+
+# --- our offers in the participant's numbering --------------------------------------------
+
+
+def sections(sdp: str) -> list[list[str]]:
+    blocks: list[list[str]] = []
+    for line in sdp.split("\r\n"):
+        if line.startswith("m="):
+            blocks.append([line])
+        elif blocks and line:
+            blocks[-1].append(line)
+    return blocks
+
+
+def test_our_offer_takes_the_participants_payload_types_and_extension_ids():
+    numbering = Numbering()
+    numbering.learn(CHROME_OFFER)
+    aligned = numbering.align(AIORTC_OFFER)
+    audio, application, video = sections(aligned)
+    assert audio[0] == "m=audio 9 UDP/TLS/RTP/SAVPF 111 0"
+    assert "a=rtpmap:111 opus/48000/2" in audio
+    assert "a=extmap:4 urn:ietf:params:rtp-hdrext:sdes:mid" in audio and "a=extmap:1 urn:ietf:params:rtp-hdrext:ssrc-audio-level" in audio
+    assert application == sections(AIORTC_OFFER)[1]  # untouched
+    # VP8 97->96, its RTX 98->97 (apt too), H264 42e01f 99->102 / 100->103; the profile Chrome
+    # never offered is left out, and so is the extension it never offered.
+    assert video[0] == "m=video 9 UDP/TLS/RTP/SAVPF 96 97 102 103"
+    for line in ("a=rtpmap:96 VP8/90000", "a=rtcp-fb:96 nack pli", "a=fmtp:97 apt=96", "a=fmtp:103 apt=102",
+                 "a=extmap:4 urn:ietf:params:rtp-hdrext:sdes:mid", "a=extmap:2 http://www.webrtc.org/experiments/rtp-hdrext/abs-send-time",
+                 "a=msid:PA1 MT1", "a=sendonly"):  # fmt: skip
+        assert line in video, line
+    assert not [line for line in video if "640c1f" in line or ":101 " in line or "not-offered" in line]
+    assert aligned.endswith("\r\n") and "\n" not in aligned.replace("\r\n", "")
+
+
+def test_the_numbering_stays_the_first_one_across_offers():
+    numbering = Numbering()
+    numbering.learn(CHROME_OFFER)
+    renumbered = CHROME_OFFER.replace("a=extmap:4 urn:ietf:params:rtp-hdrext:sdes:mid", "a=extmap:9 urn:ietf:params:rtp-hdrext:sdes:mid")
+    numbering.learn(renumbered)  # (a later offer may not reassign: the first stays)
+    assert numbering.extensions["urn:ietf:params:rtp-hdrext:sdes:mid"] == 4
+    assert numbering.align(AIORTC_OFFER) == numbering.align(AIORTC_OFFER)
+    assert Numbering().align(AIORTC_OFFER) == AIORTC_OFFER  # nothing learnt yet: as made
+
+
+def test_the_sections_an_offer_sends_are_found_by_msid_with_their_ssrcs():
+    assert offered_tracks(CHROME_OFFER) == {"0": ("a1", 1111, None), "1": ("v1", 2222, 3333)}
+    receive_only = CHROME_OFFER.replace("a=sendrecv", "a=recvonly")
+    assert offered_tracks(receive_only) == {}
+
+
+def test_our_candidates_go_out_as_an_rsp_ice_entry():
+    sdp = CHROME_OFFER.replace("a=mid:0\r\n", "a=mid:0\r\na=ice-ufrag:abcd\r\na=candidate:1 1 udp 2130706431 10.0.0.1 5000 typ host\r\n")
+    entry = ice(sdp)
+    assert entry == {
+        "candidates": [{"candidate": "candidate:1 1 udp 2130706431 10.0.0.1 5000 typ host", "sdpMid": "0", "sdpMLineIndex": 0, "usernameFragment": "abcd"}],
+        "ufrag": "abcd",
+        "revision": 1,
+    }
+    assert ice(CHROME_OFFER) is None  # no ufrag: nothing to send
+
+
+# --- the peer answers the participant's offer; the SFU wins glare ------------------------
+
+
+async def sdk_like_offer(pc: RTCPeerConnection) -> str:
+    """An offer as the SDK makes it: its audio and video sent, one transceiver each."""
+    pc.addTrack(ToneAudioTrack())
+    pc.addTrack(CounterVideoTrack())
+    await pc.setLocalDescription(await pc.createOffer())
+    return pc.localDescription.sdp  # type: ignore[no-any-return]
+
+
+async def test_the_peer_answers_a_participant_offer_and_wins_glare(netns):
+    client = RTCPeerConnection()
+    peer = Peer("glare", MediaConfig())
+    try:
+        offer = await sdk_like_offer(client)
+        answer = await peer.apply_offer(offer, 1)
+        assert answer.count("m=") == 2 and answer.count("a=recvonly") == 2  # it receives what the participant sends
+        assert peer.revision == 1
+        peer.request_negotiation()  # (say, a subscription): the SFU's own offer, revision 2
+        await wait_for(lambda: peer.negotiating, message="the SFU's offer")
+        await client.setRemoteDescription(RTCSessionDescription(sdp=answer, type="answer"))
+        with pytest.raises(NegotiationError) as refused:
+            await peer.apply_offer(offer, 2)  # crosses the SFU's: refused, nothing applied
+        assert refused.value.code == 53000
+        assert peer.negotiating
+    finally:
+        await peer.close()
+        await client.close()
+
+
+# --- the protocol over a raw websocket ------------------------------------------------------
+
+
+class TcmpSocket:
+    """A raw ``/signaling/twilio`` socket: TCMP frames in and out."""
+
+    def __init__(self, http: aiohttp.ClientSession, ws: aiohttp.ClientWebSocketResponse) -> None:
+        self.http = http
+        self.ws = ws
+        self.seen: list[dict[str, Any]] = []
+
+    @classmethod
+    async def open(cls, server: Server) -> "TcmpSocket":
+        http = aiohttp.ClientSession()
+        return cls(http, await http.ws_connect(server.url + "/twilio"))
+
+    async def hello(self, body: dict[str, Any] | None = None, timeout: int = 5000) -> None:
+        frame: dict[str, Any] = {"id": str(uuid.uuid4()), "timeout": timeout, "type": "hello", "version": 2}
+        if body is not None:
+            frame["body"] = body
+        await self.ws.send_str(json.dumps(frame))
+
+    async def msg(self, body: dict[str, Any]) -> None:
+        await self.ws.send_str(json.dumps({"type": "msg", "body": body}))
+
+    async def frame(self, skip_heartbeats: bool = True) -> dict[str, Any]:
+        while True:
+            received = await self.ws.receive(timeout=DEADLINE)
+            assert received.type == aiohttp.WSMsgType.TEXT, received
+            frame = json.loads(received.data)
+            if not (skip_heartbeats and frame["type"] == "heartbeat"):
+                return frame  # type: ignore[no-any-return]
+
+    async def welcome(self) -> dict[str, Any]:
+        """The next ``welcome`` (RSP messages before it are kept in ``seen``)."""
+        while (frame := await self.frame())["type"] == "msg":
+            self.seen.append(frame["body"])
+        assert frame["type"] == "welcome", frame
+        return frame
+
+    async def body(self, kind: str, where: Callable[[dict[str, Any]], bool] = lambda body: True) -> dict[str, Any]:
+        """The first RSP message of type ``kind`` (matching ``where``), seen or next; the
+        others are kept in ``seen`` (the SDK queues an ``update`` sent before ``connected``)."""
+        while True:
+            found = next((b for b in self.seen if b["type"] == kind and where(b)), None)
+            if found is not None:
+                self.seen.remove(found)
+                return found
+            frame = await self.frame()
+            if frame["type"] == "msg":
+                self.seen.append(frame["body"])
+
+    async def close(self) -> None:
+        await self.ws.close()
+        await self.http.close()
+
+
+def connect_body(token: str, offer: str, tracks: list[dict[str, Any]], name: str = "raw") -> dict[str, Any]:
+    return {
+        "name": name, "participant": {"revision": 1, "tracks": tracks},
+        "peer_connections": [{"description": {"type": "offer", "revision": 1, "sdp": offer}, "id": "pc-1"}],
+        "type": "connect", "version": 2, "ice_servers": "overrode", "media_signaling": {},
+        "subscribe": {"rules": [{"type": "include", "all": True}], "revision": 1}, "format": "unified", "token": token,
+    }  # fmt: skip
+
+
+def sdk_tracks(offer: str) -> list[dict[str, Any]]:
+    """The SDK's track list for its offer: ids are the offer's msid track ids."""
+    kinds = {"m=audio": "audio", "m=video": "video"}
+    out = []
+    for block in sections(offer):
+        kind = kinds.get(block[0].split(" ")[0])
+        msid = next((line.split()[1] for line in block if line.startswith("a=msid:")), None)
+        if kind and msid:
+            out.append({"enabled": True, "id": msid, "kind": kind, "name": f"{kind}-name", "priority": "standard"})
+    return out
+
+
+async def test_connect_is_welcomed_then_connected_and_a_repeated_hello_makes_no_second_participant(server):
+    client = RTCPeerConnection()
+    sock = await TcmpSocket.open(server)
+    try:
+        offer = await sdk_like_offer(client)
+        tracks = sdk_tracks(offer)
+        await sock.hello(connect_body(server.token("raw"), offer, tracks), timeout=1000)
+        assert await sock.frame() == {"type": "welcome", "negotiatedTimeout": 1000}  # first, before any msg
+        connected = await sock.body("connected")
+        room = server.registry.find_in_progress("raw")
+        assert room is not None
+        me = next(iter(room.participants.values()))
+        assert connected["sid"] == room.sid and connected["name"] == "raw"
+        assert connected["participant"] == {"sid": me.sid, "identity": "raw"} and connected["participants"] == []
+        assert connected["options"]["session_timeout"] == 30 and isinstance(connected["session"], str)
+        assert connected["recording"] == {"is_recording": False, "revision": 1}
+        published = {t["id"]: t for t in connected["published"]["tracks"]}
+        assert set(published) == {t["id"] for t in tracks}
+        assert all(t["state"] == "ready" and t["sid"] in me.published for t in published.values())
+        (pc,) = connected["peer_connections"]
+        assert pc["id"] == "pc-1" and pc["description"]["type"] == "answer" and pc["description"]["revision"] == 1
+        assert pc["ice"]["ufrag"] in pc["description"]["sdp"] and pc["ice"]["candidates"]
+
+        await sock.hello(connect_body(server.token("raw"), offer, tracks))  # our welcome was "lost"
+        assert await sock.welcome() == {"type": "welcome", "negotiatedTimeout": 1000}
+        assert [p.identity for p in room.participants.values()] == ["raw"] and next(iter(room.participants.values())) is me
+
+        # The server's first offer (revision 2) opens the data channel transport.
+        update = await sock.body("update", lambda body: "peer_connections" in body)
+        description = update["peer_connections"][0]["description"]
+        assert description["type"] == "offer" and description["revision"] == 2 and "m=application" in description["sdp"]
+
+        # Heartbeats come at least every negotiated timeout.
+        loop = asyncio.get_running_loop()
+        start = loop.time()
+        while (await sock.frame(skip_heartbeats=False))["type"] != "heartbeat":
+            pass
+        assert loop.time() - start < 1.0
+
+        await sock.msg({"session": connected["session"], "type": "disconnect", "version": 2})
+        await wait_for(lambda: not room.participants, message="the participant to leave")
+    finally:
+        await sock.close()
+        await client.close()
+
+
+async def test_a_bad_token_is_welcomed_then_refused_with_its_code(server):
+    sock = await TcmpSocket.open(server)
+    try:
+        await sock.hello(connect_body("not-a-token", "v=0\r\n", []))
+        assert (await sock.frame())["type"] == "welcome"
+        assert await sock.body("error") == {"type": "error", "code": 20101, "message": "Invalid Access Token"}
+        assert server.registry.find_in_progress("raw") is None
+    finally:
+        await sock.close()
+
+
+async def test_ice_is_answered_with_iced_after_a_valid_token_only(server):
+    sock = await TcmpSocket.open(server)
+    try:
+        await sock.hello({"edge": "roaming", "token": server.token("ice"), "type": "ice", "version": 1})
+        assert (await sock.frame())["type"] == "welcome"
+        assert await sock.body("iced") == {"type": "iced", "ice_servers": []}  # (this server has none)
+    finally:
+        await sock.close()
+    sock = await TcmpSocket.open(server)
+    try:
+        await sock.hello({"edge": "roaming", "token": "forged", "type": "ice", "version": 1})
+        assert (await sock.frame())["type"] == "welcome"
+        assert (await sock.body("error"))["code"] == 20101
+    finally:
+        await sock.close()
