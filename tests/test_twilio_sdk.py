@@ -256,17 +256,65 @@ async def test_a_dropped_websocket_reconnects_the_same_participant(server, clien
             await page.close()
 
 
-async def test_without_ice_servers_the_sdk_gets_the_servers_list(tmp_path, netns):
+async def test_without_ice_servers_the_sdk_gets_the_servers_list_and_msp_features_are_cleanly_absent(tmp_path, netns):
     require_sdk()
     stun = RTCIceServer(urls="stun:127.0.0.1:3478")
     async with running_server(tmp_path, ice_servers=[stun]) as (server, _):
         async with chromium() as browser, sdk_site() as origin:
             page = await SdkPage.load(browser, origin, "page")
             try:
-                await page.connect(server, "alone", "ice", "{audio: false, video: false}")
+                # The media-signaling features the server lacks are asked for, and simply absent.
+                options = "{audio: false, video: false, dominantSpeaker: true, networkQuality: true, bandwidthProfile: {video: {mode: 'collaboration'}}}"
+                await page.connect(server, "alone", "ice", options)
+                state = await page.js("() => [room.state, room.dominantSpeaker, room.localParticipant.networkQualityLevel]")
+                assert state == ["connected", None, None]
                 servers = await page.js("() => window.pcs[0].getConfiguration().iceServers")
                 assert [s["urls"] for s in servers] in (["stun:127.0.0.1:3478"], [["stun:127.0.0.1:3478"]]), servers
                 sent = await page.js("() => window.sockets[0].url")
                 assert sent == twilio_url(server)
             finally:
                 await page.close()
+
+
+async def test_mute_publish_and_unpublish_during_the_call_and_the_same_identity_elsewhere(server, clients):
+    require_sdk()
+    py = await clients.join("py", "changes", publish="vad", receive="packets")
+    log = EventLog(py)
+    async with chromium(extra_flags=AUTOPLAY) as browser, sdk_site() as origin:
+        page = await SdkPage.load(browser, origin, "page")
+        try:
+            await page.connect(server, "sdk", "changes", NAMED_TRACKS)
+            await subscribed_media(py, "sdk", "cam")
+            # Muting: the others see the track disabled, then enabled.
+            mark = log.mark()
+            await page.js("() => [...room.localParticipant.audioTracks.values()][0].track.disable()")
+            await log.wait("track_disabled", about("sdk", "mic"), since=mark)
+            await page.js("() => [...room.localParticipant.audioTracks.values()][0].track.enable()")
+            await log.wait("track_enabled", about("sdk", "mic"), since=mark)
+            # A second video track published mid-call (the SDK offers again; it may send it on
+            # an m-section our own offer made) reaches the others; unpublished, it goes.
+            publication = await page.js(
+                """async () => {
+                    window.screen2 = await Twilio.Video.createLocalVideoTrack({name: 'screen'});
+                    const pub = await room.localParticipant.publishTrack(window.screen2);
+                    return {sid: pub.trackSid, name: pub.trackName};
+                }"""
+            )
+            assert publication["sid"].startswith("MT") and publication["name"] == "screen"
+            screen = await subscribed_media(py, "sdk", "screen")
+            start = screen.packets_received
+            await wait_for(lambda: screen.packets_received > start + 20, message="py receiving the SDK's second video")
+            mark = log.mark()
+            await page.js("() => { room.localParticipant.unpublishTrack(window.screen2); }")
+            await log.wait("track_unpublished", about("sdk", "screen"), since=mark)
+            await page.wait_media(frames=10)  # py's media still reaches the SDK after the renegotiations
+            cam = await subscribed_media(py, "sdk", "cam")
+            start = cam.packets_received
+            await wait_for(lambda: cam.packets_received > start + 20, message="py still receiving the SDK's camera")
+            # The same identity joining elsewhere ends this one with the SDK's 53205.
+            await clients.join("sdk", "changes", publish="")
+            await page.wait_logged("disconnected")
+            error = await page.js("() => window.log.find((e) => e.name === 'disconnected').args[1]")
+            assert error is not None and error["code"] == 53205, error
+        finally:
+            await page.close()
