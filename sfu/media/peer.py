@@ -17,6 +17,11 @@ had live at once (plus the SCTP one).
 A section the answer rejects (port 0, e.g. Firefox without the room's video codec) is
 applied as ``inactive`` (aiortc cannot apply it as such), its subscription or publication
 fails (``subscription_failed`` / ``publication_failed``), and it is reused like any other.
+
+The official twilio-video SDK offers too (``apply_offer``): first, and again whenever it
+publishes or unpublishes. Its sending m-sections are its own (its offers say which track each
+carries, by msid track id; ``bind_publication``); subscriptions still go out in our offers on
+the same peer connection. One description is applied at a time, and the SFU wins glare.
 """
 
 from __future__ import annotations
