@@ -14,6 +14,7 @@ import aiohttp
 import pytest
 from aiortc import RTCPeerConnection, RTCSessionDescription
 
+from sfu.media import aiortc_hooks as hooks
 from sfu.media.peer import MediaConfig, NegotiationError, Peer, offered_tracks
 from signaling.sources import CounterVideoTrack, ToneAudioTrack
 from signaling.twilio import tcmp
@@ -169,6 +170,20 @@ async def test_the_peer_answers_a_participant_offer_and_wins_glare(netns):
         await client.close()
 
 
+async def test_our_unnegotiated_sections_stay_out_of_a_participant_offer_also_those_added_meanwhile():
+    pc = RTCPeerConnection()
+    try:
+        ours = pc.addTransceiver("video", direction="sendonly")  # a subscription not offered yet
+        with hooks.unnegotiated_transceivers_hidden(pc) as hide_new:
+            assert pc.getTransceivers() == []
+            later = pc.addTransceiver("audio", direction="sendonly")  # the room subscribed meanwhile
+            hide_new()
+            assert pc.getTransceivers() == []
+        assert pc.getTransceivers() == [ours, later]
+    finally:
+        await pc.close()
+
+
 # --- the protocol over a raw websocket ------------------------------------------------------
 
 
@@ -319,3 +334,43 @@ async def test_ice_is_answered_with_iced_after_a_valid_token_only(server):
         assert (await sock.body("error"))["code"] == 20101
     finally:
         await sock.close()
+
+
+async def test_sync_on_a_new_socket_resumes_the_same_participant_and_is_answered_with_a_full_synced(server, clients):
+    other = await clients.join("other", "raw", publish="vad", receive="packets")
+    client = RTCPeerConnection()
+    sock = await TcmpSocket.open(server)
+    try:
+        offer = await sdk_like_offer(client)
+        tracks = sdk_tracks(offer)
+        await sock.hello(connect_body(server.token("raw"), offer, tracks))
+        await sock.welcome()
+        connected = await sock.body("connected")
+        (them,) = connected["participants"]
+        assert them["identity"] == "other" and them["state"] == "connected"
+        assert {t["kind"] for t in them["tracks"]} <= {"audio", "video", "data"} and all(t["priority"] == "standard" for t in them["tracks"])
+        room = server.registry.find_in_progress("raw")
+        assert room is not None
+        me = room.find_participant("raw")
+        assert me is not None
+
+        await sock.close()  # dropped without disconnect: the others see it reconnecting
+        await wait_for(lambda: me.status == "reconnecting", message="raw to be reconnecting")
+        sock = await TcmpSocket.open(server)
+        sync = {
+            "name": "raw", "participant": {"revision": 2, "tracks": tracks}, "type": "sync", "version": 2,
+            "session": connected["session"], "token": server.token("raw"),
+            "peer_connections": [{"id": "pc-1", "description": {"type": "offer", "revision": 1, "sdp": offer}}],
+        }  # fmt: skip
+        await sock.hello(sync)
+        await sock.welcome()
+        synced = await sock.body("synced")
+        assert synced["participant"] == {"sid": me.sid, "identity": "raw"} and room.find_participant("raw") is me
+        assert me.status == "connected"
+        assert [p["identity"] for p in synced["participants"]] == ["other"]
+        assert [pc["id"] for pc in synced["peer_connections"]] == ["pc-1"]  # (one left out would be closed by the SDK)
+        assert {t["id"] for t in synced["published"]["tracks"]} == {t["id"] for t in tracks}
+        assert other.participants and next(iter(other.participants.values())).identity == "raw"
+    finally:
+        await sock.close()
+        await client.close()

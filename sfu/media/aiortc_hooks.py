@@ -210,7 +210,7 @@ def data_section_first(pc: RTCPeerConnection, offer: RTCSessionDescription) -> R
 
 
 @contextlib.contextmanager
-def unnegotiated_transceivers_hidden(pc: RTCPeerConnection) -> Iterator[None]:
+def unnegotiated_transceivers_hidden(pc: RTCPeerConnection) -> Iterator[Callable[[], None]]:
     """Keep ``pc``'s transceivers that no description carries yet out of sight while a remote
     offer is applied and answered (the participant offers: the official twilio-video SDK).
 
@@ -218,13 +218,19 @@ def unnegotiated_transceivers_hidden(pc: RTCPeerConnection) -> Iterator[None]:
     mid is the section's *or None*: a subscription added since our last offer would take
     over the participant's new m-section (its camera would land on our sending section).
     And the answer would trip over their missing offer direction. Hidden, they stay for our
-    next offer, which gives them mids of their own.
+    next offer, which gives them mids of their own. Yields a function that hides those added
+    meanwhile (call it after each await: the room may subscribe at any time).
     """
     transceivers: list[RTCRtpTransceiver] = pc._RTCPeerConnection__transceivers  # type: ignore[attr-defined]
-    hidden = [t for t in transceivers if t.mid is None]
-    transceivers[:] = [t for t in transceivers if t.mid is not None]
+    hidden: list[RTCRtpTransceiver] = []
+
+    def hide() -> None:
+        hidden.extend(t for t in transceivers if t.mid is None)
+        transceivers[:] = [t for t in transceivers if t.mid is not None]
+
+    hide()
     try:
-        yield
+        yield hide
     finally:
         transceivers.extend(t for t in hidden if t not in transceivers)
 

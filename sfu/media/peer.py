@@ -583,10 +583,13 @@ class Peer(AsyncIOEventEmitter):
             self._client_offers = True
             sending = offered_tracks(sdp)
             try:
-                with hooks.unnegotiated_transceivers_hidden(self.pc):
+                with hooks.unnegotiated_transceivers_hidden(self.pc) as hide_new:
                     await self.pc.setRemoteDescription(RTCSessionDescription(sdp=sdp, type="offer"))
                     self._receive_offered(sending)
-                    await self.pc.setLocalDescription(await self.pc.createAnswer())
+                    hide_new()
+                    answer = await self.pc.createAnswer()
+                    hide_new()
+                    await self.pc.setLocalDescription(answer)
             except Exception as exc:  # aiortc raises ValueError, OperationError, InvalidStateError...
                 logger.debug("%s: offer %d not applied", self.name, revision, exc_info=True)
                 raise NegotiationError(53403, f"unable to apply the offer: {exc}") from None

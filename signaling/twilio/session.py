@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Any
 
 from sfu.media.peer import NegotiationError, Offer
 from sfu.participant import Participant, ParticipantError
+from sfu.room import ROOM_COMPLETED
 
 from .. import protocol
 from ..protocol import ProtocolError
@@ -29,7 +30,6 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger(__name__)
 
-ROOM_COMPLETED = 53118
 MEDIA_CONNECTION_FAILED = 53405
 SIGNALING_CONNECTION_LOST = 53001
 MAX_CANDIDATES = 64  # per message, as /signaling
