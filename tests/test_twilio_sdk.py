@@ -20,7 +20,7 @@ from signaling.twilio.service import TWILIO_SIGNALING
 
 from .conftest import DEADLINE, Server, running_server, wait_for
 from .helpers.browser import Page, chromium, harness_site
-from .helpers.clients import EventLog, about, subscribed_media
+from .helpers.clients import EventLog, about, subscribed_data, subscribed_media
 from .helpers.twilio_sdk import require_sdk, sdk_site
 
 pytestmark = pytest.mark.browser  # real Chromium: deselect with -m 'not browser'
@@ -170,7 +170,9 @@ async def test_sdk_page_sdk_js_page_and_python_client_meet_in_one_room(server, c
         official = await SdkPage.load(browser, origin, "official")
         ours = await Page.harness(browser, harness_origin, server.http, "ours")
         try:
-            joined = await official.connect(server, "official", "mixed", NAMED_TRACKS)
+            # Its data track is in its first offer (an m=application section of its own).
+            with_data = "{tracks: [...(await Twilio.Video.createLocalTracks({audio: {name: 'mic'}, video: {name: 'cam'}})), window.chat = new Twilio.Video.LocalDataTrack({name: 'chat'})]}"
+            joined = await official.connect(server, "official", "mixed", with_data)
             assert joined["others"] == ["py"]
             await ours.js(
                 """async (token) => { window.room = record(await Video.connect(token, {name: 'mixed', audio: true, video: true}), 'room'); }""",
@@ -200,6 +202,14 @@ async def test_sdk_page_sdk_js_page_and_python_client_meet_in_one_room(server, c
                 assert isinstance(track, RemoteMediaTrack)
                 start = track.packets_received
                 await wait_for(lambda: track.packets_received > start + 20, message=f"py receiving the official SDK's {name}")
+            chat = await subscribed_data(py, "official", "chat")
+            heard: list[str] = []
+            chat.on("message", heard.append)
+            await wait_for_async(
+                lambda: official.js("() => { window.chat.send('hi py'); return true; }"),
+                lambda: asyncio.sleep(0, "hi py" in heard),
+                message="py to hear the official SDK's data track",
+            )
             # Leaving: both other kinds of client see it.
             mark = log.mark()
             await official.js("() => room.disconnect()")
