@@ -227,14 +227,15 @@ class TcmpSocket:
     async def body(self, kind: str, where: Callable[[dict[str, Any]], bool] = lambda body: True) -> dict[str, Any]:
         """The first RSP message of type ``kind`` (matching ``where``), seen or next; the
         others are kept in ``seen`` (the SDK queues an ``update`` sent before ``connected``)."""
-        while True:
-            found = next((b for b in self.seen if b["type"] == kind and where(b)), None)
-            if found is not None:
-                self.seen.remove(found)
-                return found
-            frame = await self.frame()
-            if frame["type"] == "msg":
-                self.seen.append(frame["body"])
+        async with asyncio.timeout(DEADLINE):  # (heartbeats keep coming: each receive returns)
+            while True:
+                found = next((b for b in self.seen if b["type"] == kind and where(b)), None)
+                if found is not None:
+                    self.seen.remove(found)
+                    return found
+                frame = await self.frame()
+                if frame["type"] == "msg":
+                    self.seen.append(frame["body"])
 
     async def close(self) -> None:
         await self.ws.close()
@@ -371,6 +372,40 @@ async def test_sync_on_a_new_socket_resumes_the_same_participant_and_is_answered
         assert [pc["id"] for pc in synced["peer_connections"]] == ["pc-1"]  # (one left out would be closed by the SDK)
         assert {t["id"] for t in synced["published"]["tracks"]} == {t["id"] for t in tracks}
         assert other.participants and next(iter(other.participants.values())).identity == "raw"
+    finally:
+        await sock.close()
+        await client.close()
+
+
+async def test_the_server_wins_glare_and_answers_the_offer_made_after_the_participant_answered(server):
+    client = RTCPeerConnection()
+    sock = await TcmpSocket.open(server)
+    try:
+        offer = await sdk_like_offer(client)
+        await sock.hello(connect_body(server.token("raw"), offer, sdk_tracks(offer)))
+        await sock.welcome()
+        connected = await sock.body("connected")
+        session = connected["session"]
+        await client.setRemoteDescription(RTCSessionDescription(sdp=connected["peer_connections"][0]["description"]["sdp"], type="answer"))
+        ours = (await sock.body("update", lambda body: "peer_connections" in body))["peer_connections"][0]["description"]
+        assert ours["type"] == "offer" and ours["revision"] == 2
+
+        # The participant's offer crosses ours: dropped (no answer), ours stands.
+        crossing = {"id": "pc-1", "description": {"type": "offer", "revision": 2, "sdp": offer}}
+        await sock.msg({"session": session, "type": "update", "version": 2, "peer_connections": [crossing]})
+        # It answers ours (as the SDK does after rolling its own back), then offers again.
+        await client.setRemoteDescription(RTCSessionDescription(sdp=ours["sdp"], type="offer"))
+        await client.setLocalDescription(await client.createAnswer())
+        answer = {"id": "pc-1", "description": {"type": "answer", "revision": 2, "sdp": client.localDescription.sdp}}
+        await sock.msg({"session": session, "type": "update", "version": 2, "peer_connections": [answer]})
+        await client.setLocalDescription(await client.createOffer())
+        again = {"id": "pc-1", "description": {"type": "offer", "revision": 3, "sdp": client.localDescription.sdp}}
+        await sock.msg({"session": session, "type": "update", "version": 2, "peer_connections": [again]})
+        reply = await sock.body("update", lambda body: "peer_connections" in body)
+        description = reply["peer_connections"][0]["description"]
+        assert description["type"] == "answer" and description["revision"] == 3  # the only answer: 2 was dropped
+        await client.setRemoteDescription(RTCSessionDescription(sdp=description["sdp"], type="answer"))
+        assert client.signalingState == "stable"
     finally:
         await sock.close()
         await client.close()

@@ -577,8 +577,9 @@ class Peer(AsyncIOEventEmitter):
         """
         if self.closed:
             raise NegotiationError(53000, "the peer connection is closed")
-        if self._pending_answer is not None or self._sdp_lock.locked():
-            raise NegotiationError(53000, f"offer {revision} crosses the server's offer {self.revision + 1}: the server's goes first")
+        pending = self._pending_answer  # (answered already if its waiter is done)
+        if (pending is not None and not pending[1].done()) or self._sdp_lock.locked():
+            raise NegotiationError(53000, f"offer {revision} crosses the server's offer: the server's goes first")
         async with self._sdp_lock:
             self._client_offers = True
             sending = offered_tracks(sdp)
