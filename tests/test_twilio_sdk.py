@@ -266,7 +266,7 @@ async def test_a_dropped_websocket_reconnects_the_same_participant(server, clien
             await page.close()
 
 
-async def test_without_ice_servers_the_sdk_gets_the_servers_list_and_msp_features_are_cleanly_absent(tmp_path, netns):
+async def test_without_ice_servers_the_sdk_gets_the_servers_list_msp_features_are_absent_and_the_room_ends(tmp_path, netns):
     require_sdk()
     stun = RTCIceServer(urls="stun:127.0.0.1:3478")
     async with running_server(tmp_path, ice_servers=[stun]) as (server, _):
@@ -282,6 +282,13 @@ async def test_without_ice_servers_the_sdk_gets_the_servers_list_and_msp_feature
                 assert [s["urls"] for s in servers] in (["stun:127.0.0.1:3478"], [["stun:127.0.0.1:3478"]]), servers
                 sent = await page.js("() => window.sockets[0].url")
                 assert sent == twilio_url(server)
+                # The room ends (REST, or its own timers): the SDK's RoomCompletedError.
+                room = server.registry.find_in_progress("ice")
+                assert room is not None
+                await room.end()
+                await page.wait_logged("disconnected")
+                error = await page.js("() => window.log.find((e) => e.name === 'disconnected').args[1]")
+                assert error is not None and error["code"] == 53118, error
             finally:
                 await page.close()
 
