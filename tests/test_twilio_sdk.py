@@ -246,6 +246,9 @@ async def test_a_dropped_websocket_reconnects_the_same_participant(server, clien
         try:
             joined = await page.connect(server, "sdk", "flaky", NAMED_TRACKS)
             await page.wait_media(frames=10)
+            track = await subscribed_media(py, "sdk", "cam")
+            start = track.packets_received
+            await wait_for(lambda: track.packets_received > start + 20, message="py receiving the SDK's camera")
             mark = log.mark()
             session = next(s for s in server.app[TWILIO_SIGNALING].sessions.values() if s.participant.identity == "sdk")
             assert session.connection is not None
