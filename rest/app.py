@@ -13,7 +13,9 @@ from . import participants, rooms, rules, tracks
 from .auth import auth_middleware
 from .callbacks import StatusCallbacks
 from .context import API, RestApi
-from .errors import METHOD_NOT_ALLOWED, Handler, RestError, errors_middleware, not_found
+from sfu.errors import METHOD_NOT_ALLOWED
+
+from .errors import Handler, RestError, errors_middleware, not_found
 
 CALLBACKS = web.AppKey("status_callbacks", StatusCallbacks)
 

@@ -11,7 +11,9 @@ from aiohttp.typedefs import Middleware
 
 from sfu.credentials import Credentials
 
-from .errors import AUTHENTICATION_FAILED, Handler, error_response
+from sfu.errors import AUTHENTICATION_FAILED
+
+from .errors import Handler, error_response
 
 
 def authorized(header: str | None, credentials: Credentials) -> bool:

@@ -11,14 +11,10 @@ from collections.abc import Awaitable, Callable
 
 from aiohttp import web
 
+from sfu.errors import AUTHENTICATION_FAILED, INTERNAL_ERROR, INVALID_PARAMETER, METHOD_NOT_ALLOWED, NOT_FOUND, SERVICE_UNAVAILABLE
+
 logger = logging.getLogger(__name__)
 
-INVALID_PARAMETER = 20001
-AUTHENTICATION_FAILED = 20003
-METHOD_NOT_ALLOWED = 20004
-NOT_FOUND = 20404
-INTERNAL_ERROR = 20500
-SERVICE_UNAVAILABLE = 20503
 
 
 class RestError(Exception):

@@ -16,7 +16,9 @@ from urllib.parse import parse_qsl
 
 from aiohttp import web
 
-from .errors import INVALID_PARAMETER, RestError, invalid
+from sfu.errors import INVALID_PARAMETER
+
+from .errors import RestError, invalid
 
 MAX_BODY = 64 * 1024
 FORM = "application/x-www-form-urlencoded"

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from aiohttp import web
 
-from sfu.room import PARTICIPANT_NOT_FOUND
+from sfu.errors import PARTICIPANT_NOT_FOUND
 from sfu.store import PageKey, ParticipantRecord
 
 from . import representations

@@ -7,6 +7,20 @@ from typing import Any
 from aiohttp import web
 from yarl import URL
 
+from sfu.errors import (
+    AUDIO_ONLY_INVALID,
+    CALLBACK_INVALID,
+    CALLBACK_METHOD_INVALID,
+    INCOMPATIBLE_WITH_TYPE,
+    MAX_PARTICIPANT_DURATION_INVALID,
+    MAX_PARTICIPANTS_INVALID,
+    MEDIA_REGION_INVALID,
+    RECORDING_RULES_INVALID,
+    ROOM_TYPE_INVALID,
+    SERVICE_UNAVAILABLE,
+    STATUS_INVALID,
+    TIMEOUT_INVALID,
+)
 from sfu.participant import ParticipantError
 from sfu.room import ROOM_TYPES, RoomSettings
 from sfu.store import PageKey, RoomRecord
@@ -18,24 +32,13 @@ from .lookup import find_room
 from .paging import PAGING_PARAMS, page_request, page_response
 from .params import Params, form, query
 from .representations import base_url
-from .rules import RECORDING_RULES_INVALID, validate_recording_rules
+from .rules import validate_recording_rules
 
 ROOM_STATUSES = ("in-progress", "completed", "failed")
 VIDEO_CODECS = ("VP8", "H264")
 MEDIA_REGIONS = ("us1", "us2", "ie1", "de1", "au1", "br1", "jp1", "sg1", "in1", "gll")
 PEER_TO_PEER = ("peer-to-peer", "go")
 
-MAX_PARTICIPANTS_INVALID = 53107
-ROOM_TYPE_INVALID = 53108
-TIMEOUT_INVALID = 53109
-CALLBACK_METHOD_INVALID = 53110
-CALLBACK_INVALID = 53111
-STATUS_INVALID = 53112
-INCOMPATIBLE_WITH_TYPE = 53114
-MEDIA_REGION_INVALID = 53115
-AUDIO_ONLY_INVALID = 53124
-MAX_PARTICIPANT_DURATION_INVALID = 53123
-SERVICE_UNAVAILABLE = 20503  # Twilio's "Service unavailable"
 
 CREATE_PARAMS = (
     "EnableTurn", "Type", "UniqueName", "StatusCallback", "StatusCallbackMethod", "MaxParticipants",

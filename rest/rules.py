@@ -8,7 +8,7 @@ from typing import Any
 from aiohttp import web
 
 from sfu import rules as subscribe_rules
-from sfu.room import PARTICIPANT_NOT_FOUND, ROOM_COMPLETED
+from sfu.errors import INVALID_SUBSCRIBE_RULES, PARTICIPANT_NOT_FOUND, RECORDING_RULES_INVALID, ROOM_COMPLETED
 from sfu.store import RecordingRulesRecord, SubscribeRulesRecord
 
 from . import representations
@@ -17,7 +17,6 @@ from .errors import invalid
 from .params import form, query
 from .lookup import find_participant, find_room, live_participant
 
-RECORDING_RULES_INVALID = 53120
 
 
 def validate_recording_rules(rules: object) -> list[dict[str, Any]]:
@@ -55,7 +54,7 @@ async def update_subscribe_rules(request: web.Request) -> web.Response:
     """Replace the rules; the participant's subscriptions follow before the answer is sent."""
     api = api_of(request)
     params = await form(request, ("Rules",))
-    rules = _rules_param(params.json("Rules", subscribe_rules.INVALID_RULES), subscribe_rules.INVALID_RULES)
+    rules = _rules_param(params.json("Rules", INVALID_SUBSCRIBE_RULES), INVALID_SUBSCRIBE_RULES)
     room, participant = await find_participant(api, request)
     live = live_participant(api, room.sid, participant.sid)
     if live is None:

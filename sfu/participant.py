@@ -1,4 +1,5 @@
-"""A participant in a room: its peer connection, what it publishes, what it receives."""
+"""A participant in a room: what it publishes, what it receives, and its media transport
+(a ``contracts.ParticipantTransport``, whose ``TransportListener`` it is)."""
 
 from __future__ import annotations
 
@@ -7,14 +8,10 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
-from aiortc import RTCDataChannel
 from pyee.asyncio import AsyncIOEventEmitter
 
 from . import rules as subscribe_rules
-from .media.consumer import Consumer
-from .media.datatrack import DataConsumer, DataProducer, DataTrackOptions
-from .media.peer import Peer
-from .media.producer import Producer
+from .contracts import DataTrackOptions, MediaPlane, Offer, ParticipantTransport, TrackSink, TrackSource
 
 if TYPE_CHECKING:
     from .room import Room
@@ -22,8 +19,6 @@ if TYPE_CHECKING:
 logger = logging.getLogger(__name__)
 
 KINDS = ("audio", "video", "data")
-NO_SUPPORTED_CODEC = 53404  # Twilio: the answer rejected the m-section (no codec in common)
-MAX_PENDING_CHANNELS = 16  # data channels held, one per label, for tracks not published yet
 
 
 class ParticipantError(Exception):
@@ -47,7 +42,7 @@ class PublishedTrack:
     created_at: datetime
     enabled: bool = True
     data_options: DataTrackOptions | None = None
-    producer: Producer | DataProducer | None = None
+    source: TrackSource | None = None  # the media plane's handle, once published
     ready: bool = False
     unpublished: bool = False
     error: tuple[int, str] | None = None  # the publication failed (code, message); kept for the client
@@ -62,25 +57,23 @@ class PublishedTrack:
 @dataclass(eq=False)
 class Subscription:
     track: PublishedTrack
-    consumer: Consumer | DataConsumer
+    sink: TrackSink
     label: str | None = None  # the data channel label, for data tracks
     created_at: datetime | None = None
-
-    @property
-    def media(self) -> Consumer | None:
-        return self.consumer if isinstance(self.consumer, Consumer) else None
 
 
 class Participant(AsyncIOEventEmitter):
     """Events: ``offer`` (Offer), ``subscriptions_changed``, ``published_changed``,
-    ``removed`` (code: int | None, message: str | None)."""
+    ``removed`` (code: int | None, message: str | None).
 
-    def __init__(self, sid: str, identity: str, room: "Room", peer: Peer, now: datetime) -> None:
+    Its state is written by its room only (``sfu.room.Room``); what its transport reports
+    goes to the room too."""
+
+    def __init__(self, sid: str, identity: str, room: "Room", plane: MediaPlane, now: datetime, offers_first: bool = False) -> None:
         super().__init__()
         self.sid = sid
         self.identity = identity
         self.room = room
-        self.peer = peer
         self.status = "connected"
         self.revision = 1
         self.connected_at = now
@@ -94,12 +87,9 @@ class Participant(AsyncIOEventEmitter):
         self.rules_updated_at = now
         self.subscribed_revision = 1
         self.published_revision = 1
-        self._pending_channels: dict[str, RTCDataChannel] = {}
-        peer.on("offer", lambda offer: self.emit("offer", offer))
-        peer.on("publication_ready", self._on_publication_ready)
-        peer.on("publication_failed", lambda producer, reason: room.publication_failed(self, producer, reason))
-        peer.on("subscription_failed", lambda consumer, reason: room.subscription_failed(self, consumer, reason))
-        peer.on("datachannel", self._on_datachannel)
+        self.transport: ParticipantTransport = plane.create_transport(
+            room.sid, f"{room.unique_name}/{identity}", self, offers_first=offers_first
+        )
 
     # --- state as the others see it -----------------------------------------------------
 
@@ -141,47 +131,38 @@ class Participant(AsyncIOEventEmitter):
     def track_by_client_id(self, client_id: str) -> PublishedTrack | None:
         return next((t for t in self.published.values() if t.client_id == client_id), None)
 
-    # --- media events from the peer -----------------------------------------------------
+    def track_by_source(self, source: TrackSource) -> PublishedTrack | None:
+        track = self.published.get(source.track_sid)
+        return track if track is not None and track.source is source else None
 
-    def _on_publication_ready(self, producer: Producer) -> None:
-        track = self.published.get(producer.track_sid)
-        if track is not None and not track.ready and not track.unpublished:
+    # --- what the transport reports (contracts.TransportListener) ------------------------
+
+    def on_offer(self, offer: Offer) -> None:
+        self.emit("offer", offer)
+
+    def on_publication_ready(self, source: TrackSource) -> None:
+        track = self.track_by_source(source)
+        if track is not None:
             self.room.track_ready(self, track)
 
-    def _on_datachannel(self, channel: RTCDataChannel) -> None:
-        track = self.track_by_client_id(channel.label)
-        if track is None or track.kind != "data" or track.producer is not None:
-            self._hold_channel(channel)
-            return
-        self.attach_data_channel(track, channel)
+    def on_publication_failed(self, source: TrackSource, reason: str) -> None:
+        self.room.publication_failed(self, source, reason)
 
-    def _hold_channel(self, channel: RTCDataChannel) -> None:
-        """Keep a channel until its track is published; close it past the cap or when its
-        label is already waiting."""
-        label = channel.label
-        if label in self._pending_channels or len(self._pending_channels) >= MAX_PENDING_CHANNELS:
-            logger.warning("%s: closing data channel %r: no track to attach it to", self.identity, label[:64])
-            channel.close()
-            return
-        self._pending_channels[label] = channel
+    def on_publication_closed(self, source: TrackSource) -> None:
+        track = self.track_by_source(source)
+        if track is not None:
+            self.room.unpublish(self, track)
 
-        def forget() -> None:  # closed while waiting: free its place
-            if self._pending_channels.get(label) is channel:
-                del self._pending_channels[label]
+    def on_subscription_failed(self, sink: TrackSink, reason: str) -> None:
+        self.room.subscription_failed(self, sink, reason)
 
-        channel.on("close", forget)
+    def on_subscription_lost(self, sink: TrackSink) -> None:
+        self.room.subscription_lost(self, sink)
 
-    def attach_data_channel(self, track: PublishedTrack, channel: RTCDataChannel) -> None:
-        track.producer = DataProducer(track.sid, channel)
-        track.data_options = track.producer.options
-        channel.on("close", lambda: self.room.unpublish(self, track) if not track.unpublished else None)
-        self.room.track_ready(self, track)
+    def on_data_channel(self, label: str) -> None:
+        track = self.track_by_client_id(label)
+        if track is not None and track.kind == "data" and track.source is None and not track.unpublished:
+            self.room.attach_data(self, track)
 
-    def take_pending_channel(self, client_id: str) -> RTCDataChannel | None:
-        return self._pending_channels.pop(client_id, None)
-
-    def close_pending_channels(self) -> None:
-        channels = list(self._pending_channels.values())
-        self._pending_channels.clear()
-        for channel in channels:
-            channel.close()
+    def on_failed(self, code: int, reason: str) -> None:
+        self.room.transport_failed(self, code, reason)

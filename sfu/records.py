@@ -1,7 +1,7 @@
 """Writes the live room model to the store, in order, without ever blocking media.
 
-The room model calls these methods synchronously as its state changes; each builds a
-record at that moment and queues it. One task drains the queue, so records reach the
+The keeper observes the room model (``observe``: the registry's and each room's events, all
+emitted after the state changed); each change builds a record at that moment and queues it. One task drains the queue, so records reach the
 store in the order the changes happened, and a slow disk delays only the records.
 A write the store refuses (disk full, I/O error) is retried with backoff, and the records
 wait in memory, in order, until it accepts them; ``flush`` is how callers make a change
@@ -29,6 +29,7 @@ from .store import (
 
 if TYPE_CHECKING:
     from .participant import Participant, PublishedTrack
+    from .registry import RoomRegistry
     from .room import Room
 
 logger = logging.getLogger(__name__)
@@ -161,6 +162,28 @@ class RecordKeeper:
     def healthy(self) -> bool:
         """The last write succeeded, or nothing is waiting."""
         return not self._failing or not self._pending
+
+    # --- observing the model -------------------------------------------------------------
+
+    def observe(self, registry: "RoomRegistry") -> None:
+        """Record every change of the registry's rooms, participants, tracks and rules, as the
+        model announces it (the model never calls the keeper itself)."""
+        registry.on("room_created", self._room_created)
+        registry.on("room_ended", self.room)
+
+    def _room_created(self, room: "Room") -> None:
+        self.room(room)
+        room.on("participant_connected", self._participant_connected)
+        room.on("participant_updated", self.participant)  # (e.g. reconnecting)
+        room.on("participant_disconnected", self.participant)
+        for event in ("track_added", "track_removed", "track_enabled", "track_disabled"):
+            room.on(event, lambda participant, track: self.track(track))
+        room.on("subscribe_rules_changed", self.rules)
+        room.on("recording_rules_changed", lambda rules: self.recording_rules(room, rules))
+
+    def _participant_connected(self, p: "Participant") -> None:
+        self.participant(p)
+        self.rules(p)
 
     # --- queueing ----------------------------------------------------------------------
 

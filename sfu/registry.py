@@ -12,7 +12,8 @@ from typing import Any
 from pyee.asyncio import AsyncIOEventEmitter
 
 from . import sids
-from .media.peer import MediaConfig
+from .contracts import MediaPlane
+from .errors import ROOM_EXISTS, ROOM_NAME_BAD_CHARACTERS, ROOM_NAME_INVALID, ROOM_NAME_TOO_LONG, ROOM_TYPE_INVALID, SERVER_BUSY
 from .participant import ParticipantError
 from .records import RecordKeeper
 from .room import ROOM_TYPES, Room, RoomSettings
@@ -21,11 +22,6 @@ from .store import Store
 logger = logging.getLogger(__name__)
 
 MAX_ROOM_NAME = 128
-ROOM_NAME_INVALID = 53100
-ROOM_NAME_TOO_LONG = 53101
-ROOM_NAME_BAD_CHARACTERS = 53102
-ROOM_EXISTS = 53113
-SERVER_BUSY = 53006  # Twilio's "Video server is busy": no new rooms while the server drains
 _CONTROL = re.compile(r"[\x00-\x1f\x7f]")
 
 
@@ -48,7 +44,7 @@ class RoomRegistry(AsyncIOEventEmitter):
 
     def __init__(
         self,
-        media_config: MediaConfig,
+        plane: MediaPlane,
         account_sid: str,
         store: Store | None = None,
         clock: Callable[[], datetime] = utcnow,
@@ -56,14 +52,16 @@ class RoomRegistry(AsyncIOEventEmitter):
         ad_hoc_max_participants: int | None = None,
     ) -> None:
         """``ad_hoc_max_participants`` sizes rooms created on connect (default: Twilio's
-        group-room cap of 50); REST-created rooms keep Twilio's validated limits."""
+        group-room cap of 50); REST-created rooms keep Twilio's validated limits. ``plane``
+        builds every participant's media transport (the registry does not start or close it)."""
         super().__init__()
-        self.media_config = media_config
+        self.plane = plane
         self.account_sid = account_sid
         self.store = store
         self.now = clock
         self._call_later = call_later
         self.records = RecordKeeper(store, account_sid, clock)
+        self.records.observe(self)  # (first: the store hears of each change before anyone else acts on it)
         self.rooms: dict[str, Room] = {}
         self._by_name: dict[str, Room] = {}
         self._ad_hoc_max_participants = ad_hoc_max_participants
@@ -101,7 +99,7 @@ class RoomRegistry(AsyncIOEventEmitter):
     # --- creating -----------------------------------------------------------------------
 
     def create_room(self, unique_name: str | None, settings: RoomSettings) -> Room:
-        """Create an in-progress room; its unique name must be free (53113)."""
+        """Create an in-progress room; its unique name must be free (ROOM_EXISTS)."""
         if self.draining:
             raise ParticipantError(SERVER_BUSY, "Server is busy: it is shutting down")
         sid = sids.new_sid(sids.ROOM)
@@ -109,11 +107,10 @@ class RoomRegistry(AsyncIOEventEmitter):
         if name in self._by_name:
             raise ParticipantError(ROOM_EXISTS, "Room exists")
         if settings.type not in ROOM_TYPES:
-            raise ParticipantError(53108, "RoomType is not valid")
+            raise ParticipantError(ROOM_TYPE_INVALID, "RoomType is not valid")
         room = Room(sid, name, settings, self, self.now())
         self.rooms[sid] = room
         self._by_name[name] = room
-        self.records.room(room)
         self.emit("room_created", room)
         if settings.created_via_rest:
             room._schedule_end(settings.unused_room_timeout * 60)
@@ -133,5 +130,5 @@ class RoomRegistry(AsyncIOEventEmitter):
         self.rooms.pop(room.sid, None)
         if self._by_name.get(room.unique_name) is room:
             del self._by_name[room.unique_name]
-        self.records.room(room)
+        self.plane.room_closed(room.sid)
         self.emit("room_ended", room)

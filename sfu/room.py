@@ -3,21 +3,31 @@
 from __future__ import annotations
 
 import asyncio
-import functools
 import logging
+from collections.abc import Collection
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
 from pyee.asyncio import AsyncIOEventEmitter
 
 from . import rules as subscribe_rules
 from . import sids
-from .media.datatrack import DataConsumer, DataProducer, DataTrackOptions
-from .media.peer import Peer
-from .media.producer import Producer
-from .media.consumer import Consumer
-from .participant import KINDS, NO_SUPPORTED_CODEC, Participant, ParticipantError, PublishedTrack, Subscription
+from .contracts import Kind, NegotiationError, Priority, TrackSink, TrackSource
+from .errors import (
+    DUPLICATE_IDENTITY,
+    MAX_TRACKS_EXCEEDED,
+    NO_SUPPORTED_CODEC,
+    PARTICIPANT_NOT_FOUND,
+    ROOM_COMPLETED,
+    ROOM_FULL,
+    SESSION_LENGTH_EXCEEDED,
+    SIGNALING_CONNECTION_LOST,
+    TRACK_INVALID,
+    TRACK_KIND_NOT_SUPPORTED,
+    TRACK_NAME_DUPLICATED,
+)
+from .participant import KINDS, Participant, ParticipantError, PublishedTrack, Subscription
 
 if TYPE_CHECKING:
     from .registry import RoomRegistry
@@ -27,16 +37,6 @@ logger = logging.getLogger(__name__)
 ROOM_TYPES = {"go": 2, "peer-to-peer": 10, "group-small": 4, "group": 50}
 MAX_TRACK_NAME = 128
 MAX_ROOM_DURATION = 24 * 3600  # seconds: Twilio ends every room after 24 hours
-
-# Twilio error codes used by the room model.
-ROOM_FULL = 53105
-ROOM_COMPLETED = 53118
-DUPLICATE_IDENTITY = 53205
-TRACK_KIND_NOT_SUPPORTED = 53125
-MAX_TRACKS_EXCEEDED = 53203
-TRACK_INVALID = 53300
-PARTICIPANT_NOT_FOUND = 53204
-SESSION_LENGTH_EXCEEDED = 53216
 
 
 @dataclass
@@ -64,7 +64,11 @@ class RoomSettings:
 class Room(AsyncIOEventEmitter):
     """Events (all after the state changed): ``participant_connected`` (p),
     ``participant_disconnected`` (p), ``participant_updated`` (p), ``track_added``,
-    ``track_removed``, ``track_enabled``, ``track_disabled`` (p, track), ``ended`` ()."""
+    ``track_removed``, ``track_enabled``, ``track_disabled`` (p, track),
+    ``subscribe_rules_changed`` (p), ``recording_rules_changed`` (rules), ``ended`` ().
+
+    The room is the only writer of its state and its participants' (their status included);
+    records, signaling and metrics follow it through these events."""
 
     def __init__(self, sid: str, unique_name: str, settings: RoomSettings, registry: "RoomRegistry", created_at: datetime) -> None:
         super().__init__()
@@ -80,9 +84,9 @@ class Room(AsyncIOEventEmitter):
         self._membership = asyncio.Lock()
         self._empty_timer: asyncio.TimerHandle | None = None
         self._session_timers: dict[str, asyncio.TimerHandle] = {}
+        self._reconnect_timers: dict[str, asyncio.TimerHandle] = {}
         self._lifetime_timer = registry.call_later(MAX_ROOM_DURATION, lambda: asyncio.ensure_future(self.end()))
         self.recording_rules: list[dict[str, Any]] | None = None
-        self.on("participant_updated", registry.records.participant)  # e.g. reconnecting
 
     @property
     def in_progress(self) -> bool:
@@ -102,10 +106,12 @@ class Room(AsyncIOEventEmitter):
 
     # --- joining and leaving ------------------------------------------------------------
 
-    async def join(self, identity: str, rules: list[dict[str, Any]] | None = None) -> Participant:
+    async def join(self, identity: str, rules: list[dict[str, Any]] | None = None, offers_first: bool = False) -> Participant:
         """Add a participant; an existing one with the same identity is disconnected (53205).
 
-        ``rules`` (already validated) replace the default subscribe-to-all rules."""
+        ``rules`` (already validated) replace the default subscribe-to-all rules.
+        ``offers_first``: its client makes the first offer (the official twilio-video SDK);
+        the transport holds the SFU's offers until that one is applied."""
         async with self._membership:
             if not self.in_progress:
                 raise ParticipantError(ROOM_COMPLETED, "Room completed")
@@ -116,9 +122,7 @@ class Room(AsyncIOEventEmitter):
                 raise ParticipantError(ROOM_FULL, "Room contains too many Participants")
             self._cancel_empty_timer()
             now = self.registry.now()
-            peer = Peer(f"{self.unique_name}/{identity}", self.registry.media_config)
-            participant = Participant(sids.new_sid(sids.PARTICIPANT), identity, self, peer, now)
-            peer.on("failed", lambda reason: self._peer_failed(participant, reason))
+            participant = Participant(sids.new_sid(sids.PARTICIPANT), identity, self, self.registry.plane, now, offers_first)
             if rules is not None:
                 participant.rules = rules
             self.participants[participant.sid] = participant
@@ -128,11 +132,9 @@ class Room(AsyncIOEventEmitter):
                     self.remove(participant, SESSION_LENGTH_EXCEEDED, "Participant session length exceeded")
                 ),
             )
-            self.registry.records.participant(participant)
-            self.registry.records.rules(participant)
             self.emit("participant_connected", participant)
             self._reconcile(participant)
-            peer.request_negotiation()  # the first offer always opens the data channel transport
+            participant.transport.request_negotiation()  # the first offer always opens the data channel transport
             return participant
 
     async def remove(self, participant: Participant, code: int | None = None, message: str | None = None) -> None:
@@ -143,9 +145,10 @@ class Room(AsyncIOEventEmitter):
         if self.participants.get(participant.sid) is not participant:
             return
         del self.participants[participant.sid]
-        timer = self._session_timers.pop(participant.sid, None)
-        if timer is not None:
-            timer.cancel()
+        for timers in (self._session_timers, self._reconnect_timers):
+            timer = timers.pop(participant.sid, None)
+            if timer is not None:
+                timer.cancel()
         participant.status = "disconnected"
         participant.disconnected_at = self.registry.now()
         participant.revision += 1
@@ -155,17 +158,47 @@ class Room(AsyncIOEventEmitter):
             self._drop_subscription(participant, sub)
         participant.subscriptions.clear()
         participant.failed_subscriptions.clear()
-        participant.close_pending_channels()
         participant.emit("removed", code, message)
-        await participant.peer.close()
-        self.registry.records.participant(participant)
+        await participant.transport.close()  # (and the data channels it held for tracks not published)
         self.emit("participant_disconnected", participant)
         if not self.participants and self.in_progress:
             self._on_empty()
 
-    def _peer_failed(self, participant: Participant, reason: str) -> None:
-        logger.info("removing %s from %s: %s", participant.identity, self.unique_name, reason)
-        asyncio.ensure_future(self.remove(participant, 53405, f"Media connection failed: {reason}"))
+    def transport_failed(self, participant: Participant, code: int, reason: str) -> None:
+        """The participant's transport is gone (its connection failed, or its media process)."""
+        logger.info("removing %s from %s: %d %s", participant.identity, self.unique_name, code, reason)
+        asyncio.ensure_future(self.remove(participant, code, reason))
+
+    def set_reconnecting(self, participant: Participant, grace: float | None = None) -> None:
+        """The participant's signaling connection dropped; its media goes on meanwhile. With
+        ``grace``: it is removed (53001) unless ``set_connected`` comes within that many seconds."""
+        self._set_status(participant, "reconnecting")
+        if grace is not None and participant.status == "reconnecting" and participant.sid not in self._reconnect_timers:
+            self._reconnect_timers[participant.sid] = self.registry.call_later(
+                grace, lambda: asyncio.ensure_future(self._reconnect_expired(participant))
+            )
+
+    def set_connected(self, participant: Participant) -> None:
+        """The participant resumed its session after ``set_reconnecting``."""
+        timer = self._reconnect_timers.pop(participant.sid, None)
+        if timer is not None:
+            timer.cancel()
+        self._set_status(participant, "connected")
+
+    async def _reconnect_expired(self, participant: Participant) -> None:
+        self._reconnect_timers.pop(participant.sid, None)
+        if participant.status == "reconnecting" and self.participants.get(participant.sid) is participant:
+            logger.info("%s did not reconnect to %s", participant.identity, self.unique_name)
+            await self.remove(participant, SIGNALING_CONNECTION_LOST, "Signaling connection lost")
+
+    def _set_status(self, participant: Participant, status: str) -> None:
+        if participant.status == status or participant.status == "disconnected":
+            return
+        if self.participants.get(participant.sid) is not participant:
+            return
+        participant.status = status
+        participant.revision += 1
+        self.emit("participant_updated", participant)
 
     def _on_empty(self) -> None:
         if not self.settings.created_via_rest:
@@ -213,9 +246,13 @@ class Room(AsyncIOEventEmitter):
         kind: str,
         name: str | None = None,
         enabled: bool = True,
+        offered: bool = False,
     ) -> PublishedTrack:
+        """Publish a track for the participant. ``offered``: its media comes on the m-section
+        the participant's own offer sends with msid track id ``client_id`` (the official
+        twilio-video SDK offers its tracks itself); otherwise the SFU offers a section for it."""
         if participant.status != "connected":
-            raise ParticipantError(53204, "Participant is not connected")
+            raise ParticipantError(PARTICIPANT_NOT_FOUND, "Participant is not connected")
         if kind not in KINDS:
             raise ParticipantError(TRACK_KIND_NOT_SUPPORTED, f"Track kind '{kind}' is not supported")
         if kind == "video" and self.settings.audio_only:
@@ -229,7 +266,7 @@ class Room(AsyncIOEventEmitter):
         if any(t.client_id == client_id for t in live):
             raise ParticipantError(TRACK_INVALID, f"Track id '{client_id}' is already published")
         if any(t.name == name for t in live):
-            raise ParticipantError(53304, f"Track name '{name}' is duplicated")
+            raise ParticipantError(TRACK_NAME_DUPLICATED, f"Track name '{name}' is duplicated")
         limit = self.settings.max_concurrent_published_tracks
         if limit is not None and len(live) >= limit:
             raise ParticipantError(MAX_TRACKS_EXCEEDED, "Maximum number of published tracks exceeded")
@@ -242,17 +279,53 @@ class Room(AsyncIOEventEmitter):
             created_at=self.registry.now(),
             enabled=enabled,
         )
+        if kind != "data":
+            codecs = self.settings.video_codecs if kind == "video" else None
+            try:
+                track.source = participant.transport.publish(
+                    track.sid, cast(Kind, kind), codecs, client_track_id=client_id if offered else None
+                )
+            except NegotiationError as exc:  # (the transport cannot take this track: nothing changed)
+                raise ParticipantError(exc.code, exc.message) from None
         participant.published[track.sid] = track
         participant.published_revision += 1
         if kind == "data":
-            channel = participant.take_pending_channel(client_id)
-            if channel is not None:
-                participant.attach_data_channel(track, channel)
-        else:
-            codecs = self.settings.video_codecs if kind == "video" else None
-            track.producer = participant.peer.add_publication(track.sid, kind, codecs)
+            self.attach_data(participant, track)  # if its channel is open already
         participant.emit("published_changed")
         return track
+
+    def apply_tracks(
+        self, participant: Participant, tracks: list[dict[str, Any]], offered: bool = False, skip: Collection[str] = ()
+    ) -> dict[str, ParticipantError]:
+        """Make the participant's published tracks match its client's whole list (entries
+        ``{id, kind, name, enabled}``, as ``signaling.protocol.tracks`` checks them): unpublish
+        what is gone, publish what is new (``offered``: see ``publish``), enable or disable the
+        rest. Returns the tracks refused, by client id; ids in ``skip`` are not tried again."""
+        wanted = {t["id"] for t in tracks}
+        for track in list(participant.published.values()):
+            if track.client_id not in wanted:
+                self.unpublish(participant, track)
+        refused: dict[str, ParticipantError] = {}
+        for entry in tracks:
+            existing = participant.track_by_client_id(entry["id"])
+            if existing is not None:
+                self.set_track_enabled(participant, existing, entry["enabled"])
+            elif entry["id"] not in skip:
+                try:
+                    self.publish(participant, entry["id"], entry["kind"], entry["name"], entry["enabled"], offered=offered)
+                except ParticipantError as exc:
+                    refused[entry["id"]] = exc
+        return refused
+
+    def attach_data(self, participant: Participant, track: PublishedTrack) -> None:
+        """Bind a data track to the channel its client opened with the track's id as label,
+        if the transport holds one: the track is ready at once (the channel is open)."""
+        source = participant.transport.publish_data(track.sid, track.client_id)
+        if source is None:
+            return
+        track.source = source
+        track.data_options = source.data_options
+        self.track_ready(participant, track)
 
     def track_ready(self, participant: Participant, track: PublishedTrack) -> None:
         """The track's media started. A reconnecting publisher's media goes on without its
@@ -262,7 +335,6 @@ class Room(AsyncIOEventEmitter):
         track.ready = True
         participant.revision += 1
         participant.published_revision += 1
-        self.registry.records.track(track)
         participant.emit("published_changed")
         self.emit("participant_updated", participant)
         self.emit("track_added", participant, track)
@@ -284,14 +356,11 @@ class Room(AsyncIOEventEmitter):
         was_ready = track.ready
         for other in list(self.participants.values()):
             self._unsubscribe(other, track.sid)
-        if isinstance(track.producer, Producer):
-            participant.peer.remove_publication(track.producer)
-        elif isinstance(track.producer, DataProducer):
-            track.producer.close()
+        if track.source is not None:
+            participant.transport.unpublish(track.source)
         participant.published.pop(track.sid, None)
         participant.published_revision += 1
         if was_ready:
-            self.registry.records.track(track)
             participant.revision += 1
             self.emit("track_removed", participant, track)
         if notify:
@@ -299,13 +368,13 @@ class Room(AsyncIOEventEmitter):
             if was_ready:
                 self.emit("participant_updated", participant)
 
-    def publication_failed(self, participant: Participant, producer: Producer, reason: str) -> None:
+    def publication_failed(self, participant: Participant, source: TrackSource, reason: str) -> None:
         """The publisher's answer rejected the track's m-section (say, the room's only video
         codec is one its browser lacks). The track is unpublished from the room but stays in
         the publisher's list as ``failed``, so the client's track list does not publish it
         again; it leaves when the client drops it."""
-        track = participant.published.get(producer.track_sid)
-        if track is None or track.producer is not producer or track.unpublished:
+        track = participant.track_by_source(source)
+        if track is None or track.unpublished:
             return
         code, message = NO_SUPPORTED_CODEC, f"No supported codec: {reason}"
         logger.warning(
@@ -321,12 +390,12 @@ class Room(AsyncIOEventEmitter):
         if was_ready:
             self.emit("participant_updated", participant)
 
-    def subscription_failed(self, subscriber: Participant, consumer: Consumer, reason: str) -> None:
+    def subscription_failed(self, subscriber: Participant, sink: TrackSink, reason: str) -> None:
         """The subscriber's answer rejected the track's m-section: the track counts as not
         subscribed for it, and is not offered again while it stays wanted."""
-        sid = consumer.producer.track_sid
+        sid = sink.track_sid
         sub = subscriber.subscriptions.get(sid)
-        if sub is None or sub.consumer is not consumer:
+        if sub is None or sub.sink is not sink:
             return
         code, message = NO_SUPPORTED_CODEC, f"No supported codec: {reason}"
         logger.warning(
@@ -345,7 +414,6 @@ class Room(AsyncIOEventEmitter):
         track.enabled = enabled
         if track.ready:
             participant.revision += 1
-            self.registry.records.track(track)
             self.emit("participant_updated", participant)
             self.emit("track_enabled" if enabled else "track_disabled", participant, track)
 
@@ -356,14 +424,14 @@ class Room(AsyncIOEventEmitter):
         normalised = subscribe_rules.validate(rules)
         participant.rules = normalised
         participant.rules_updated_at = self.registry.now()
-        self.registry.records.rules(participant)
+        self.emit("subscribe_rules_changed", participant)
         self._reconcile(participant)
         return normalised
 
     def set_recording_rules(self, rules: list[dict[str, Any]]) -> None:
         """Replace the room's (already validated) recording rules."""
         self.recording_rules = rules
-        self.registry.records.recording_rules(self, rules)
+        self.emit("recording_rules_changed", rules)
 
     def _reconcile(self, subscriber: Participant) -> None:
         """Make the subscriber's subscriptions match its rules and the published tracks.
@@ -387,8 +455,7 @@ class Room(AsyncIOEventEmitter):
             self._drop_subscription(subscriber, subscriber.subscriptions.pop(sid))
             changed = True
         for kept in subscriber.subscriptions.values():  # the rules may give them a new priority
-            if isinstance(kept.consumer, Consumer):
-                kept.consumer.priority = subscribe_rules.priority(subscriber.rules, kept.track.ref())
+            kept.sink.set_priority(cast(Priority, subscribe_rules.priority(subscriber.rules, kept.track.ref())))
         for sid, track in wanted.items():
             if sid not in subscriber.subscriptions and sid not in subscriber.failed_subscriptions:
                 sub = self._subscribe(subscriber, track)
@@ -400,38 +467,18 @@ class Room(AsyncIOEventEmitter):
             subscriber.emit("subscriptions_changed")
 
     def _subscribe(self, subscriber: Participant, track: PublishedTrack) -> Subscription | None:
-        producer = track.producer
-        if isinstance(producer, Producer):
-            consumer = subscriber.peer.add_subscription(producer, stream_id=track.publisher.sid)
-            consumer.priority = subscribe_rules.priority(subscriber.rules, track.ref())  # (what overload sheds first)
-            return Subscription(track, consumer, created_at=self.registry.now())
-        if isinstance(producer, DataProducer):
-            options: DataTrackOptions = producer.options
-            channel = subscriber.peer.create_data_channel(track.sid, options)
-            config = self.registry.media_config
-            lost = functools.partial(self._data_consumer_lost, subscriber, track)
-            data_consumer = DataConsumer(
-                channel,
-                options,
-                high_water_mark=config.data_high_water_mark,
-                max_queued=config.data_max_queued,
-                max_queued_bytes=config.data_max_queued_bytes,
-                on_overflow=lost,
-                on_closed=lost,
-            )
-            producer.add_consumer(data_consumer)
-            return Subscription(track, data_consumer, label=track.sid, created_at=self.registry.now())
-        return None
+        if track.source is None:
+            return None
+        priority = cast(Priority, subscribe_rules.priority(subscriber.rules, track.ref()))  # (what overload sheds first)
+        sink = subscriber.transport.subscribe(track.source, stream_id=track.publisher.sid, priority=priority)
+        label = track.sid if track.kind == "data" else None  # (a data sink's channel is labelled with the track SID)
+        return Subscription(track, sink, label=label, created_at=self.registry.now())
 
     def _drop_subscription(self, subscriber: Participant, sub: Subscription) -> None:
-        if isinstance(sub.consumer, DataConsumer):
-            if isinstance(sub.track.producer, DataProducer):
-                sub.track.producer.remove_consumer(sub.consumer)
-            sub.consumer.close()
-        elif subscriber.status != "disconnected":  # (a reconnecting one keeps its peer connection)
-            subscriber.peer.remove_subscription(sub.consumer)
+        if subscriber.status != "disconnected":  # (a reconnecting one keeps its peer connection)
+            subscriber.transport.unsubscribe(sub.sink)
         else:
-            sub.consumer.detach()
+            subscriber.transport.release(sub.sink)
 
     def _unsubscribe(self, subscriber: Participant, track_sid: str) -> None:
         """Drop one subscription (or failed subscription) and tell the subscriber."""
@@ -443,8 +490,8 @@ class Room(AsyncIOEventEmitter):
             subscriber.subscribed_revision += 1
             subscriber.emit("subscriptions_changed")
 
-    def _data_consumer_lost(self, subscriber: Participant, track: PublishedTrack, consumer: DataConsumer) -> None:
-        """The subscriber's channel overflowed or was closed by the subscriber."""
-        sub = subscriber.subscriptions.get(track.sid)
-        if sub is not None and sub.consumer is consumer:  # not a later subscription to the same track
-            self._unsubscribe(subscriber, track.sid)
+    def subscription_lost(self, subscriber: Participant, sink: TrackSink) -> None:
+        """A data sink's channel overflowed or was closed by the subscriber."""
+        sub = subscriber.subscriptions.get(sink.track_sid)
+        if sub is not None and sub.sink is sink:  # not a later subscription to the same track
+            self._unsubscribe(subscriber, sink.track_sid)

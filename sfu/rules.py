@@ -15,11 +15,12 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from .errors import INVALID_SUBSCRIBE_RULES
+
 MAX_RULES = 20
 KINDS = ("audio", "video", "data")
 FILTERS = ("all", "publisher", "track", "kind", "priority")
 DEFAULT_RULES: list[dict[str, Any]] = [{"type": "include", "all": True}]
-INVALID_RULES = 53215
 PRIORITIES = ("high", "standard", "low")
 MAX_FILTER_LENGTH = 256  # a publisher identity (at most 256 characters) or a track name or SID
 
@@ -27,7 +28,7 @@ MAX_FILTER_LENGTH = 256  # a publisher identity (at most 256 characters) or a tr
 class InvalidRules(ValueError):
     """Twilio error 53215: the rule set is not valid."""
 
-    code = INVALID_RULES
+    code = INVALID_SUBSCRIBE_RULES
 
 
 @dataclass(frozen=True, slots=True)

@@ -2,9 +2,6 @@
 
 from __future__ import annotations
 
-import errno
-import ipaddress
-import asyncio
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -17,10 +14,10 @@ from aiortc import RTCIceServer
 
 from rest.app import add_routes as add_rest_routes
 from sfu.credentials import Credentials
+from sfu.contracts import MediaPlane
 from sfu.media import aiortc_hooks as hooks
-from sfu.media import overload
 from sfu.media.peer import IceRelay, MediaConfig
-from sfu.media.udpmux import UdpMux
+from sfu.media.plane import LocalMediaPlane, UdpPortUnavailable
 from sfu.registry import RoomRegistry, utcnow
 from sfu.store import SqliteStore
 from signaling.ice import DEFAULT_TURN_TTL, IceServers
@@ -31,10 +28,13 @@ from .logs import access_log_middleware, log_lifecycle
 from .metrics import Metrics
 from .web import WebClient, dev_tokens_enabled
 
+__all__ = ["ServerConfig", "UdpPortUnavailable", "build_app", "build_media_plane", "media_config"]
+
 logger = logging.getLogger(__name__)
 
 REGISTRY = web.AppKey("registry", RoomRegistry)
 SIGNALING = web.AppKey("signaling", SignalingService)
+PLANE = web.AppKey("plane", MediaPlane)  # type: ignore[type-abstract]
 
 
 @dataclass
@@ -67,6 +67,24 @@ class ServerConfig:
     http_timeout: float = 15.0  # seconds an HTTP connection may take for a request head, or stay idle
 
 
+def media_config(config: ServerConfig) -> MediaConfig:
+    """The media settings of a server (a media worker process builds its plane with these too)."""
+    return MediaConfig(
+        ice_servers=list(config.ice_servers),
+        ice_relay=config.server_ice_relay,
+        announced_address=config.announced_address,
+        retransmission_cache=config.retransmission_cache,
+        # An offer made while a participant's websocket is down waits for its resume.
+        negotiation_timeout=max(30.0, config.reconnect_grace + 10.0),
+    )
+
+
+def build_media_plane(config: ServerConfig) -> MediaPlane:
+    """The media plane the room model builds its participants' transports with (started by
+    the app's startup, closed by its cleanup): in this process, on ``config.udp_port``."""
+    return LocalMediaPlane(media_config(config), udp_port=config.udp_port, udp_host=config.udp_host)
+
+
 def build_app(
     config: ServerConfig,
     credentials: Credentials,
@@ -75,17 +93,10 @@ def build_app(
 ) -> web.Application:
     """``clock`` and ``call_later`` replace wall time for the room model (tests)."""
     hooks.check_compatibility()  # refuse to start on an aiortc whose internals moved
-    media = MediaConfig(
-        ice_servers=list(config.ice_servers),
-        ice_relay=config.server_ice_relay,
-        announced_address=config.announced_address,
-        retransmission_cache=config.retransmission_cache,
-        # An offer made while a participant's websocket is down waits for its resume.
-        negotiation_timeout=max(30.0, config.reconnect_grace + 10.0),
-    )
+    plane = build_media_plane(config)
     store = SqliteStore(config.database or config.data_dir / "sfu.sqlite3")
     registry = RoomRegistry(
-        media,
+        plane,
         credentials.account_sid,
         store=store,
         clock=clock or utcnow,
@@ -111,6 +122,7 @@ def build_app(
     handler_args = {"keepalive_timeout": config.http_timeout}
     app = web.Application(client_max_size=1 << 20, handler_args=handler_args, middlewares=[access_log_middleware()])
     log_lifecycle(registry)
+    app[PLANE] = plane
     app[REGISTRY] = registry
     app[SIGNALING] = signaling
     signaling.add_routes(app)
@@ -120,13 +132,11 @@ def build_app(
         status_callback_public_only=config.status_callback_public_only,
     )  # fmt: skip
     app.router.add_get("/healthz", _health)
-    Metrics(registry, signaling, credentials).add_routes(app)
+    Metrics(registry, signaling, credentials, plane).add_routes(app)
     WebClient(credentials, dev_tokens_enabled(config.host, config.dev_tokens)).add_routes(app)
 
     async def start(app: web.Application) -> None:
-        mux = media.udp_mux = _open_udp_mux(config)
-        # The overload guard sheds video only when the media input piles up, not on bursts.
-        overload.guard_for(asyncio.get_running_loop()).backlog = lambda: mux.saturation
+        await plane.start()  # (binds the media port: UdpPortUnavailable)
         await registry.start()
 
     async def stop(app: web.Application) -> None:
@@ -134,30 +144,12 @@ def build_app(
         await registry.close()
 
     async def cleanup(app: web.Application) -> None:
-        if media.udp_mux is not None:
-            media.udp_mux.close()
-            media.udp_mux = None
+        await plane.close()
 
     app.on_startup.append(start)
     app.on_shutdown.append(stop)
     app.on_cleanup.append(cleanup)
     return app
-
-
-class UdpPortUnavailable(Exception):
-    """The media UDP port could not be bound."""
-
-
-def _open_udp_mux(config: ServerConfig) -> UdpMux:
-    announced = config.announced_address
-    host = config.udp_host or ("::" if announced and ipaddress.ip_address(announced).version == 6 else "0.0.0.0")
-    try:
-        mux = UdpMux.bind(config.udp_port, host)
-    except OSError as exc:
-        reason = "address already in use" if exc.errno == errno.EADDRINUSE else (exc.strerror or str(exc))
-        raise UdpPortUnavailable(f"cannot bind UDP port {config.udp_port} for media: {reason}") from None
-    logger.info("media on UDP port %d (one socket for every participant)", mux.port)
-    return mux
 
 
 async def _health(request: web.Request) -> web.Response:

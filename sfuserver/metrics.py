@@ -1,10 +1,12 @@
 """``GET /metrics``: the server's state in the Prometheus text format, read at scrape time.
 
-Nothing here runs per packet. Producers and consumers already count what they forward
-(``ReceiveStats``, ``SendStats``); the collector walks the live room model when scraped
-(rooms -> participants -> published tracks and subscriptions) and adds the final counts of
-the tracks and subscriptions that went away, which it folds into running totals when the
-model says they changed. So the ``*_total`` counters never go down while the process lives.
+Nothing here runs per packet. The media plane already counts what it forwards (each track
+source's and sink's ``contracts.MediaCounters``); the collector walks the live room model
+when scraped (rooms -> participants -> published tracks and subscriptions) and adds the final
+counts of the tracks and subscriptions that went away, which it folds into running totals
+when the model says they changed. So the ``*_total`` counters never go down while the
+process lives. The media plane's own figures (its UDP port, the overload guard, and one entry
+per media worker process) come from ``MediaPlane.figures()``.
 
 ``/metrics`` answers only with the REST credentials in HTTP Basic auth (API key SID/secret or
 account SID/auth token), like ``/v1``: the server may listen on a public address, and the
@@ -30,9 +32,7 @@ from prometheus_client.registry import Collector
 
 from rest.auth import authorized
 from sfu.credentials import Credentials
-from sfu.media import overload
-from sfu.media.consumer import Consumer
-from sfu.media.producer import Producer
+from sfu.contracts import MediaCounters, MediaPlane, PlaneFigures, TrackSink, TrackSource
 from sfu.participant import Participant
 from sfu.registry import RoomRegistry
 from sfu.room import Room
@@ -107,48 +107,53 @@ class _Totals:
     nacks: collections.Counter[str] = field(default_factory=collections.Counter)
     plis: collections.Counter[str] = field(default_factory=collections.Counter)
 
-    def add_producer(self, producer: Producer) -> None:
-        stats = producer.stats
-        self.received_packets[producer.kind] += stats.packets
-        self.received_bytes[producer.kind] += stats.octets
-        self.lost_packets[producer.kind] += stats.lost_detected
+    def add_source(self, kind: str, counters: MediaCounters) -> None:
+        self.received_packets[kind] += counters.packets
+        self.received_bytes[kind] += counters.octets
+        self.lost_packets[kind] += counters.lost
 
-    def add_consumer(self, consumer: Consumer) -> None:
-        stats = consumer.stats
-        self.sent_packets[consumer.kind] += stats.packets
-        self.sent_bytes[consumer.kind] += stats.octets
-        self.retransmitted[consumer.kind] += stats.retransmitted
-        self.nacks[consumer.kind] += stats.nacks_received
-        self.plis[consumer.kind] += stats.plis_received
+    def add_sink(self, kind: str, counters: MediaCounters) -> None:
+        self.sent_packets[kind] += counters.packets
+        self.sent_bytes[kind] += counters.octets
+        self.retransmitted[kind] += counters.retransmitted
+        self.nacks[kind] += counters.nacks
+        self.plis[kind] += counters.plis
+
+    def add(self, handle: "TrackSource | TrackSink", is_source: bool) -> None:
+        if handle.kind in KINDS:
+            (self.add_source if is_source else self.add_sink)(handle.kind, handle.counters)
 
     def plus(self, other: "_Totals") -> "_Totals":
         return _Totals(**{name: getattr(self, name) + getattr(other, name) for name in self.__dataclass_fields__})
 
 
-def _media_of(participant: Participant) -> dict[int, Producer | Consumer]:
-    """The participant's live producers and consumers, by identity."""
-    found: dict[int, Producer | Consumer] = {}
+_Handle = tuple["TrackSource | TrackSink", bool]  # (handle, is it a source)
+
+
+def _media_of(participant: Participant) -> dict[int, _Handle]:
+    """The participant's live audio/video sources and sinks, by identity."""
+    found: dict[int, _Handle] = {}
     for track in participant.published.values():
-        if isinstance(track.producer, Producer):
-            found[id(track.producer)] = track.producer
+        if track.source is not None and track.kind in KINDS:
+            found[id(track.source)] = (track.source, True)
     for sub in participant.subscriptions.values():
-        media = sub.media
-        if media is not None:
-            found[id(media)] = media
+        if sub.track.kind in KINDS:
+            found[id(sub.sink)] = (sub.sink, False)
     return found
 
 
 class SfuCollector(Collector):
     """Reads rooms, participants, tracks, media counters, signaling and store state when scraped."""
 
-    def __init__(self, registry: RoomRegistry, signaling: SignalingService, lag: LoopLagMonitor) -> None:
+    def __init__(self, registry: RoomRegistry, signaling: SignalingService, lag: LoopLagMonitor, plane: MediaPlane | None = None) -> None:
         self.registry = registry
+        self.plane = plane or registry.plane
         self.signaling = signaling
         self.lag = lag
         self._gone = _Totals()
         # Per participant SID: the producers/consumers seen last, so the ones that go away
         # are folded into ``_gone`` with their final counts (the objects are kept only until then).
-        self._known: dict[str, dict[int, Producer | Consumer]] = {}
+        self._known: dict[str, dict[int, _Handle]] = {}
         registry.on("room_created", self._watch_room)
 
     # Model events (control plane only): keep ``_known`` in step and fold what went away.
@@ -176,11 +181,8 @@ class SfuCollector(Collector):
         self._known[participant.sid] = live
 
     def _fold(self, gone: Any) -> None:
-        for media in gone:
-            if isinstance(media, Producer):
-                self._gone.add_producer(media)
-            else:
-                self._gone.add_consumer(media)
+        for handle, is_source in gone:
+            self._gone.add(handle, is_source)
 
     # Scrape.
 
@@ -192,12 +194,8 @@ class SfuCollector(Collector):
         subscribed: collections.Counter[str] = collections.Counter()
         for p in participants:
             self._sync(p)  # also catches changes no event announced
-            media = _media_of(p)
-            for item in media.values():
-                if isinstance(item, Producer):
-                    live.add_producer(item)
-                else:
-                    live.add_consumer(item)
+            for handle, is_source in _media_of(p).values():
+                live.add(handle, is_source)
             for track in p.published.values():
                 if track.ready and not track.unpublished:
                     published[track.kind] += 1
@@ -239,29 +237,63 @@ class SfuCollector(Collector):
 
 
     def _media_plane(self) -> Iterator[Metric]:
-        """The UDP mux (the one media socket) and the overload guard."""
-        mux = self.registry.media_config.udp_mux
-        if mux is not None:
-            stats = mux.stats
-            yield CounterMetricFamily("sfu_udp_datagrams_received", "Datagrams read from the media UDP port", value=stats.received)
-            yield CounterMetricFamily("sfu_udp_datagrams_sent", "Datagrams sent from the media UDP port", value=stats.sent)
+        """The media plane's figures: its UDP ports and overload guards summed over its
+        processes (as one process has them), then one series per process (``worker``)."""
+        figures = self.plane.figures()
+        total: collections.Counter[str] = collections.Counter()
+        for f in figures:
+            total.update(f.extra)
+        if any("udp_received" in f.extra for f in figures):
+            yield CounterMetricFamily("sfu_udp_datagrams_received", "Datagrams read from the media UDP port", value=total["udp_received"])
+            yield CounterMetricFamily("sfu_udp_datagrams_sent", "Datagrams sent from the media UDP port", value=total["udp_sent"])
             family = CounterMetricFamily("sfu_udp_datagrams_dropped", "Datagrams the media UDP port dropped, by reason",
                                          labels=["reason"])
-            for reason, value in (("send_failed", stats.send_dropped), ("unknown_source", stats.unknown_source),
-                                  ("unknown_ufrag", stats.unknown_ufrag), ("unauthenticated", stats.unauthenticated),
-                                  ("malformed", stats.malformed), ("handler_error", stats.handler_errors)):
-                family.add_metric([reason], value)
+            for reason in ("send_failed", "unknown_source", "unknown_ufrag", "unauthenticated", "malformed", "handler_error"):
+                family.add_metric([reason], total[f"udp_dropped_{reason}"])
             yield family
-            yield _gauge("sfu_udp_send_backlog", "Datagrams waiting for room in the media socket's send buffer", mux.backlog)
-            yield _gauge("sfu_udp_ice_connections", "ICE connections registered on the media UDP port", mux.connections)
-        guard = overload.guard_for_running_loop()
-        if guard is not None:
-            yield _gauge("sfu_overload_level", "Media plane load: 0 on time, 1 busy, 2 overloaded (video is being shed)", int(guard.level))
-            yield _gauge("sfu_overload_lag_seconds", "The overload guard's smoothed event-loop lag", guard.lag)
-            yield _gauge("sfu_video_consumers_shed_now", "Video subscriptions paused by the overload guard now", guard.shed_now)
-            yield CounterMetricFamily("sfu_video_consumers_shed", "Video subscriptions the overload guard paused", value=guard.shed_total)
+            yield _gauge("sfu_udp_send_backlog", "Datagrams waiting for room in the media socket's send buffer", total["udp_backlog"])
+            yield _gauge("sfu_udp_ice_connections", "ICE connections registered on the media UDP port", total["udp_ice_connections"])
+        if any("overload_level" in f.extra for f in figures):
+            level = max(f.extra.get("overload_level", 0) for f in figures)
+            lag = max(f.extra.get("overload_lag_seconds", 0.0) for f in figures)
+            yield _gauge("sfu_overload_level", "Media plane load: 0 on time, 1 busy, 2 overloaded (video is being shed)", level)
+            yield _gauge("sfu_overload_lag_seconds", "The overload guard's smoothed event-loop lag", lag)
+            yield _gauge("sfu_video_consumers_shed_now", "Video subscriptions paused by the overload guard now", total["video_consumers_shed_now"])
+            yield CounterMetricFamily("sfu_video_consumers_shed", "Video subscriptions the overload guard paused",
+                                      value=total["video_consumers_shed"])
             yield CounterMetricFamily("sfu_video_consumers_resumed", "Shed video subscriptions the overload guard let back",
-                                      value=guard.resumed_total)
+                                      value=total["video_consumers_resumed"])
+        yield from _per_worker(figures)
+
+
+def _worker_label(f: PlaneFigures) -> str:
+    return "local" if f.worker is None else str(f.worker)
+
+
+def _per_worker(figures: list[PlaneFigures]) -> Iterator[Metric]:
+    """One series per media process (``worker="local"``: the in-process plane)."""
+    yield _gauge("sfu_media_workers", "Media processes alive (1: the media plane runs in the server's process)",
+                 sum(1 for f in figures if f.alive))
+    gauges = (
+        ("sfu_media_worker_up", "1 while the media process runs", lambda f: int(f.alive)),
+        ("sfu_media_worker_rooms", "Rooms placed on the media process", lambda f: f.rooms),
+        ("sfu_media_worker_transports", "Participants' transports on the media process", lambda f: f.transports),
+    )
+    for name, documentation, read in gauges:
+        gauge = GaugeMetricFamily(name, documentation, labels=["worker"])
+        for f in figures:
+            gauge.add_metric([_worker_label(f)], read(f))
+        yield gauge
+    counters = (
+        ("sfu_media_worker_packets_received", "Datagrams the media process read", lambda f: f.packets_in),
+        ("sfu_media_worker_packets_sent", "Datagrams the media process sent", lambda f: f.packets_out),
+        ("sfu_media_worker_restarts", "Times the media process was replaced after it died", lambda f: f.restarts),
+    )
+    for name, documentation, read in counters:
+        counter = CounterMetricFamily(name, documentation, labels=["worker"])
+        for f in figures:
+            counter.add_metric([_worker_label(f)], read(f))
+        yield counter
 
 
 def _gauge(name: str, documentation: str, value: float) -> GaugeMetricFamily:
@@ -287,11 +319,14 @@ def _by_kind(
 class Metrics:
     """The ``/metrics`` endpoint of one server: its own collector registry (not the global one)."""
 
-    def __init__(self, registry: RoomRegistry, signaling: SignalingService, credentials: Credentials) -> None:
+    def __init__(
+        self, registry: RoomRegistry, signaling: SignalingService, credentials: Credentials, plane: MediaPlane | None = None
+    ) -> None:
+        """``plane``: whose figures to show (default: the registry's)."""
         self.credentials = credentials
         self.lag = LoopLagMonitor()
         self.collectors = CollectorRegistry()
-        self.collectors.register(SfuCollector(registry, signaling, self.lag))
+        self.collectors.register(SfuCollector(registry, signaling, self.lag, plane))
         ProcessCollector(registry=self.collectors)  # process_cpu_seconds_total, process_resident_memory_bytes, fds
 
     def add_routes(self, app: web.Application) -> None:

@@ -35,6 +35,7 @@ from aiortc.rtp import RtpPacket
 from av import AudioFrame, VideoFrame
 from pyee.asyncio import AsyncIOEventEmitter
 
+from sfu import errors
 from sfu.media import aiortc_hooks as hooks
 
 from . import ice, protocol
@@ -422,7 +423,7 @@ class Room(AsyncIOEventEmitter):
             error = SignalingError(int(message.get("code", 0)), str(message.get("message", "")))
             if not self._connected.done():
                 self._connected.set_exception(error)
-            elif error.code == 53002:
+            elif error.code == errors.SESSION_NOT_FOUND:
                 await self._close(error)
                 return
             elif message.get("request") in ("update", "connect"):
@@ -646,7 +647,7 @@ class Room(AsyncIOEventEmitter):
             await self.pc.setLocalDescription(answer)
         except Exception as exc:
             logger.warning("client: could not answer offer %s: %s", revision, exc)
-            self._emit_error(SignalingError(protocol.CLIENT_REMOTE_DESCRIPTION_FAILED, str(exc)))
+            self._emit_error(SignalingError(errors.CLIENT_REMOTE_DESCRIPTION_FAILED, str(exc)))
             return
         self._send(
             {
@@ -758,7 +759,7 @@ class Room(AsyncIOEventEmitter):
         if self._closing or self.state == "disconnected":
             return
         if not self._connected.done():
-            self._connected.set_exception(SignalingError(53000, "Signaling connection closed before connecting"))
+            self._connected.set_exception(SignalingError(errors.SIGNALING_ERROR, "Signaling connection closed before connecting"))
             await self._close(None)
             return
         self.state = "reconnecting"
@@ -789,7 +790,7 @@ class Room(AsyncIOEventEmitter):
                 pass  # closed again at once: its reader starts the next reconnect
             return
         if not self._closing:
-            await self._close(SignalingError(53001, "Signaling connection lost"))
+            await self._close(SignalingError(errors.SIGNALING_CONNECTION_LOST, "Signaling connection lost"))
 
     async def _close(self, error: SignalingError | None) -> None:
         if self.state == "disconnected":

@@ -87,21 +87,19 @@ from __future__ import annotations
 import json
 from typing import Any
 
+from sfu.errors import (
+    MAX_TRACKS_EXCEEDED,
+    SIGNALING_ERROR,
+    SIGNALING_MESSAGE_TOO_LARGE,
+    TRACK_INVALID,
+    TRACK_KIND_NOT_SUPPORTED,
+    TRACK_NAME_DUPLICATED,
+)
+
 VERSION = 1
 MAX_MESSAGE_SIZE = 1 << 20  # the websocket's own limit once connected (larger closes it, 1009)
 MAX_UNAUTHENTICATED_MESSAGE_SIZE = 64 << 10  # before a valid connect / sync
 HEARTBEAT_INTERVAL = 5.0
-
-# Twilio error codes carried in `error` and `disconnected`.
-SIGNALING_ERROR = 53000
-SIGNALING_MESSAGE_TOO_LARGE = 53000
-CLIENT_LOCAL_DESCRIPTION_FAILED = 53400
-CLIENT_REMOTE_DESCRIPTION_FAILED = 53402
-
-MAX_TRACKS_EXCEEDED = 53203
-TRACK_INVALID = 53300
-TRACK_NAME_DUPLICATED = 53304
-TRACK_KIND_NOT_SUPPORTED = 53125
 
 CLIENT_TYPES = {"connect", "update", "sync", "disconnect", "heartbeat"}
 TRACK_KINDS = ("audio", "video", "data")

@@ -9,6 +9,7 @@ import logging
 import secrets
 import time
 from collections import Counter
+from collections.abc import AsyncIterator
 from typing import Any
 
 from aiohttp import WSMsgType, web
@@ -16,8 +17,9 @@ from aiohttp._websocket import reader_py
 from aiohttp.helpers import DEFAULT_CHUNK_SIZE
 from aiohttp.web_protocol import RequestHandler
 
+from sfu import errors
 from sfu.credentials import Credentials
-from sfu.media.peer import NegotiationError, Offer
+from sfu.contracts import NegotiationError, Offer
 from sfu.participant import Participant, ParticipantError
 from sfu.records import RecordsUnavailable
 from sfu.registry import RoomRegistry
@@ -33,15 +35,13 @@ logger = logging.getLogger(__name__)
 
 CLOSE_NORMAL = 1000
 CLOSE_POLICY = 1008
-UNABLE_TO_CONNECT = 53104
 STORE_FAILING = "Unable to connect to Room: the server cannot store records right now"
 
 CLOSE_TRY_AGAIN_LATER = 1013
 
-SERVER_BUSY = 53006  # Twilio's "Video server is busy": shedding, and new connects while draining
 SERVER_SHUTTING_DOWN = "Server is busy: it is shutting down"
 SHUTDOWN_DISCONNECTED = {
-    "type": "disconnected", "status": "disconnected", "code": 53001,
+    "type": "disconnected", "status": "disconnected", "code": errors.SIGNALING_CONNECTION_LOST,
     "message": "The server is shutting down", "reason": "server_shutdown",
 }  # fmt: skip
 
@@ -121,7 +121,6 @@ class Session:
         self.ended = False
         self._outbox: asyncio.Queue[dict[str, Any] | None] = asyncio.Queue()
         self._writer: asyncio.Task[None] | None = None
-        self._grace: asyncio.TimerHandle | None = None
         self._last_offer: Offer | None = None
         self._room_handlers = {
             "participant_connected": self._on_participant,
@@ -138,9 +137,6 @@ class Session:
     # --- outgoing -----------------------------------------------------------------------
 
     def attach(self, ws: web.WebSocketResponse) -> None:
-        if self._grace is not None:
-            self._grace.cancel()
-            self._grace = None
         self._stop_writer()
         self.ws = ws
         self._outbox = asyncio.Queue()
@@ -214,7 +210,7 @@ class Session:
         }
 
     def _on_removed(self, code: int | None, message: str | None) -> None:
-        status = "completed" if code == 53118 else "disconnected"
+        status = "completed" if code == errors.ROOM_COMPLETED else "disconnected"
         out: dict[str, Any] = {"type": "disconnected", "status": status}
         if code is not None:
             out.update(code=code, message=message)
@@ -225,8 +221,6 @@ class Session:
         if self.ended:
             return
         self.ended = True
-        if self._grace is not None:
-            self._grace.cancel()
         for event, handler in self._room_handlers.items():
             self.room.remove_listener(event, handler)
         self.participant.remove_all_listeners("offer")
@@ -242,7 +236,7 @@ class Session:
         elif kind == "disconnect":
             await self.room.remove(self.participant)
         elif kind in ("connect", "sync"):
-            raise ProtocolError(protocol.SIGNALING_ERROR, f"Already connected: unexpected {kind}")
+            raise ProtocolError(errors.SIGNALING_ERROR, f"Already connected: unexpected {kind}")
 
     async def _update(self, message: dict[str, Any]) -> None:
         # Check every part before applying any: a refused update changes nothing.
@@ -268,33 +262,20 @@ class Session:
 
     def apply_tracks(self, tracks: list[dict[str, Any]]) -> None:
         """Make the published tracks match the client's list (publish, unpublish, mute)."""
-        p = self.participant
-        wanted = {t["id"]: t for t in tracks}
-        for track in list(p.published.values()):
-            if track.client_id not in wanted:
-                self.room.unpublish(p, track)
-        errors: list[ParticipantError] = []
-        for entry in tracks:
-            existing = p.track_by_client_id(entry["id"])
-            if existing is None:
-                try:
-                    self.room.publish(p, entry["id"], entry["kind"], entry["name"], entry["enabled"])
-                except ParticipantError as exc:
-                    errors.append(exc)
-            else:
-                self.room.set_track_enabled(p, existing, entry["enabled"])
-        if errors:
-            raise ProtocolError(errors[0].code, errors[0].message)
+        refused = self.room.apply_tracks(self.participant, tracks)
+        if refused:
+            first = next(iter(refused.values()))
+            raise ProtocolError(first.code, first.message)
 
     async def _peer_connection(self, pc: dict[str, Any]) -> None:
         description = protocol.field(pc, "description", dict, required=False)
         if description is not None:
             if description.get("type") != "answer":
-                raise ProtocolError(protocol.SIGNALING_ERROR, "The server makes the offers: only an answer is accepted")
+                raise ProtocolError(errors.SIGNALING_ERROR, "The server makes the offers: only an answer is accepted")
             sdp = protocol.field(description, "sdp", str)
             revision = protocol.field(description, "revision", int)
             try:
-                await self.participant.peer.apply_answer(sdp, revision)
+                await self.participant.transport.apply_answer(sdp, revision)
             except NegotiationError as exc:
                 raise ProtocolError(exc.code, exc.message) from None
         ice = protocol.field(pc, "ice", dict, required=False)
@@ -302,9 +283,9 @@ class Session:
             candidates = protocol.field(ice, "candidates", list, required=False) or []
             for c in candidates[:64]:
                 if not isinstance(c, dict):
-                    raise ProtocolError(protocol.SIGNALING_ERROR, "Malformed ICE candidate")
+                    raise ProtocolError(errors.SIGNALING_ERROR, "Malformed ICE candidate")
                 try:
-                    await self.participant.peer.add_ice_candidate(
+                    await self.participant.transport.add_ice_candidate(
                         protocol.field(c, "candidate", str, required=False),
                         protocol.field(c, "sdpMid", str, required=False),
                         protocol.field(c, "sdpMLineIndex", int, required=False),
@@ -312,7 +293,7 @@ class Session:
                 except NegotiationError as exc:
                     raise ProtocolError(exc.code, exc.message) from None
             if protocol.field(ice, "complete", bool, required=False):
-                await self.participant.peer.add_ice_candidate(None, None, None)
+                await self.participant.transport.add_ice_candidate(None, None, None)
 
     # --- websocket loss -----------------------------------------------------------------
 
@@ -321,32 +302,16 @@ class Session:
             return
         self.ws = None
         self._stop_writer()
-        p = self.participant
-        if p.status == "connected":
-            p.status = "reconnecting"
-            p.revision += 1
-            self.room.emit("participant_updated", p)
-        self._grace = asyncio.get_running_loop().call_later(
-            self.service.reconnect_grace, lambda: asyncio.ensure_future(self._expire())
-        )
-
-    async def _expire(self) -> None:
-        if self.ws is None and not self.ended:
-            logger.info("%s did not reconnect to %s", self.participant.identity, self.room.unique_name)
-            await self.room.remove(self.participant, 53001, "Signaling connection lost")
+        self.room.set_reconnecting(self.participant, self.service.reconnect_grace)  # (the room removes it after that)
 
     def resume(self, ws: web.WebSocketResponse) -> None:
         """Move the session to ``ws``. The room kept reconciling the participant meanwhile
         (its media does not depend on the websocket): ``synced`` carries the current state,
         and the offer still waiting for an answer, if any, follows it."""
         self.attach(ws)
-        p = self.participant
-        if p.status == "reconnecting":
-            p.status = "connected"
-            p.revision += 1
-            self.room.emit("participant_updated", p)
+        self.room.set_connected(self.participant)
         self.send(self.state("synced"))
-        if self.participant.peer.negotiating and self._last_offer is not None:
+        if self.participant.transport.negotiating and self._last_offer is not None:
             self.send(self._offer_message(self._last_offer))
 
 
@@ -381,8 +346,8 @@ class SignalingService:
     is shed (53006, then closed), so idle sockets never keep a participant out.
     ``allowed_origins`` (when not empty) is the list of browser origins allowed to open a
     websocket (403 before the upgrade); clients that send no ``Origin`` (not browsers) pass.
-    ``ice_servers`` is what ``connected`` hands each participant (default: the media
-    configuration's ``ice_servers``, the operator's ``--ice-server`` list).
+    ``ice_servers`` is what ``connected`` hands each participant (the operator's
+    ``--ice-server`` list; default: none).
     """
 
     def __init__(
@@ -398,7 +363,7 @@ class SignalingService:
         ice_servers: IceServers | None = None,
     ) -> None:
         check_websocket_internals()
-        self.ice_servers = ice_servers or IceServers(list(registry.media_config.ice_servers))
+        self.ice_servers = ice_servers or IceServers([])
         self.registry = registry
         self.credentials = credentials
         self.reconnect_grace = reconnect_grace
@@ -420,7 +385,26 @@ class SignalingService:
         """Open websockets: ``authenticated`` (sent a valid connect / sync) and not."""
         return {"authenticated": len(self._authenticated), "unauthenticated": len(self._unauthenticated)}
 
-    # --- admission ----------------------------------------------------------------------
+    # --- admission (shared with signaling.twilio) -------------------------------------------
+
+    @contextlib.asynccontextmanager
+    async def admitted(self, request: web.Request) -> AsyncIterator[tuple[AdmissionWebSocket, str]]:
+        """The websocket of ``request``, upgraded if the caps and the Origin allow-list admit
+        it (else an HTTP error is raised), with the caller's address. It counts as
+        unauthenticated until ``authenticate``; it is forgotten when the block ends."""
+        address = self._admit(request)
+        ws = AdmissionWebSocket(heartbeat=protocol.HEARTBEAT_INTERVAL, max_msg_size=_frame_limit(protocol.MAX_UNAUTHENTICATED_MESSAGE_SIZE))
+        self._track(ws, address)
+        try:
+            await ws.prepare(request)
+            yield ws, address
+        finally:
+            self._forget(ws)
+
+    @property
+    def accepting(self) -> bool:
+        """New participants may connect (the server is neither draining nor stopping)."""
+        return not (self.draining or self._closing)
 
     def _admit(self, request: web.Request) -> str:
         """Refuse (before the upgrade) what the caps and the Origin allow-list do not admit."""
@@ -437,7 +421,7 @@ class SignalingService:
                 oldest = next(iter(self._unauthenticated))
                 logger.debug("signaling: shedding the oldest unauthenticated websocket (from %s)", self._unauthenticated[oldest])
                 self._forget(oldest)
-                asyncio.ensure_future(self._close_with_error(oldest, SERVER_BUSY, "Server is busy: too many connections waiting to authenticate", CLOSE_TRY_AGAIN_LATER))
+                asyncio.ensure_future(self._close_with_error(oldest, errors.SERVER_BUSY, "Server is busy: too many connections waiting to authenticate", CLOSE_TRY_AGAIN_LATER))
         return address
 
     def _track(self, ws: web.WebSocketResponse, address: str) -> None:
@@ -452,7 +436,7 @@ class SignalingService:
                 del self._per_ip[address]
         self._authenticated.discard(ws)
 
-    def _authenticate(self, ws: web.WebSocketResponse) -> None:
+    def authenticate(self, ws: web.WebSocketResponse) -> None:
         """A valid token arrived: the socket leaves the caps and may send full-size messages."""
         if ws in self._unauthenticated:
             self._forget(ws)
@@ -497,20 +481,14 @@ class SignalingService:
         for session in sessions:
             session.send(dict(SHUTDOWN_DISCONNECTED))
             session.end()
-        pending = [self._close_with_error(ws, SERVER_BUSY, SERVER_SHUTTING_DOWN, CLOSE_TRY_AGAIN_LATER) for ws in list(self._unauthenticated)]
+        pending = [self._close_with_error(ws, errors.SERVER_BUSY, SERVER_SHUTTING_DOWN, CLOSE_TRY_AGAIN_LATER) for ws in list(self._unauthenticated)]
         await asyncio.gather(*(s.drain(2.0) for s in sessions), *pending)
 
     # --- the socket ---------------------------------------------------------------------
 
     async def handle(self, request: web.Request) -> web.StreamResponse:
-        address = self._admit(request)
-        ws = AdmissionWebSocket(heartbeat=protocol.HEARTBEAT_INTERVAL, max_msg_size=_frame_limit(protocol.MAX_UNAUTHENTICATED_MESSAGE_SIZE))
-        self._track(ws, address)
-        try:
-            await ws.prepare(request)
+        async with self.admitted(request) as (ws, address):
             return await self._run(ws, address)
-        finally:
-            self._forget(ws)
 
     async def _run(self, ws: web.WebSocketResponse, address: str) -> web.WebSocketResponse:
         loop = asyncio.get_running_loop()
@@ -525,7 +503,7 @@ class SignalingService:
                             msg = await ws.receive()
                     except TimeoutError:
                         logger.debug("signaling: closed a websocket from %s that sent no connect in %gs", address, self.auth_timeout)
-                        await self._close_with_error(ws, protocol.SIGNALING_ERROR, "Timed out waiting for connect")
+                        await self._close_with_error(ws, errors.SIGNALING_ERROR, "Timed out waiting for connect")
                         break
                 else:
                     msg = await ws.receive()
@@ -534,7 +512,7 @@ class SignalingService:
                 request_type: str | None = None
                 try:
                     if not budget.take():
-                        raise ProtocolError(protocol.SIGNALING_ERROR, "Too many messages: slow down")
+                        raise ProtocolError(errors.SIGNALING_ERROR, "Too many messages: slow down")
                     message = protocol.decode(msg.data)
                     request_type = message["type"]
                     if request_type == "heartbeat":
@@ -558,7 +536,7 @@ class SignalingService:
                         break
                 except Exception:  # never let one participant's bad input take the server down
                     logger.exception("signaling: unexpected failure handling %s", request_type)
-                    await self._send_error(ws, session, ProtocolError(protocol.SIGNALING_ERROR, "Internal signaling error"), request_type)
+                    await self._send_error(ws, session, ProtocolError(errors.SIGNALING_ERROR, "Internal signaling error"), request_type)
         finally:
             if session is not None:
                 if session.ended:
@@ -580,11 +558,11 @@ class SignalingService:
             await ws.close(code=CLOSE_NORMAL)
             return None
         if kind == "update":
-            raise ProtocolError(protocol.SIGNALING_ERROR, "Not connected: send connect first")
-        if kind == "connect" and (self.draining or self._closing):
-            raise ProtocolError(SERVER_BUSY, SERVER_SHUTTING_DOWN, fatal=True)
+            raise ProtocolError(errors.SIGNALING_ERROR, "Not connected: send connect first")
+        if kind == "connect" and not self.accepting:
+            raise ProtocolError(errors.SERVER_BUSY, SERVER_SHUTTING_DOWN, fatal=True)
         grant = self._grant(message)
-        self._authenticate(ws)
+        self.authenticate(ws)
         if kind == "sync":
             return self._resume(ws, message, grant)
         return await self._connect(ws, message, grant)
@@ -592,7 +570,7 @@ class SignalingService:
     def _grant(self, message: dict[str, Any]) -> VideoGrant:
         token = message.get("token")
         if not isinstance(token, str):
-            raise ProtocolError(20101, "Invalid Access Token", fatal=True)
+            raise ProtocolError(errors.TOKEN_INVALID, "Invalid Access Token", fatal=True)
         try:
             return verify_token(token, self.credentials)
         except TokenError as exc:
@@ -601,7 +579,7 @@ class SignalingService:
     async def _connect(self, ws: web.WebSocketResponse, message: dict[str, Any], grant: VideoGrant) -> Session:
         name = protocol.field(message, "name", str, required=False) or grant.room
         if not name:
-            raise ProtocolError(53100, "Room name is invalid", fatal=True)
+            raise ProtocolError(errors.ROOM_NAME_INVALID, "Room name is invalid", fatal=True)
         try:
             check_room_grant(grant, name)
         except TokenError as exc:
@@ -616,7 +594,7 @@ class SignalingService:
             except InvalidRules as exc:
                 raise ProtocolError(exc.code, str(exc), fatal=True) from None
         if not self.registry.records.healthy:
-            raise ProtocolError(UNABLE_TO_CONNECT, STORE_FAILING, fatal=True)
+            raise ProtocolError(errors.UNABLE_TO_CONNECT, STORE_FAILING, fatal=True)
         try:
             room = self.registry.room_for_connect(name)
             participant = await room.join(grant.identity, rules)
@@ -634,12 +612,12 @@ class SignalingService:
         except RecordsUnavailable:
             session.end()
             await room.remove(participant)
-            raise ProtocolError(UNABLE_TO_CONNECT, STORE_FAILING, fatal=True) from None
+            raise ProtocolError(errors.UNABLE_TO_CONNECT, STORE_FAILING, fatal=True) from None
         if session.ended:  # removed while its records were stored (say, the room was ended)
-            raise ProtocolError(UNABLE_TO_CONNECT, "Unable to connect to Room: the participant was removed", fatal=True)
+            raise ProtocolError(errors.UNABLE_TO_CONNECT, "Unable to connect to Room: the participant was removed", fatal=True)
         session.attach(ws)
         session.send(session.state("connected"))
-        if participant.peer.negotiating and session._last_offer is not None:
+        if participant.transport.negotiating and session._last_offer is not None:
             session.send(session._offer_message(session._last_offer))  # made while records were stored
         if refused is not None:
             session.send(protocol.error(refused.code, refused.message, "connect"))
@@ -648,7 +626,7 @@ class SignalingService:
     def _resume(self, ws: web.WebSocketResponse, message: dict[str, Any], grant: VideoGrant) -> Session:
         session = self.sessions.get(str(message.get("session")))
         if session is None or session.ended or session.participant.identity != grant.identity:
-            raise ProtocolError(53002, "Unable to resume the session", fatal=True)
+            raise ProtocolError(errors.SESSION_NOT_FOUND, "Unable to resume the session", fatal=True)
         try:
             check_room_grant(grant, session.room.unique_name, session.room.sid)
         except TokenError as exc:

@@ -26,6 +26,7 @@ import unicodedata
 from dataclasses import dataclass
 from typing import Any
 
+from sfu import errors
 from sfu.credentials import Credentials
 
 __all__ = [
@@ -53,14 +54,14 @@ MAX_TTL = 24 * 3600
 
 # Twilio's public messages for each code (as in twilio-video.js).
 MESSAGES: dict[int, str] = {
-    20101: "Invalid Access Token",
-    20102: "Invalid Access Token header",
-    20103: "Invalid Access Token issuer/subject",
-    20104: "Access Token expired or expiration date invalid",
-    20105: "Access Token not yet valid",
-    20106: "Invalid Access Token grants",
-    20107: "Invalid Access Token signature",
-    53200: "Participant identity is invalid",
+    errors.TOKEN_INVALID: "Invalid Access Token",
+    errors.TOKEN_HEADER_INVALID: "Invalid Access Token header",
+    errors.TOKEN_ISSUER_INVALID: "Invalid Access Token issuer/subject",
+    errors.TOKEN_EXPIRED: "Access Token expired or expiration date invalid",
+    errors.TOKEN_NOT_YET_VALID: "Access Token not yet valid",
+    errors.TOKEN_GRANTS_INVALID: "Invalid Access Token grants",
+    errors.TOKEN_SIGNATURE_INVALID: "Invalid Access Token signature",
+    errors.IDENTITY_INVALID: "Participant identity is invalid",
 }
 
 _B64URL = re.compile(r"[A-Za-z0-9_-]*")
@@ -242,12 +243,12 @@ def verify_token(
     """
     # --- 20101 structure
     if not isinstance(token, str):
-        raise _fail(20101, "token is not a string")
+        raise _fail(errors.TOKEN_INVALID, "token is not a string")
     if len(token) > MAX_TOKEN_LENGTH:
-        raise _fail(20101, f"token longer than {MAX_TOKEN_LENGTH} characters")
+        raise _fail(errors.TOKEN_INVALID, f"token longer than {MAX_TOKEN_LENGTH} characters")
     parts = token.split(".")
     if len(parts) != 3 or not parts[0] or not parts[1]:
-        raise _fail(20101, "not a JWS compact serialization")
+        raise _fail(errors.TOKEN_INVALID, "not a JWS compact serialization")
     try:
         header_raw = _b64decode(parts[0])
         payload_raw = _b64decode(parts[1])
@@ -255,67 +256,67 @@ def verify_token(
         header = _load_json(header_raw)
         payload = _load_json(payload_raw)
     except (ValueError, binascii.Error, RecursionError) as exc:
-        raise _fail(20101, f"undecodable token: {type(exc).__name__}") from None
+        raise _fail(errors.TOKEN_INVALID, f"undecodable token: {type(exc).__name__}") from None
     if not isinstance(payload, dict):
-        raise _fail(20101, "payload is not a JSON object")
+        raise _fail(errors.TOKEN_INVALID, "payload is not a JSON object")
     if not isinstance(payload.get("iss"), str) or not isinstance(payload.get("sub"), str):
-        raise _fail(20101, "payload lacks string iss/sub")
+        raise _fail(errors.TOKEN_INVALID, "payload lacks string iss/sub")
     if not _is_number(payload.get("exp")):
-        raise _fail(20101, "payload lacks a numeric exp")
+        raise _fail(errors.TOKEN_INVALID, "payload lacks a numeric exp")
     if "nbf" in payload and not _is_number(payload["nbf"]):
-        raise _fail(20101, "nbf is not a number")
+        raise _fail(errors.TOKEN_INVALID, "nbf is not a number")
 
     # --- 20102 header
     if not isinstance(header, dict):
-        raise _fail(20102, "header is not a JSON object")
+        raise _fail(errors.TOKEN_HEADER_INVALID, "header is not a JSON object")
     if header.get("alg") != ALGORITHM:
-        raise _fail(20102, f"unsupported alg {str(header.get('alg'))[:20]!r}")
+        raise _fail(errors.TOKEN_HEADER_INVALID, f"unsupported alg {str(header.get('alg'))[:20]!r}")
     if header.get("cty") != CONTENT_TYPE:
-        raise _fail(20102, "cty is not twilio-fpa;v=1")
+        raise _fail(errors.TOKEN_HEADER_INVALID, "cty is not twilio-fpa;v=1")
     typ = header.get("typ", "JWT")
     if not isinstance(typ, str) or typ.upper() != "JWT":
-        raise _fail(20102, "typ is not JWT")
+        raise _fail(errors.TOKEN_HEADER_INVALID, "typ is not JWT")
     if "crit" in header:
-        raise _fail(20102, "crit header not supported")
+        raise _fail(errors.TOKEN_HEADER_INVALID, "crit header not supported")
 
     # --- 20107 signature
     expected = _sign(f"{parts[0]}.{parts[1]}".encode("ascii"), credentials.api_key_secret)
     if not hmac.compare_digest(expected, signature):
-        raise _fail(20107, "signature mismatch")
+        raise _fail(errors.TOKEN_SIGNATURE_INVALID, "signature mismatch")
 
     # --- 20103 issuer / subject
     if payload["iss"] != credentials.api_key_sid:
-        raise _fail(20103, "iss is not the configured API key SID")
+        raise _fail(errors.TOKEN_ISSUER_INVALID, "iss is not the configured API key SID")
     if payload["sub"] != credentials.account_sid:
-        raise _fail(20103, "sub is not the configured account SID")
+        raise _fail(errors.TOKEN_ISSUER_INVALID, "sub is not the configured account SID")
 
     # --- 20104 / 20105 time
     current = time.time() if now is None else now
     exp = payload["exp"]
     if exp <= current - leeway:
-        raise _fail(20104, "token expired")
+        raise _fail(errors.TOKEN_EXPIRED, "token expired")
     if max_ttl is not None and exp > current + max_ttl + leeway:
-        raise _fail(20104, f"exp more than {max_ttl} s ahead")
+        raise _fail(errors.TOKEN_EXPIRED, f"exp more than {max_ttl} s ahead")
     if "nbf" in payload and payload["nbf"] > current + leeway:
-        raise _fail(20105, "nbf in the future")
+        raise _fail(errors.TOKEN_NOT_YET_VALID, "nbf in the future")
 
     # --- 20106 grants, 53200 identity
     grants = payload.get("grants")
     if not isinstance(grants, dict):
-        raise _fail(20106, "no grants object")
+        raise _fail(errors.TOKEN_GRANTS_INVALID, "no grants object")
     video = grants.get("video")
     if not isinstance(video, dict):
-        raise _fail(20106, "no video grant")
+        raise _fail(errors.TOKEN_GRANTS_INVALID, "no video grant")
     identity = grants.get("identity")
     if not isinstance(identity, str) or not identity:
-        raise _fail(20106, "no identity")
+        raise _fail(errors.TOKEN_GRANTS_INVALID, "no identity")
     try:
         _check_identity(identity)
     except ValueError as exc:
-        raise _fail(53200, str(exc), status=400) from None
+        raise _fail(errors.IDENTITY_INVALID, str(exc), status=400) from None
     room = video.get("room")
     if room is not None and (not isinstance(room, str) or not room):
-        raise _fail(20106, "video.room is not a non-empty string")
+        raise _fail(errors.TOKEN_GRANTS_INVALID, "video.room is not a non-empty string")
 
     return VideoGrant(
         identity=identity,
@@ -341,7 +342,7 @@ def check_room_grant(grant: VideoGrant, room_name: str, room_sid: str | None = N
         return
     logger.info("identity %r refused: token grant is for another room", grant.identity)
     raise TokenError(
-        20106,
+        errors.TOKEN_GRANTS_INVALID,
         f"Access token grant does not allow room '{room_name}'",
         status=403,
         detail="room grant mismatch",

@@ -92,7 +92,7 @@ async def test_late_joiner_starts_at_a_keyframe_within_a_second(clients: Clients
     # aiortc numbers decoded frames from the first complete frame received (pts 0): a
     # stream starting mid-GOP would fail to decode and the first frame would be later.
     assert first_pts == 0, f"first decoded frame has pts {first_pts}: the stream did not start at a keyframe"
-    consumer = next(s.consumer for r in clients.server.registry.rooms.values() for p in r.participants.values()
+    consumer = next(s.sink for r in clients.server.registry.rooms.values() for p in r.participants.values()
                     if p.identity == "carol" for s in p.subscriptions.values() if s.track.kind == "video")
     # A fresh keyframe asked of alice, or the SFU's cached one, at most a second old (issue 9 item 5).
     assert counters[0] > 45 or consumer.cached_starts == 1, counters

@@ -5,7 +5,7 @@ from __future__ import annotations
 from pyee.asyncio import AsyncIOEventEmitter
 
 from sfu.media.datatrack import DataConsumer, DataProducer, DataTrackOptions
-from sfu.participant import MAX_PENDING_CHANNELS
+from sfu.media.plane import MAX_PENDING_CHANNELS
 from signaling.client import LocalDataTrack, RemoteDataTrack, connect
 
 from .conftest import Server, wait_for
@@ -124,8 +124,9 @@ async def test_a_subscriber_closing_its_channel_ends_that_subscription(server: S
     chat = local_track(alice, "chat")
     room = server.registry.find_in_progress("data")
     assert room is not None and chat.sid is not None
-    producer = room.find_participant("alice").published[chat.sid].producer  # type: ignore[union-attr]
-    assert isinstance(producer, DataProducer) and len(producer.consumers) == 1
+    producer = room.find_participant("alice").published[chat.sid].source  # type: ignore[union-attr]
+    router = server.registry.plane.router(room.sid)  # type: ignore[attr-defined]
+    assert isinstance(producer, DataProducer) and len(router.data_consumers(producer)) == 1
     bob_server = room.find_participant("bob")
     assert bob_server is not None
     revision = bob_server.subscribed_revision
@@ -134,7 +135,7 @@ async def test_a_subscriber_closing_its_channel_ends_that_subscription(server: S
 
     await bob_events.wait("track_unsubscribed", about("alice", "chat"))
     assert chat.sid not in bob_server.subscriptions and bob_server.subscribed_revision > revision
-    assert producer.consumers == []  # nothing is queued for the closed channel any more
+    assert router.data_consumers(producer) == []  # nothing is queued for the closed channel any more
 
 
 async def test_data_channels_for_no_published_track_are_capped_and_closed(server: Server, clients: Clients) -> None:
@@ -150,8 +151,8 @@ async def test_data_channels_for_no_published_track_are_capped_and_closed(server
 
     # Past the cap, and a repeated label, are closed by the server; the rest wait.
     await wait_for(lambda: sum(c.readyState == "closed" for c in channels) == extra + 1, message="extra channels closed")
-    assert len(me._pending_channels) == MAX_PENDING_CHANNELS
-    waiting = list(me._pending_channels.values())
+    assert len(me.transport._pending_channels) == MAX_PENDING_CHANNELS
+    waiting = list(me.transport._pending_channels.values())
     await alice.disconnect()
     await wait_for(lambda: me.status == "disconnected", message="alice removed")
-    assert me._pending_channels == {} and all(c.readyState == "closed" for c in waiting)
+    assert me.transport._pending_channels == {} and all(c.readyState == "closed" for c in waiting)

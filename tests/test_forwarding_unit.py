@@ -4,6 +4,7 @@ restarts and per-codec RTX, with a capturing writer instead of a socket."""
 from __future__ import annotations
 
 import functools
+import weakref
 from typing import Any
 
 from aiortc.rtcrtpparameters import RTCRtpHeaderExtensionParameters as Ext
@@ -12,7 +13,9 @@ from aiortc.rtp import RTCP_RTPFB_NACK, RtcpPacket, RtcpRtpfbPacket, RtpPacket
 from sfu.media import rtp
 from sfu.media.keyframes import KeyframeRequester
 from sfu.media.consumer import Consumer
-from sfu.media.producer import CodecInfo, Producer
+from sfu.media.producer import Producer
+from sfu.media.router import Router
+from sfu.media.source import CodecInfo
 
 from .conftest import wait_for
 
@@ -30,6 +33,14 @@ def packet(seq: int, payload: bytes = DELTA, pt: int = 97, ssrc: int = 1111) -> 
     return p.serialize()
 
 
+_routers: weakref.WeakKeyDictionary[Producer, Router] = weakref.WeakKeyDictionary()
+
+
+def router_for(producer: Producer) -> Router:
+    """The fan-out map of the producer's room (one per producer here)."""
+    return _routers.setdefault(producer, Router())
+
+
 def setup(codecs=(VP8,), rtx={98: 97}) -> tuple[Producer, Consumer, list[RtpPacket]]:
     nacks: list[list[int]] = []
     producer = Producer("MT1", "video", lambda ssrc: None, lambda ssrc, lost: nacks.append(lost))
@@ -37,7 +48,7 @@ def setup(codecs=(VP8,), rtx={98: 97}) -> tuple[Producer, Consumer, list[RtpPack
     producer.set_ssrcs(1111, 2222)
     producer.nacks = nacks  # type: ignore[attr-defined]
     sent: list[RtpPacket] = []
-    consumer = Consumer(producer, lambda data: record(sent, RtpPacket.parse(data)), 5555, 6666)
+    consumer = Consumer(producer, router_for(producer), lambda data: record(sent, RtpPacket.parse(data)), 5555, 6666)
     consumer.configure(list(codecs), dict(rtx), EXTENSIONS, "3")
     consumer.attach()
     return producer, consumer, sent
@@ -119,7 +130,7 @@ async def test_without_a_retransmission_cache_video_still_starts_at_a_keyframe()
     producer.configure([VP8], {98: 97}, 0, 1, True)
     producer.set_ssrcs(1111, 2222)
     sent: list[bytes] = []
-    consumer = Consumer(producer, functools.partial(record, sent), 5555, 6666)
+    consumer = Consumer(producer, router_for(producer), functools.partial(record, sent), 5555, 6666)
     consumer.configure([VP8], {98: 97}, EXTENSIONS, "0")
     consumer.attach()
     producer.on_rtp(packet(1))
@@ -143,7 +154,7 @@ async def test_each_packet_starts_the_fan_out_at_a_different_subscriber() -> Non
     producer.set_ssrcs(1111, 2222)
     order: list[int] = []
     for i in range(3):
-        consumer = Consumer(producer, functools.partial(record, order, i), 5000 + i, 6000 + i)
+        consumer = Consumer(producer, router_for(producer), functools.partial(record, order, i), 5000 + i, 6000 + i)
         consumer.configure([VP8], {98: 97}, EXTENSIONS, "0")
         consumer.attach()
     for seq in range(10, 16):
@@ -158,15 +169,28 @@ async def test_a_paused_consumer_leaves_the_fan_out_and_comes_back_at_a_keyframe
     producer, consumer, sent = setup()
     producer.on_rtp(packet(1, KEYFRAME))
     consumer.pause()
-    assert producer.forwarding == []
+    assert router_for(producer).forwarding(producer) == []
     producer.on_rtp(packet(2))
     producer.keyframe_max_age = -1.0  # (no cached start: this is about the live path)
     consumer.resume()
-    assert producer.forwarding == [consumer]
+    assert router_for(producer).forwarding(producer) == [consumer]
     producer.on_rtp(packet(3))
     producer.on_rtp(packet(4, KEYFRAME))
     assert [p.payload for p in sent] == [KEYFRAME, KEYFRAME]
     assert (sent[1].sequence_number - sent[0].sequence_number) & 0xFFFF == 1
+
+
+async def test_the_router_owns_the_fan_out_and_a_removed_source_leaves_no_consumer_behind() -> None:
+    producer, consumer, sent = setup()
+    router = router_for(producer)
+    producer.on_rtp(packet(1, KEYFRAME))
+    assert router.consumers(producer) == [consumer] and router.forwarding(producer) == [consumer]
+
+    router.remove_source(producer)
+    producer.on_rtp(packet(2))
+
+    assert router.consumers(producer) == [] and router.forwarding(producer) == []
+    assert not consumer.forwarding and len(sent) == 1
 
 
 # --- time to first frame -------------------------------------------------------------------
@@ -182,7 +206,7 @@ def producer_with_plis(cache_size: int = 512) -> tuple[Producer, list[int]]:
 
 def subscriber(producer: Producer, ssrc: int = 5555) -> tuple[Consumer, list[RtpPacket]]:
     sent: list[RtpPacket] = []
-    consumer = Consumer(producer, lambda data: record(sent, RtpPacket.parse(data)), ssrc, ssrc + 1)
+    consumer = Consumer(producer, router_for(producer), lambda data: record(sent, RtpPacket.parse(data)), ssrc, ssrc + 1)
     consumer.configure([VP8], {98: 97}, EXTENSIONS, "3")
     return consumer, sent
 

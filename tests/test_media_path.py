@@ -53,7 +53,7 @@ def server_consumers(server, identity: str) -> list[Consumer]:
     for room in server.registry.rooms.values():
         for p in room.participants.values():
             if p.identity == identity:
-                return [s.consumer for s in p.subscriptions.values() if isinstance(s.consumer, Consumer)]
+                return [s.sink for s in p.subscriptions.values() if isinstance(s.sink, Consumer)]
     return []
 
 
@@ -62,8 +62,8 @@ def server_producer(server, identity: str, kind: str) -> Producer:
         for p in room.participants.values():
             if p.identity == identity:
                 for t in p.published.values():
-                    if t.kind == kind and isinstance(t.producer, Producer):
-                        return t.producer
+                    if t.kind == kind and isinstance(t.source, Producer):
+                        return t.source
     raise AssertionError(f"no {kind} producer for {identity}")
 
 

@@ -86,6 +86,12 @@ async def test_a_call_shows_in_the_metrics_and_counters_never_go_down(server: Se
     assert value(during, "sfu_udp_datagrams_dropped_total", reason="unauthenticated") == 0
     assert value(during, "sfu_overload_level") in (0, 1, 2)
     assert value(during, "sfu_video_consumers_shed_now") == 0
+    # The media plane runs in this process: one entry, labelled worker="local".
+    assert value(during, "sfu_media_workers") == 1
+    assert value(during, "sfu_media_worker_up", worker="local") == 1
+    assert value(during, "sfu_media_worker_rooms", worker="local") == 1
+    assert value(during, "sfu_media_worker_transports", worker="local") == 2
+    assert value(during, "sfu_media_worker_packets_received_total", worker="local") == value(during, "sfu_udp_datagrams_received_total")
 
     # Packets keep flowing: the counters rise between two scrapes.
     await reader.advance(10)
@@ -105,6 +111,8 @@ async def test_a_call_shows_in_the_metrics_and_counters_never_go_down(server: Se
     assert value(after, "sfu_rooms") == 0 and value(after, "sfu_participants") == 0
     assert value(after, "sfu_published_tracks", kind="video") == 0
     assert value(after, "sfu_subscribed_tracks", kind="video") == 0
+    assert value(after, "sfu_media_worker_rooms", worker="local") == 0  # the plane let the room's router go
+    assert value(after, "sfu_media_worker_transports", worker="local") == 0
     assert value(after, "sfu_packets_sent_total", kind="video") >= sent
     assert value(after, "sfu_packets_received_total", kind="video") >= received
 
@@ -116,8 +124,8 @@ async def test_totals_survive_a_subscriber_leaving_while_the_publisher_stays(ser
     reader = await clients.watch(bob, "alice")
     await reader.advance(10)
     sent_while_watching = sum(
-        sub.media.stats.packets for p in next(iter(server.registry.rooms.values())).participants.values()
-        for sub in p.subscriptions.values() if sub.media is not None
+        sub.sink.counters.packets for p in next(iter(server.registry.rooms.values())).participants.values()
+        for sub in p.subscriptions.values() if sub.track.kind != "data"
     )
     await reader.close()
     clients.readers.remove(reader)

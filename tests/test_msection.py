@@ -14,8 +14,10 @@ import pytest
 from aiortc.mediastreams import MediaStreamError
 from av import VideoFrame
 
+from sfu.media.consumer import Consumer
 from sfu.media.peer import sdp_blocks
 from sfu.media.producer import Producer
+from sfu.participant import Subscription
 from sfu.participant import Participant
 from signaling.client import LocalAudioTrack, LocalVideoTrack, RemoteMediaTrack, Room, SignalingError
 
@@ -36,15 +38,20 @@ def m_lines(sdp: str) -> int:
     return sum(1 for line in sdp.splitlines() if line.startswith("m="))
 
 
+def media(sub: Subscription) -> Consumer | None:
+    """The audio or video consumer of a subscription (None for a data track)."""
+    return sub.sink if isinstance(sub.sink, Consumer) else None
+
+
 def flowing(participant: Participant, publisher: str) -> bool:
     """The participant's consumers of every media track ``publisher`` publishes are attached."""
-    subs = [s for s in participant.subscriptions.values() if s.track.publisher.identity == publisher and s.media is not None]
-    return len(subs) >= 2 and all(s.media is not None and not s.media.paused for s in subs)
+    subs = [s for s in participant.subscriptions.values() if s.track.publisher.identity == publisher and media(s) is not None]
+    return len(subs) >= 2 and all(media(s) is not None and not media(s).paused for s in subs)
 
 
 def settled(participant: Participant) -> bool:
     """No offer outstanding and nothing left to offer."""
-    peer = participant.peer
+    peer = participant.transport.peer  # type: ignore[attr-defined]
     return not peer.negotiating and not peer._negotiation_needed
 
 
@@ -65,7 +72,7 @@ async def test_join_leave_cycles_keep_the_staying_sdp_bounded_and_cpu_flat(serve
         await wait_for(lambda: settled(me) and not me.subscriptions, message=f"cycle {cycle}: bob's sections retired")
         costs.append(time.process_time() - started)
         # Two published, two subscribed, and two retiring at most: never one per cycle.
-        assert len(me.peer.pc.getTransceivers()) <= 6, f"cycle {cycle}: {len(me.peer.pc.getTransceivers())} m-sections"
+        assert len(me.transport.peer.pc.getTransceivers()) <= 6, f"cycle {cycle}: {len(me.transport.peer.pc.getTransceivers())} m-sections"
         assert m_lines(alice.pc.remoteDescription.sdp) <= 7  # (+ the SCTP one)
     first, last = sum(costs[:20]), sum(costs[-20:])
     assert last < 3 * first, f"CPU per cycle grows: first 20 cycles {first:.2f} s, last 20 {last:.2f} s"
@@ -83,20 +90,20 @@ async def test_publish_unpublish_cycles_keep_both_sdps_bounded(server: Server, c
     retired: list[tuple[Producer, int]] = []
     for cycle in range(25):
         cam = await alice.local_participant.publish_track(LocalVideoTrack(CounterVideoTrack(), f"cam{cycle}"))
-        await wait_for(lambda: any(s.media is not None and s.media.stats.packets > 10 for s in subscriber.subscriptions.values()),
+        await wait_for(lambda: any(media(s) is not None and media(s).stats.packets > 10 for s in subscriber.subscriptions.values()),
                        message=f"cycle {cycle}: bob receives cam{cycle}")
         # The section (and the publisher's SSRC) carried earlier tracks: none of their
         # producers gets a packet of this one.
         assert all(old.stats.packets == count for old, count in retired), f"cycle {cycle}: an old producer got packets"
         track = publisher.track_by_client_id(cam.id)
-        assert track is not None and isinstance(track.producer, Producer)
-        producer = track.producer
+        assert track is not None and isinstance(track.source, Producer)
+        producer = track.source
         await alice.local_participant.unpublish_track(cam)
         await wait_for(lambda: settled(publisher) and settled(subscriber) and not subscriber.subscriptions and not publisher.published,
                        message=f"cycle {cycle}: cam{cycle} retired")
         retired.append((producer, producer.stats.packets))
-        assert len(publisher.peer.pc.getTransceivers()) <= 2 and len(subscriber.peer.pc.getTransceivers()) <= 2, (
-            f"cycle {cycle}: {len(publisher.peer.pc.getTransceivers())} / {len(subscriber.peer.pc.getTransceivers())} m-sections"
+        assert len(publisher.transport.peer.pc.getTransceivers()) <= 2 and len(subscriber.transport.peer.pc.getTransceivers()) <= 2, (
+            f"cycle {cycle}: {len(publisher.transport.peer.pc.getTransceivers())} / {len(subscriber.transport.peer.pc.getTransceivers())} m-sections"
         )
     assert len(alice.pc.getTransceivers()) <= 2 and len(bob.pc.getTransceivers()) <= 2
 
@@ -129,7 +136,7 @@ async def test_a_reused_m_section_shows_the_new_track_and_nothing_of_the_old(ser
     # The application stops reading alice's video while it still arrives: its last frames
     # stay decoded and unread (what an aiortc receiver reused as-is would show next).
     await old.close()
-    consumer = next(s.media for s in watcher.subscriptions.values() if s.media is not None and s.track.kind == "video")
+    consumer = next(media(s) for s in watcher.subscriptions.values() if media(s) is not None and s.track.kind == "video")
     sent = consumer.stats.packets
     await wait_for(lambda: consumer.stats.packets > sent + 30, message="more of alice's video reaches carol")
 
@@ -260,7 +267,7 @@ async def test_a_subscriber_rejecting_its_video_section_keeps_audio_and_data_and
     await alice.local_participant.publish_track(LocalAudioTrack(ToneAudioTrack(660), "mic2"))
     await subscribed_media(bob, "alice", "mic2")
     await wait_for(lambda: settled(me), message="bob's negotiation settled")
-    assert cam_sid not in me.subscriptions and cam_sid not in {s.track_sid for s in me.peer.sections()}
+    assert cam_sid not in me.subscriptions and cam_sid not in {s.track_sid for s in me.transport.peer.sections()}
     assert len(failures) == 1
     assert alice_events.errors() == []
     # One warning names the participant, the code and the reason (no retry loop).
@@ -308,7 +315,7 @@ async def test_a_publisher_rejecting_its_video_in_an_h264_room_still_publishes_a
     carol.local_participant._send_tracks()
     await wait_for(lambda: settled(me), message="carol's negotiation settled")
     assert me.track_by_client_id(cam.id) is track
-    assert not [s for s in me.peer.sections() if s.kind == "video"]
+    assert not [s for s in me.transport.peer.sections() if s.kind == "video"]
     warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
     assert any("carol" in w and "53404" in w and "publication" in w for w in warnings), warnings
     # Dropping the failed track removes it.

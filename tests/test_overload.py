@@ -22,7 +22,9 @@ from aiortc.rtp import RtpPacket
 from sfu.credentials import generate
 from sfu.media.consumer import Consumer
 from sfu.media.overload import Level, OverloadGuard, OverloadSettings
-from sfu.media.producer import CodecInfo, Producer
+from sfu.media.producer import Producer
+from sfu.media.router import Router
+from sfu.media.source import CodecInfo
 from signaling.client import LocalAudioTrack, LocalVideoTrack, Room as ClientRoom, connect
 from signaling.tokens import mint_token
 
@@ -61,12 +63,13 @@ class Room:
         self.audio.configure([OPUS], {}, 0, 1, False)
         self.audio.set_ssrcs(3333, None)
         self.sent: dict[Consumer, list[bytes]] = {}
+        self.router = Router()
         self.seq = 100
         self.now = 0.0
 
     def consumer(self, producer: Producer, priority: str = "standard") -> Consumer:
         sent: list[bytes] = []
-        consumer = Consumer(producer, functools.partial(_keep, sent), 5000 + len(self.sent), 9000 + len(self.sent), guard=self.guard)
+        consumer = Consumer(producer, self.router, functools.partial(_keep, sent), 5000 + len(self.sent), 9000 + len(self.sent), guard=self.guard)
         consumer.priority = priority
         consumer.configure([VP8] if producer.kind == "video" else [OPUS], {}, EXTENSIONS, "0")
         consumer.attach()
@@ -132,7 +135,7 @@ async def test_sustained_lag_sheds_video_lowest_priority_then_newest_first_and_n
             break
     assert shed_order == [low, newest, newer]  # one at a time (10% of five, at least one)
     assert room.guard.shed_steps == 3 and room.guard.shed_now == 3
-    assert room.video.forwarding == [high, old]
+    assert room.router.forwarding(room.video) == [high, old]
 
     before = {c: len(s) for c, s in room.sent.items()}
     room.media()
@@ -332,13 +335,13 @@ def _serve(data_dir: Path) -> None:
         async def get(request: web.Request) -> web.Response:
             guard = overload.guard_for(asyncio.get_running_loop())
             participants = [p for room in rooms() for p in room.participants.values()]
-            producers = [t.producer for p in participants for t in p.published.values() if isinstance(t.producer, Producer)]
+            producers = [t.source for p in participants for t in p.published.values() if isinstance(t.source, Producer)]
             return web.json_response({
                 "time": time.monotonic(), "cost": burn["cost"], "level": int(guard.level), "lag": guard.lag, "saturation": guard.saturation,
                 "shed_total": guard.shed_total, "resumed_total": guard.resumed_total, "shed_now": guard.shed_now,
                 "registered": guard.registered,
                 "video_packets": sum(p.stats.packets for p in producers if p.kind == "video"),
-                "states": {p.identity: p.peer.pc.connectionState for p in participants},
+                "states": {p.identity: p.transport.peer.pc.connectionState for p in participants},
             })
 
         async def post(request: web.Request) -> web.Response:

@@ -21,6 +21,7 @@ import pytest
 
 from sfu.credentials import generate
 from sfu.media.peer import MediaConfig
+from sfu.media.plane import LocalMediaPlane
 from sfu.registry import RoomRegistry
 from sfu.room import RoomSettings
 from sfu.store import SqliteStore
@@ -184,7 +185,7 @@ class RefusingStore(SqliteStore):
 @pytest.fixture
 async def keeper_registry(tmp_path: Path) -> AsyncIterator[tuple[RoomRegistry, RefusingStore]]:
     store = RefusingStore(tmp_path / "sfu.sqlite3")
-    registry = RoomRegistry(MediaConfig(), generate().account_sid, store=store)
+    registry = RoomRegistry(LocalMediaPlane(MediaConfig(), udp_port=None), generate().account_sid, store=store)
     registry.records.retry_max = 0.2
     await registry.start()
     yield registry, store

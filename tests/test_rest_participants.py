@@ -8,6 +8,7 @@ import json
 import pytest
 from twilio.base.exceptions import TwilioRestException
 
+from sfu.media.producer import Producer
 from signaling.client import LocalVideoTrack, SignalingError
 
 from .conftest import wait_for
@@ -158,4 +159,4 @@ async def test_room_settings_are_enforced_on_the_media_side(rest_server: RestSer
     assert live is not None
     (sender,) = [p for p in live.participants.values() if p.identity == "sender"]
     (track,) = sender.published.values()
-    assert track.producer is not None and {c.mime_type.lower() for c in track.producer.codecs.values()} == {"video/h264"}
+    assert isinstance(track.source, Producer) and {c.mime_type.lower() for c in track.source.codecs.values()} == {"video/h264"}

@@ -18,6 +18,7 @@ from typing import Any
 import pytest
 from aiortc.rtp import RtpPacket
 
+from sfu import errors
 from signaling import protocol
 from signaling.client import LocalAudioTrack, LocalDataTrack, Room
 
@@ -147,7 +148,7 @@ CASES: dict[str, list[str]] = {
 @pytest.mark.parametrize("texts", list(CASES.values()), ids=list(CASES))
 async def test_bad_message_gets_an_error_and_disturbs_nothing(scene: Scene, texts: list[str]) -> None:
     for text in texts:
-        await scene.abuse(text, protocol.SIGNALING_ERROR)
+        await scene.abuse(text, errors.SIGNALING_ERROR)
     await scene.assert_undisturbed()
     await scene.assert_mallory_still_works()
 
@@ -187,8 +188,8 @@ async def test_duplicate_track_ids_and_names_are_refused(scene: Scene) -> None:
 
 
 async def test_connect_twice_is_refused_and_the_session_kept(scene: Scene) -> None:
-    await scene.abuse(json.dumps(connect_message(scene.server.token("mallory"), "room")), protocol.SIGNALING_ERROR)
-    await scene.abuse(json.dumps(connect_message(scene.server.token("mallory"), "another-room")), protocol.SIGNALING_ERROR)
+    await scene.abuse(json.dumps(connect_message(scene.server.token("mallory"), "room")), errors.SIGNALING_ERROR)
+    await scene.abuse(json.dumps(connect_message(scene.server.token("mallory"), "another-room")), errors.SIGNALING_ERROR)
     assert scene.server.registry.find_in_progress("another-room") is None
     await scene.assert_undisturbed()
     await scene.assert_mallory_still_works()
@@ -199,7 +200,7 @@ async def test_update_before_connect_is_refused_and_connect_still_possible(scene
     try:
         await raw.send(update(subscribe={"rules": EVERYTHING}))
         error = await raw.receive_type("error")
-        assert error["code"] == protocol.SIGNALING_ERROR and error["request"] == "update"
+        assert error["code"] == errors.SIGNALING_ERROR and error["request"] == "update"
         await raw.send({"type": "heartbeat", "version": 1})
         await raw.send(connect_message(scene.server.token("trudy"), "room"))
         connected = await raw.receive_type("connected")
@@ -245,7 +246,7 @@ async def test_garbage_sdp_in_an_answer_is_refused_and_the_real_answer_still_wor
     for text in garbage:
         await scene.abuse(update(peer_connection={"description": {"type": "answer", "revision": revision, "sdp": text}}), 53403)
     for wrong in (revision - 1, revision + 1):
-        await scene.abuse(update(peer_connection={"description": {"type": "answer", "revision": wrong, "sdp": sdp}}), protocol.SIGNALING_ERROR)
+        await scene.abuse(update(peer_connection={"description": {"type": "answer", "revision": wrong, "sdp": sdp}}), errors.SIGNALING_ERROR)
     scene.mallory._send = real_send  # type: ignore[method-assign]
     real_send(held[0])
     mic2 = await subscribed_media(scene.mallory, "alice", "mic2")

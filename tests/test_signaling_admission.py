@@ -15,6 +15,7 @@ from typing import TypeVar
 import aiohttp
 import pytest
 
+from sfu import errors
 from signaling import protocol
 
 from .conftest import DEADLINE, Server, running_server, wait_for
@@ -132,7 +133,7 @@ async def test_a_socket_that_never_connects_is_closed_after_10_s(server: Server)
     try:
         await raw.send({"type": "heartbeat", "version": 1})  # heartbeats do not count
         error = await within(raw.receive_type("error"))
-        assert error["code"] == protocol.SIGNALING_ERROR, error
+        assert error["code"] == errors.SIGNALING_ERROR, error
         assert await within(raw.receive()) is None
         assert 9.0 <= loop.time() - started <= DEADLINE
     finally:
@@ -146,7 +147,7 @@ async def test_connect_in_time_is_not_cut(tmp_path: Path, netns: None) -> None:
             await raw.send(connect_message(server.token("alice"), "room"))
             await within(raw.receive_type("connected"))
             idle = await RawSocket.open(server)  # one that does not connect is cut after 1 s...
-            assert (await within(idle.receive_type("error")))["code"] == protocol.SIGNALING_ERROR
+            assert (await within(idle.receive_type("error")))["code"] == errors.SIGNALING_ERROR
             assert await within(idle.receive()) is None
             await idle.close()
             await still_answers(raw)  # ...the session, older than that, goes on

@@ -187,7 +187,7 @@ async def test_tracks_unpublished_while_a_subscriber_is_away_leave_its_peer_conn
     await alice.local_participant.unpublish_track(local_track(alice, "cam"))
     await wait_for(lambda: cam.sid not in away.subscriptions, message="bob's subscription dropped")
     # Its m-section is retired from bob's peer (inactive in the next offer), not left sending.
-    await wait_for(lambda: cam.sid not in {s.track_sid for s in away.peer.sections()}, message="m-section retired")
+    await wait_for(lambda: cam.sid not in {s.track_sid for s in away.transport.peer.sections()}, message="m-section retired")
 
     gate.set()
     await bob_events.wait("reconnected")

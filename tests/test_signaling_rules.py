@@ -35,8 +35,8 @@ async def test_switching_to_audio_only_and_back_mid_call(server: Server, clients
     assert alice_on_server is not None and bob_on_server is not None
     video = next(t for t in alice_on_server.published.values() if t.kind == "video")
     mic = next(t for t in alice_on_server.published.values() if t.kind == "audio")
-    consumer = bob_on_server.subscriptions[video.sid].media
-    assert consumer is not None and isinstance(video.producer, Producer)
+    consumer = bob_on_server.subscriptions[video.sid].sink
+    assert consumer is not None and isinstance(video.source, Producer)
     events = EventLog(bob)
 
     assert await bob.set_subscribe_rules(AUDIO_ONLY) == AUDIO_ONLY
@@ -45,13 +45,13 @@ async def test_switching_to_audio_only_and_back_mid_call(server: Server, clients
     assert server_subscriptions(server, "bob") == {"mic": "audio"}
     assert remote_track(bob, "alice", "mic") is audio
     # The SFU stops sending the video while the audio goes on (a second of it).
-    audio_consumer = bob_on_server.subscriptions[mic.sid].media
+    audio_consumer = bob_on_server.subscriptions[mic.sid].sink
     assert audio_consumer is not None
     sent, audio_sent = consumer.stats.packets, audio_consumer.stats.packets
     await wait_for(lambda: audio_consumer.stats.packets >= audio_sent + 50, message="50 more audio packets to bob")
     assert consumer.stats.packets == sent, "video packets still sent after unsubscribing"
     await read_audio(audio, 10)
-    assert consumer not in video.producer.consumers
+    assert consumer not in server.registry.plane.router(room.sid).consumers(video.source)  # type: ignore[attr-defined]
     assert events.find("track_unsubscribed", about("alice", "mic")) is None
 
     mark = events.mark()

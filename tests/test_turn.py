@@ -63,7 +63,7 @@ def selected_local_type(pc: RTCPeerConnection) -> str | None:
 
 
 def server_peers(server: Server) -> dict[str, RTCPeerConnection]:
-    return {p.identity: p.peer.pc for room in server.registry.rooms.values() for p in room.participants.values()}
+    return {p.identity: p.transport.peer.pc for room in server.registry.rooms.values() for p in room.participants.values()}
 
 
 async def call_both_ways(server: Server, rooms: list[Room]) -> tuple[Room, Room]:

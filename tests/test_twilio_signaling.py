@@ -170,6 +170,28 @@ async def test_the_peer_answers_a_participant_offer_and_wins_glare(netns):
         await client.close()
 
 
+async def test_an_offers_first_peer_holds_its_own_offer_until_the_participants_first_is_applied(netns):
+    """The room asks for an offer as it joins the participant (subscriptions, the data channel
+    transport); however long the participant's first offer takes, it is not refused as glare."""
+    client = RTCPeerConnection()
+    peer = Peer("first", MediaConfig(), offers_first=True)
+    offers: list[Any] = []
+    peer.on("offer", offers.append)
+    try:
+        peer.request_negotiation()
+        offer = await sdk_like_offer(client)  # (awaits: ICE gathering and all)
+        assert offers == [] and not peer.negotiating
+
+        answer = await peer.apply_offer(offer, 1)
+
+        assert answer.count("a=recvonly") == 2
+        await wait_for(lambda: offers, message="the SFU's held offer, made after the participant's")
+        assert offers[0].revision == 2
+    finally:
+        await peer.close()
+        await client.close()
+
+
 async def test_our_unnegotiated_sections_stay_out_of_a_participant_offer_also_those_added_meanwhile():
     pc = RTCPeerConnection()
     try:

@@ -456,7 +456,7 @@ async def test_a_browser_calls_through_the_one_port(server: Any, clients: Any) -
     server connection holds a socket of its own."""
     from .helpers.browser import Page, chromium
 
-    mux = server.registry.media_config.udp_mux
+    mux = server.registry.plane.udp_mux
     assert mux is not None
     py = await clients.join("py", "standup", publish="va")
     async with chromium() as browser:
@@ -466,7 +466,7 @@ async def test_a_browser_calls_through_the_one_port(server: Any, clients: Any) -
             await page.wait_tile("py", state="connected")
             await page.wait_video_playing("py")
             await subscribed_media(py, "alice", "camera")
-            peers = {p.identity: p.peer.pc for room in server.registry.rooms.values() for p in room.participants.values()}
+            peers = {p.identity: p.transport.peer.pc for room in server.registry.rooms.values() for p in room.participants.values()}
             assert set(peers) == {"alice", "py"}
             for identity, pc in peers.items():
                 connection = pc.sctp.transport.transport._connection

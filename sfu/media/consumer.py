@@ -6,9 +6,11 @@ the producer's cache), and the MID header extension. It starts video at a keyfra
 newest one in the producer's retransmission cache when that is complete and recent (no
 wait for the publisher), else the next one, asked for with an immediate PLI.
 
-While it forwards it is in its producer's fan-out list; pausing (the subscriber side),
-shedding (the overload guard, sfu.media.overload) and detaching take it out, so the
-per-packet path checks none of that.
+While it forwards it is in its producer's fan-out list, which the room's Router keeps
+(``FanOut``); pausing (the subscriber side), shedding (the overload guard,
+sfu.media.overload) and detaching take it out, so the per-packet path checks none of that.
+It reaches its producer only through ``source.MediaSource`` (keyframes, the cache, the
+stream's position).
 """
 
 from __future__ import annotations
@@ -36,9 +38,10 @@ from aiortc.rtp import (
     unpack_remb_fci,
 )
 
+from ..contracts import MediaCounters, Priority
 from . import overload, rtp
-from .producer import CodecInfo, Producer
 from .rtp import InboundPacket
+from .source import CodecInfo, FanOut, MediaSource
 
 logger = logging.getLogger(__name__)
 
@@ -73,7 +76,7 @@ class Consumer:
     # Slots keep attribute access on the per-packet path at its fastest (measured: some 8%
     # of forward() at 1->200 with a dict of this many attributes).
     __slots__ = (
-        "producer", "kind", "ssrc", "rtx_ssrc", "stats", "priority", "order", "shed", "cached_starts",
+        "producer", "fan_out", "kind", "ssrc", "rtx_ssrc", "stats", "priority", "order", "shed", "cached_starts",
         "_paused", "_guard", "_write", "_pt_map", "_rtx_pts", "_rtx_seq", "_layout", "_video", "_variable",
         "_b0_variable", "_ext_before", "_ext_after", "_b0_plain", "_ext_plain", "_clock_rate", "_needs_keyframe",
         "_seq_offset", "_ts_offset", "_start_seq", "_next_seq", "_next_ts", "_resume_from", "_attached",
@@ -82,15 +85,18 @@ class Consumer:
 
     def __init__(
         self,
-        producer: Producer,
+        producer: MediaSource,
+        fan_out: FanOut,
         write: Callable[[bytes], bool],
         ssrc: int,
         rtx_ssrc: int,
         guard: overload.OverloadGuard | None = None,
     ) -> None:
-        """``guard`` sheds this consumer's video under overload: by default the one of the
-        running event loop (overload.guard_for_running_loop), the server's media plane."""
+        """``fan_out`` puts this consumer in ``producer``'s fan-out (the room's Router).
+        ``guard`` sheds its video under overload: by default the one of the running event
+        loop (overload.guard_for_running_loop), the server's media plane."""
         self.producer = producer
+        self.fan_out = fan_out
         self.kind = producer.kind
         self.ssrc = ssrc
         self.rtx_ssrc = rtx_ssrc
@@ -120,6 +126,20 @@ class Consumer:
         self._rtx_tokens = RTX_BURST
         self._rtx_refilled = time.monotonic()
 
+    # --- what the room model sees (contracts.TrackSink) ---------------------------------
+
+    @property
+    def track_sid(self) -> str:
+        return self.producer.track_sid
+
+    @property
+    def counters(self) -> MediaCounters:
+        s = self.stats
+        return MediaCounters(s.packets, s.octets, 0, s.retransmitted, s.nacks_received, s.plis_received)
+
+    def set_priority(self, priority: Priority) -> None:
+        self.priority = priority
+
     # --- negotiation -------------------------------------------------------------------
 
     def configure(self, codecs: list[CodecInfo], rtx_apt: dict[int, int], header_extensions: Sequence[Any], mid: str | None) -> bool:
@@ -148,7 +168,7 @@ class Consumer:
         self._paused = False
         if not self._attached:
             self._attached = True
-            self.producer.add_consumer(self)
+            self.fan_out.attach(self)
             if self._video:
                 if self._guard is None:
                     self._guard = overload.guard_for_running_loop()
@@ -198,7 +218,7 @@ class Consumer:
         self._paused = True
         if self._attached:
             self._attached = False
-            self.producer.remove_consumer(self)
+            self.fan_out.detach(self)
             if self._guard is not None:
                 self._guard.unregister(self)
 
@@ -209,7 +229,7 @@ class Consumer:
             # sent, so the subscriber sees no sequence gap for what it never got.
             self.continue_from(self.continuation())
             self._seq_offset = None
-        self.producer.set_forwarding(self, forwarding)
+        self.fan_out.set_forwarding(self, forwarding)
 
     def continuation(self) -> tuple[int, tuple[int, float] | None, int]:
         """Where the next stream on this SSRC must go on from: (next sequence number,

@@ -1,7 +1,8 @@
 """Data tracks: messages on a publisher's data channel relayed to each subscriber's channel.
 
 A DataProducer wraps the channel the publisher opened; a DataConsumer wraps the channel
-the SFU opened towards one subscriber with the publisher's ordered / reliable settings.
+the SFU opened towards one subscriber with the publisher's ordered / reliable settings. The
+room's Router (sfu.media.router) keeps which consumers each producer's messages go to.
 Backpressure: each consumer writes to SCTP only while its ``bufferedAmount`` is under a
 high-water mark, and otherwise holds messages in a queue bounded by count and by bytes,
 drained on ``bufferedamountlow``. When that queue is full, an unreliable track drops its
@@ -15,9 +16,10 @@ from __future__ import annotations
 import logging
 from collections import deque
 from collections.abc import Callable
-from dataclasses import dataclass
 
 from aiortc import RTCDataChannel
+
+from ..contracts import DataTrackOptions, Kind, MediaCounters, Priority
 
 logger = logging.getLogger(__name__)
 
@@ -29,21 +31,12 @@ def _size(message: str | bytes) -> int:
     return len(message) if isinstance(message, bytes) else len(message.encode("utf-8", "surrogatepass"))
 
 
-@dataclass(frozen=True, slots=True)
-class DataTrackOptions:
-    ordered: bool = True
-    max_packet_life_time: int | None = None
-    max_retransmits: int | None = None
-
-    @property
-    def reliable(self) -> bool:
-        return self.max_packet_life_time is None and self.max_retransmits is None
-
-
 class DataConsumer:
-    """One subscriber's copy of a data track. ``on_overflow`` is called when a reliable
-    track's queue overflows (the channel is then closed), ``on_closed`` when the
-    subscriber closes the channel."""
+    """One subscriber's copy of a data track (a ``contracts.TrackSink``). ``on_overflow`` is
+    called when a reliable track's queue overflows (the channel is then closed),
+    ``on_closed`` when the subscriber closes the channel."""
+
+    kind: Kind = "data"
 
     def __init__(
         self,
@@ -71,6 +64,17 @@ class DataConsumer:
         channel.on("bufferedamountlow", self._drain)
         channel.on("open", self._drain)
         channel.on("close", self._channel_closed)
+
+    @property
+    def track_sid(self) -> str:
+        return self.channel.label  # the SFU labels each subscriber's channel with the track SID
+
+    @property
+    def counters(self) -> MediaCounters:
+        return MediaCounters(packets=self.sent)
+
+    def set_priority(self, priority: Priority) -> None:
+        """(Data is never shed.)"""
 
     def send(self, message: str | bytes) -> None:
         if self.closed:
@@ -142,7 +146,9 @@ class DataConsumer:
 
 
 class DataProducer:
-    """The publisher's channel for one data track."""
+    """The publisher's channel for one data track (a ``contracts.TrackSource``)."""
+
+    kind: Kind = "data"
 
     def __init__(self, track_sid: str, channel: RTCDataChannel) -> None:
         self.track_sid = track_sid
@@ -152,26 +158,32 @@ class DataProducer:
             max_packet_life_time=channel.maxPacketLifeTime,
             max_retransmits=channel.maxRetransmits,
         )
-        self.consumers: list[DataConsumer] = []
+        self._sends: list[Callable[[str | bytes], None]] = []  # the Router's fan-out list
         self.received = 0
+        self.closed = False
         channel.on("message", self._on_message)
+
+    @property
+    def data_options(self) -> DataTrackOptions:
+        return self.options
+
+    @property
+    def counters(self) -> MediaCounters:
+        return MediaCounters(packets=self.received)
 
     def _on_message(self, message: str | bytes) -> None:
         if len(message) > MAX_MESSAGE_SIZE:
             logger.warning("dropping a %d-byte message on data track %s", len(message), self.track_sid)
             return
         self.received += 1
-        for consumer in self.consumers:
-            consumer.send(message)
+        for send in self._sends:
+            send(message)
 
-    def add_consumer(self, consumer: DataConsumer) -> None:
-        self.consumers = [*self.consumers, consumer]
-
-    def remove_consumer(self, consumer: DataConsumer) -> None:
-        self.consumers = [c for c in self.consumers if c is not consumer]
-        consumer.close()
+    def set_fan_out(self, sends: list[Callable[[str | bytes], None]]) -> None:
+        """The send methods each message goes to from now on (the Router's list)."""
+        self._sends = sends
 
     def close(self) -> None:
-        for consumer in self.consumers:
-            consumer.close()
-        self.consumers = []
+        """(The Router closes its consumers: ``Router.remove_source``.)"""
+        self.closed = True
+        self._sends = []

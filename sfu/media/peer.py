@@ -66,30 +66,23 @@ from aiortc.rtp import (
 from aiortc.sdp import candidate_from_sdp
 from pyee.asyncio import AsyncIOEventEmitter
 
+from .. import errors
+from ..contracts import DataTrackOptions, Kind, MediaSection, NegotiationError, Offer, Role
 from . import aiortc_hooks as hooks
 from . import rtp
 from .codecs import codec_key
 from .consumer import AUDIO_LEVEL_URI, MID_URI, Consumer
-from .datatrack import DataTrackOptions
-from .producer import Producer, codec_infos
+from .producer import Producer
+from .router import Router
+from .source import codec_infos
 from .udpmux import UdpMux
 
 logger = logging.getLogger(__name__)
 
-Role = Literal["publish", "subscribe"]
 IceRelay = Literal["off", "fallback", "only"]
 
 MAX_UNKNOWN_SSRCS = 64
 MAX_REMOTE_CANDIDATES = 32  # per peer: each one makes the server send STUN checks somewhere
-
-
-class NegotiationError(Exception):
-    """The remote description could not be applied."""
-
-    def __init__(self, code: int, message: str) -> None:
-        super().__init__(message)
-        self.code = code
-        self.message = message
 
 
 @dataclass
@@ -120,30 +113,18 @@ def _is_turn(server: RTCIceServer) -> bool:
     return any(url.startswith("turn") for url in urls)
 
 
-@dataclass(frozen=True)
-class MediaSection:
-    mid: str
-    kind: str
-    role: Role
-    track_sid: str
-
-
-@dataclass(frozen=True)
-class Offer:
-    sdp: str
-    revision: int
-    sections: list[MediaSection]
-
-
 class Peer(AsyncIOEventEmitter):
     """Events: ``offer`` (Offer), ``publication_ready`` (Producer), ``subscription_ready``
     (Consumer), ``publication_failed`` (Producer, reason str), ``subscription_failed``
     (Consumer, reason str), ``datachannel`` (RTCDataChannel), ``failed`` (reason str)."""
 
-    def __init__(self, name: str, config: MediaConfig) -> None:
+    def __init__(self, name: str, config: MediaConfig, router: Router | None = None, offers_first: bool = False) -> None:
+        """``router``: the fan-out map of the peer's room (its producers' consumers).
+        ``offers_first``: the participant makes the first offer; ours wait until it is applied."""
         super().__init__()
         self.name = name
         self.config = config
+        self.router = router if router is not None else Router()
         relay = config.ice_relay
         self.pc = RTCPeerConnection(
             RTCConfiguration(
@@ -177,7 +158,8 @@ class Peer(AsyncIOEventEmitter):
         # Participant-made offers (apply_offer): one description applied at a time; the
         # m-sections the participant sends, by msid track id; producers waiting for theirs.
         self._sdp_lock = asyncio.Lock()
-        self._client_offers = False
+        self._client_offers = offers_first
+        self._awaiting_first_offer = offers_first  # (our offers are held meanwhile)
         self._offered: dict[RTCRtpTransceiver, tuple[str, int | None, int | None]] = {}  # -> (track id, ssrc, rtx ssrc)
         self._offered_started: dict[RTCRtpTransceiver, bool | None] = {}  # hooked: None; True once DTLS is up
         self._offered_producers: dict[str, Producer] = {}
@@ -186,7 +168,7 @@ class Peer(AsyncIOEventEmitter):
 
     # --- publishing --------------------------------------------------------------------
 
-    def add_publication(self, track_sid: str, kind: str, codecs: list[str] | None = None, client_track_id: str | None = None) -> Producer:
+    def add_publication(self, track_sid: str, kind: Kind, codecs: list[str] | None = None, client_track_id: str | None = None) -> Producer:
         """Offer a ``recvonly`` m-section for a track; ``codecs`` (e.g. ["H264"]) limits what
         the publisher may send (a room's VideoCodecs). Once the participant makes offers
         (``apply_offer``), its media comes on the m-section its offer sends with msid track
@@ -232,6 +214,7 @@ class Peer(AsyncIOEventEmitter):
                 hooks.unhook_receiver(transceiver.receiver)
         for ssrc in [s for s, p in self._by_ssrc.items() if p is producer]:
             del self._by_ssrc[ssrc]
+        self.router.remove_source(producer)
         producer.close()
 
     def _publication_started(self, transceiver: RTCRtpTransceiver, producer: Producer, params: RTCRtpReceiveParameters) -> None:
@@ -322,7 +305,7 @@ class Peer(AsyncIOEventEmitter):
         transceiver.setCodecPreferences(self._codec_preferences(producer))
         hooks.set_sender_msid(transceiver.sender, stream_id, producer.track_sid)
         ssrc, rtx_ssrc = hooks.sender_ssrcs(transceiver.sender)
-        consumer = Consumer(producer, lambda data: False, ssrc, rtx_ssrc)
+        consumer = Consumer(producer, self.router, lambda data: False, ssrc, rtx_ssrc)
         hooks.hook_sender(
             transceiver.sender,
             on_started=lambda params: self._subscription_started(transceiver, consumer, params),
@@ -400,6 +383,8 @@ class Peer(AsyncIOEventEmitter):
         if self.closed:
             return
         self._negotiation_needed = True
+        if self._awaiting_first_offer:
+            return  # made once the participant's first offer is applied (apply_offer)
         if self._negotiation_task is None or self._negotiation_task.done():
             self._negotiation_task = asyncio.create_task(self._negotiate())
 
@@ -448,12 +433,12 @@ class Peer(AsyncIOEventEmitter):
     async def apply_answer(self, sdp: str, revision: int) -> None:
         pending = self._pending_answer
         if pending is None or pending[0] != revision:
-            raise NegotiationError(53000, f"no offer with revision {revision} is waiting for an answer")
+            raise NegotiationError(errors.SIGNALING_ERROR, f"no offer with revision {revision} is waiting for an answer")
         sdp, rejected = self._accept_rejected_sections(sdp)
         try:
             await self.pc.setRemoteDescription(RTCSessionDescription(sdp=sdp, type="answer"))
         except Exception as exc:  # aiortc raises ValueError, OperationError, InvalidStateError...
-            raise NegotiationError(53403, f"unable to apply the answer: {exc}") from None
+            raise NegotiationError(errors.SERVER_REMOTE_DESCRIPTION_FAILED, f"unable to apply the answer: {exc}") from None
         for transceiver, when in list(self._retired.items()):
             if when is not None and when <= revision:
                 del self._retired[transceiver]
@@ -541,18 +526,18 @@ class Peer(AsyncIOEventEmitter):
         try:
             parsed = candidate_from_sdp(text)
         except (ValueError, IndexError, AssertionError) as exc:  # aiortc asserts on too few fields
-            raise NegotiationError(53000, f"malformed ICE candidate: {exc!r}") from None
+            raise NegotiationError(errors.SIGNALING_ERROR, f"malformed ICE candidate: {exc!r}") from None
         if parsed.component != 1 or parsed.protocol.lower() != "udp":
             return  # rtcp-mux and UDP only: nothing to check against
         if self._remote_candidates >= MAX_REMOTE_CANDIDATES:
-            raise NegotiationError(53000, "too many ICE candidates")
+            raise NegotiationError(errors.SIGNALING_ERROR, "too many ICE candidates")
         self._remote_candidates += 1
         parsed.sdpMid = sdp_mid
         parsed.sdpMLineIndex = sdp_mline_index
         try:
             await ice.addRemoteCandidate(parsed)
         except Exception as exc:
-            raise NegotiationError(53000, f"unable to add ICE candidate: {exc}") from None
+            raise NegotiationError(errors.SIGNALING_ERROR, f"unable to add ICE candidate: {exc}") from None
 
     def _announce(self, sdp: str) -> str:
         """Replace host candidate addresses with the operator's announced address."""
@@ -578,10 +563,10 @@ class Peer(AsyncIOEventEmitter):
         forwarding receiver; the publication bound to its msid track id receives from it.
         """
         if self.closed:
-            raise NegotiationError(53000, "the peer connection is closed")
+            raise NegotiationError(errors.SIGNALING_ERROR, "the peer connection is closed")
         pending = self._pending_answer  # (answered already if its waiter is done)
         if (pending is not None and not pending[1].done()) or self._sdp_lock.locked():
-            raise NegotiationError(53000, f"offer {revision} crosses the server's offer: the server's goes first")
+            raise NegotiationError(errors.SIGNALING_ERROR, f"offer {revision} crosses the server's offer: the server's goes first")
         async with self._sdp_lock:
             self._client_offers = True
             sending = offered_tracks(sdp)
@@ -595,9 +580,13 @@ class Peer(AsyncIOEventEmitter):
                     await self.pc.setLocalDescription(answer)
             except Exception as exc:  # aiortc raises ValueError, OperationError, InvalidStateError...
                 logger.debug("%s: offer %d not applied", self.name, revision, exc_info=True)
-                raise NegotiationError(53403, f"unable to apply the offer: {exc}") from None
+                raise NegotiationError(errors.SERVER_REMOTE_DESCRIPTION_FAILED, f"unable to apply the offer: {exc}") from None
             self.revision = max(self.revision, revision)
             self._reconfigure()
+        if self._awaiting_first_offer:
+            self._awaiting_first_offer = False
+            if self._negotiation_needed:  # (what the room asked for while we waited)
+                self.request_negotiation()
         return self._announce(self.pc.localDescription.sdp)
 
     def bind_publication(self, producer: Producer, client_track_id: str) -> None:
@@ -606,7 +595,7 @@ class Peer(AsyncIOEventEmitter):
         self._offered_producers[client_track_id] = producer
         self._bind_offered()
 
-    def _offered_publication(self, track_sid: str, kind: str, client_track_id: str | None) -> Producer:
+    def _offered_publication(self, track_sid: str, kind: Kind, client_track_id: str | None) -> Producer:
         def transceiver() -> RTCRtpTransceiver | None:
             return next((t for t, p in self._publications.items() if p is producer), None)
 
@@ -768,7 +757,7 @@ class Peer(AsyncIOEventEmitter):
 
     def _upstream_bitrate(self, producer: Producer) -> int:
         cap = self.config.max_video_bitrate
-        estimates = [e for e in (c.remb() for c in producer.consumers) if e]
+        estimates = [e for e in (c.remb() for c in self.router.consumers(producer)) if e]
         return max(100_000, min([cap, *estimates]))
 
     # --- lifecycle ---------------------------------------------------------------------
@@ -791,6 +780,7 @@ class Peer(AsyncIOEventEmitter):
         for consumer in self._subscriptions.values():
             consumer.detach()
         for producer in self._publications.values():
+            self.router.remove_source(producer)
             producer.close()
         self._subscriptions.clear()
         self._publications.clear()

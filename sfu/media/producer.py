@@ -2,7 +2,9 @@
 
 It parses each decrypted packet once, unwraps RTX, keeps a retransmission cache shared
 by all its consumers, asks the publisher for lost packets (NACK) and keyframes (PLI),
-and hands the packet to every consumer. It never decodes.
+and hands the packet to each forward function of its fan-out list. It never decodes, and
+it knows no consumers: the room's Router (sfu.media.router) owns the producer -> consumers
+map and hands the producer the list of forward methods (``set_fan_out``).
 
 The fan-out starts at a different consumer for each packet (round robin), so no
 subscriber consistently waits for all the others' copies to be built and queued.
@@ -12,17 +14,14 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from collections.abc import Callable
 
+from ..contracts import Kind, MediaCounters
 from . import rtp
-from .codecs import KeyframeProbe, codec_key, keyframe_probe
+from .codecs import KeyframeProbe, keyframe_probe
 from .keyframes import KeyframeRequester
 from .rtp import InboundPacket
-
-if TYPE_CHECKING:
-    from .consumer import Consumer
+from .source import CodecInfo, ReceiveStats
 
 logger = logging.getLogger(__name__)
 
@@ -30,47 +29,16 @@ MAX_NACK_BATCH = 64
 KEYFRAME_MAX_AGE = 1.0  # seconds: a cached keyframe older than this does not start a consumer
 
 
-@dataclass(frozen=True, slots=True)
-class CodecInfo:
-    """A payload type as negotiated with one peer."""
-
-    payload_type: int
-    mime_type: str
-    clock_rate: int
-    key: tuple[str, ...]
-    parameters: dict[str, object] = field(default_factory=dict, compare=False, hash=False)
-
-
-@dataclass(slots=True)
-class ReceiveStats:
-    """What an RTCP receiver report to the publisher needs (RFC 3550 A.3)."""
-
-    packets: int = 0
-    octets: int = 0
-    base_seq: int | None = None
-    max_seq: int = 0
-    cycles: int = 0
-    expected_prior: int = 0
-    received_prior: int = 0
-    lost_detected: int = 0
-    sr_ntp: int | None = None  # middle 32 bits of the last SR's NTP time
-    sr_ntp_full: int = 0
-    sr_rtp: int = 0
-    sr_arrival: float = 0.0
-
-    def expected(self) -> int:
-        if self.base_seq is None:
-            return 0
-        return self.cycles + self.max_seq - self.base_seq + 1
-
-
 class Producer:
-    """Receives one publisher track and fans its packets out to consumers."""
+    """Receives one publisher track and fans its packets out to consumers (a
+    ``contracts.TrackSource``)."""
+
+    data_options = None  # (a media track)
 
     def __init__(
         self,
         track_sid: str,
-        kind: str,
+        kind: Kind,
         send_pli: Callable[[int], None],
         send_nack: Callable[[int, list[int]], None],
         cache_size: int = 512,
@@ -86,11 +54,10 @@ class Producer:
         self.mid_id = 0
         self.nack_enabled = False
         self.remb_enabled = False
-        self.consumers: list["Consumer"] = []  # attached, forwarding or not
         # The forward methods of the consumers that forward now (attached, not paused, not
-        # shed): replaced, never mutated, so a fan-out in progress is never disturbed.
+        # shed), set by the Router: replaced, never mutated, so a fan-out in progress is never
+        # disturbed.
         self._forwards: list[Callable[[InboundPacket, bytes], None]] = []
-        self._active: list["Consumer"] = []
         self._turn = 0  # where the next fan-out starts in _forwards
         self.stats = ReceiveStats()
         self.last_timestamp = 0  # RTP timestamp of the newest packet, and when it came
@@ -135,6 +102,11 @@ class Producer:
             self.ssrc = ssrc
         if rtx_ssrc is not None:
             self.rtx_ssrc = rtx_ssrc
+
+    @property
+    def counters(self) -> MediaCounters:
+        stats = self.stats
+        return MediaCounters(packets=stats.packets, octets=stats.octets, lost=stats.lost_detected)
 
     @property
     def primary_codec(self) -> CodecInfo | None:
@@ -293,50 +265,13 @@ class Producer:
 
     # --- lifecycle ---------------------------------------------------------------------
 
-    def add_consumer(self, consumer: "Consumer") -> None:
-        if consumer not in self.consumers:
-            self.consumers = [*self.consumers, consumer]
-
-    def remove_consumer(self, consumer: "Consumer") -> None:
-        self.consumers = [c for c in self.consumers if c is not consumer]
-        self.set_forwarding(consumer, False)
-
-    def set_forwarding(self, consumer: "Consumer", forwarding: bool) -> None:
-        """Include ``consumer`` in the fan-out or leave it out (its own state decides)."""
-        active = [c for c in self._active if c is not consumer]
-        if forwarding and consumer in self.consumers:
-            active.append(consumer)
-        self._active = active
-        self._forwards = [c.forward for c in active]
-
-    @property
-    def forwarding(self) -> list["Consumer"]:
-        """The consumers the fan-out reaches now."""
-        return list(self._active)
+    def set_fan_out(self, forwards: list[Callable[[InboundPacket, bytes], None]]) -> None:
+        """The forward methods each packet goes to from now on (the Router's list)."""
+        self._forwards = forwards
 
     def close(self) -> None:
+        """(The Router detaches its consumers: ``Router.remove_source``.)"""
         self.closed = True
         self._keyframes.close()
-        for consumer in self.consumers:
-            consumer.detach()
-        self.consumers = []
-        self._active = []
         self._forwards = []
         self._cache = []
-
-
-def codec_infos(codecs: Sequence[Any]) -> tuple[list[CodecInfo], dict[int, int]]:
-    """Split aiortc codec parameters into media codecs and an RTX pt -> apt map."""
-    media: list[CodecInfo] = []
-    rtx: dict[int, int] = {}
-    for c in codecs:
-        mime = getattr(c, "mimeType")
-        params = dict(getattr(c, "parameters") or {})
-        if mime.lower().endswith("/rtx"):
-            apt = params.get("apt")
-            if isinstance(apt, int):
-                rtx[getattr(c, "payloadType")] = apt
-            continue
-        media.append(CodecInfo(getattr(c, "payloadType"), mime, getattr(c, "clockRate"), codec_key(mime, params), params))
-    return media, rtx
-

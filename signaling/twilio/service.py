@@ -16,24 +16,21 @@ from typing import Any
 
 from aiohttp import WSMsgType, web
 
+from sfu import errors
 from sfu.participant import ParticipantError
 from sfu.records import RecordsUnavailable
 from sfu.rules import InvalidRules, validate as validate_rules
 
-from .. import protocol
 from ..protocol import ProtocolError
-from ..server import SERVER_BUSY, SERVER_SHUTTING_DOWN, STORE_FAILING, UNABLE_TO_CONNECT, AdmissionWebSocket, MessageBudget, SignalingService, _frame_limit
+from ..server import SERVER_SHUTTING_DOWN, STORE_FAILING, MessageBudget, SignalingService
 from ..tokens import TokenError, VideoGrant, check_room_grant, verify_token
 from . import tcmp
-from .session import SIGNALING_CONNECTION_LOST, RspSession
+from .session import RspSession
 from .tcmp import Connection
 
 logger = logging.getLogger(__name__)
 
 PATH = "/signaling/twilio"
-INVALID_ACCESS_TOKEN = 20101
-ROOM_NAME_INVALID = 53100
-SERVER_REMOTE_SDP_FAILED = 53403
 
 
 class TwilioSignaling:
@@ -56,23 +53,16 @@ class TwilioSignaling:
         """The server stops: each participant hears 53001 (the room did not end)."""
         sessions = list(self.sessions.values())
         for session in sessions:
-            session.send({"type": "error", "code": SIGNALING_CONNECTION_LOST, "message": SERVER_SHUTTING_DOWN}, kind="")
+            session.send({"type": "error", "code": errors.SIGNALING_CONNECTION_LOST, "message": SERVER_SHUTTING_DOWN}, kind="")
             session.end(close=True)
         await asyncio.gather(*(s.connection.drain(2.0) for s in sessions if s.connection is not None))
 
     # --- the socket ---------------------------------------------------------------------
 
     async def handle(self, request: web.Request) -> web.StreamResponse:
-        admission = self.signaling
-        address = admission._admit(request)
-        ws = AdmissionWebSocket(heartbeat=protocol.HEARTBEAT_INTERVAL, max_msg_size=_frame_limit(protocol.MAX_UNAUTHENTICATED_MESSAGE_SIZE))
-        admission._track(ws, address)
-        try:
-            await ws.prepare(request)
+        async with self.signaling.admitted(request) as (ws, address):
             await self._run(ws, address)
             return ws
-        finally:
-            admission._forget(ws)
 
     async def _run(self, ws: web.WebSocketResponse, address: str) -> None:
         loop = asyncio.get_running_loop()
@@ -120,7 +110,7 @@ class TwilioSignaling:
                     connection.send({"type": "error", "code": exc.code, "message": exc.message})
                 except Exception:  # never let one participant's bad input take the server down
                     logger.exception("twilio signaling: unexpected failure handling %.16r", body.get("type"))
-                    connection.send({"type": "error", "code": protocol.SIGNALING_ERROR, "message": "Internal signaling error"})
+                    connection.send({"type": "error", "code": errors.SIGNALING_ERROR, "message": "Internal signaling error"})
         finally:
             if session is not None and connection is not None and not session.ended:
                 session.socket_lost(connection)
@@ -136,7 +126,7 @@ class TwilioSignaling:
         if kind not in ("ice", "connect", "sync"):
             return None
         grant = self._grant(body)
-        self.signaling._authenticate(ws)
+        self.signaling.authenticate(ws)
         if kind == "ice":
             connection.send({"type": "iced", "ice_servers": self.signaling.ice_servers.for_participant(grant.identity)})
             return None
@@ -147,18 +137,18 @@ class TwilioSignaling:
     def _grant(self, body: dict[str, Any]) -> VideoGrant:
         token = body.get("token")
         if not isinstance(token, str):
-            raise ProtocolError(INVALID_ACCESS_TOKEN, "Invalid Access Token")
+            raise ProtocolError(errors.TOKEN_INVALID, "Invalid Access Token")
         try:
             return verify_token(token, self.signaling.credentials)
         except TokenError as exc:
             raise ProtocolError(exc.code, exc.message) from None
 
     async def _connect(self, connection: Connection, body: dict[str, Any], grant: VideoGrant) -> RspSession:
-        if self.signaling.draining or self.signaling._closing:
-            raise ProtocolError(SERVER_BUSY, SERVER_SHUTTING_DOWN)
+        if not self.signaling.accepting:
+            raise ProtocolError(errors.SERVER_BUSY, SERVER_SHUTTING_DOWN)
         name = body.get("name") if isinstance(body.get("name"), str) and body.get("name") else grant.room
         if not name:
-            raise ProtocolError(ROOM_NAME_INVALID, "Room name is invalid")
+            raise ProtocolError(errors.ROOM_NAME_INVALID, "Room name is invalid")
         try:
             check_room_grant(grant, name)
         except TokenError as exc:
@@ -173,14 +163,13 @@ class TwilioSignaling:
                 rules = None  # (the SDK's own rules are always valid; others fall back to all)
         registry = self.signaling.registry
         if not registry.records.healthy:
-            raise ProtocolError(UNABLE_TO_CONNECT, STORE_FAILING)
+            raise ProtocolError(errors.UNABLE_TO_CONNECT, STORE_FAILING)
         try:
             room = registry.room_for_connect(name)
-            participant = await room.join(grant.identity, rules)
+            participant = await room.join(grant.identity, rules, offers_first=True)
         except ParticipantError as exc:
             raise ProtocolError(exc.code, exc.message) from None
-        # No await between join and the answer: the participant's offer must be applied
-        # before the room's first offer to it is made (the SDK offers first).
+        # (offers_first: the transport holds the room's offers until this one is applied)
         session = RspSession(self, participant, grant, offer[0])
         self.sessions[session.id] = session
         session.attach(connection)
@@ -188,7 +177,7 @@ class TwilioSignaling:
         if answer is None:
             session.end()
             await room.remove(participant)
-            raise ProtocolError(SERVER_REMOTE_SDP_FAILED, "Unable to apply the offer")
+            raise ProtocolError(errors.SERVER_REMOTE_DESCRIPTION_FAILED, "Unable to apply the offer")
         part = body.get("participant")
         if isinstance(part, dict):
             session.apply_participant(part)
@@ -197,16 +186,16 @@ class TwilioSignaling:
         except RecordsUnavailable:
             session.end()
             await room.remove(participant)
-            raise ProtocolError(UNABLE_TO_CONNECT, STORE_FAILING) from None
+            raise ProtocolError(errors.UNABLE_TO_CONNECT, STORE_FAILING) from None
         if session.ended:
-            raise ProtocolError(UNABLE_TO_CONNECT, "Unable to connect to Room: the participant was removed")
+            raise ProtocolError(errors.UNABLE_TO_CONNECT, "Unable to connect to Room: the participant was removed")
         connection.send(session.room_state("connected", (offer[1], answer)))
         return session
 
     async def _resume(self, connection: Connection, body: dict[str, Any], grant: VideoGrant) -> RspSession:
         session = self.sessions.get(str(body.get("session")))
         if session is None or session.ended or session.participant.identity != grant.identity:
-            raise ProtocolError(SIGNALING_CONNECTION_LOST, "Unable to resume the session")
+            raise ProtocolError(errors.SIGNALING_CONNECTION_LOST, "Unable to resume the session")
         try:
             check_room_grant(grant, session.room.unique_name, session.room.sid)
         except TokenError as exc:
@@ -227,4 +216,4 @@ def _first_offer(body: dict[str, Any]) -> tuple[str, int, str]:
             and isinstance(description.get("revision"), int) and isinstance(description.get("sdp"), str)
         ):  # fmt: skip
             return pc["id"], description["revision"], description["sdp"]
-    raise ProtocolError(protocol.SIGNALING_ERROR, "connect carries no offer")
+    raise ProtocolError(errors.SIGNALING_ERROR, "connect carries no offer")

@@ -9,14 +9,13 @@ dropped: the SDK rolls it back, answers ours and offers again).
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import secrets
 from typing import TYPE_CHECKING, Any
 
-from sfu.media.peer import NegotiationError, Offer
-from sfu.participant import Participant, ParticipantError
-from sfu.room import ROOM_COMPLETED
+from sfu import errors
+from sfu.contracts import NegotiationError, Offer
+from sfu.participant import Participant
 
 from .. import protocol
 from ..protocol import ProtocolError
@@ -30,8 +29,6 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger(__name__)
 
-MEDIA_CONNECTION_FAILED = 53405
-SIGNALING_CONNECTION_LOST = 53001
 MAX_CANDIDATES = 64  # per message, as /signaling
 
 
@@ -53,7 +50,6 @@ class RspSession:
         self._ice_added: dict[str, int] = {}  # client ufrag -> candidates added
         self._ice_complete: set[str] = set()
         self._last_offer: Offer | None = None
-        self._grace: asyncio.TimerHandle | None = None
         self._room_handlers = {
             "participant_connected": self._on_participant,
             "participant_disconnected": self._on_participant,
@@ -69,9 +65,6 @@ class RspSession:
     # --- outgoing -----------------------------------------------------------------------
 
     def attach(self, connection: Connection) -> None:
-        if self._grace is not None:
-            self._grace.cancel()
-            self._grace = None
         if self.connection is not None and self.connection is not connection:
             self.connection.stop()
         self.connection = connection
@@ -123,7 +116,7 @@ class RspSession:
     def _on_removed(self, code: int | None, message: str | None) -> None:
         if code is None:
             self.send({"type": "disconnected"}, kind="")
-        elif code == ROOM_COMPLETED:
+        elif code == errors.ROOM_COMPLETED:
             self.send({"type": "disconnected", "status": "completed"}, kind="")
         else:  # (duplicate identity, media failure, reconnect given up...): the SDK's TwilioError
             self.send({"type": "error", "code": code, "message": message or ""}, kind="")
@@ -133,8 +126,6 @@ class RspSession:
         if self.ended:
             return
         self.ended = True
-        if self._grace is not None:
-            self._grace.cancel()
         for event, handler in self._room_handlers.items():
             self.room.remove_listener(event, handler)
         self.participant.remove_listener("offer", self._on_offer)
@@ -178,27 +169,12 @@ class RspSession:
         except ProtocolError as exc:
             logger.info("twilio signaling: %s sent a track list the server refuses: %d %s", self.participant.identity, exc.code, exc.message)
             return
-        p = self.participant
-        wanted = {t["id"]: t for t in tracks}
+        wanted = {t["id"] for t in tracks}
         self._refused = {k: v for k, v in self._refused.items() if k in wanted}
-        for track in list(p.published.values()):
-            if track.client_id not in wanted:
-                self.room.unpublish(p, track)
-        for entry in tracks:
-            existing = p.track_by_client_id(entry["id"])
-            if existing is not None:
-                self.room.set_track_enabled(p, existing, entry["enabled"])
-                continue
-            if entry["id"] in self._refused:
-                continue
-            try:
-                track = self.room.publish(p, entry["id"], entry["kind"], entry["name"], entry["enabled"])
-            except ParticipantError as exc:
-                self._refused[entry["id"]] = (exc.code, exc.message)
-                p.emit("published_changed")
-                continue
-            if track.kind != "data" and track.producer is not None:
-                translate.transport(p).bind_publication(track.producer, track.client_id)
+        refused = self.room.apply_tracks(self.participant, tracks, offered=True, skip=self._refused)
+        if refused:
+            self._refused.update((client_id, (exc.code, exc.message)) for client_id, exc in refused.items())
+            self.send({"published": self.published()})
 
     async def peer_connection(self, pc: dict[str, Any]) -> None:
         if pc.get("id") != self.pc_id:
@@ -215,7 +191,7 @@ class RspSession:
         kind, revision, sdp = description.get("type"), description.get("revision"), description.get("sdp")
         transport = translate.transport(self.participant)
         if kind == "close":
-            await self.room.remove(self.participant, MEDIA_CONNECTION_FAILED, "Media connection failed: the client closed its peer connection")
+            await self.room.remove(self.participant, errors.MEDIA_CONNECTION_FAILED, "Media connection failed: the client closed its peer connection")
             return
         if not isinstance(revision, int) or not isinstance(sdp, str):
             return
@@ -233,7 +209,7 @@ class RspSession:
         """Our answer to the SDK's offer, or None when it crossed ours (or failed)."""
         self.numbering.learn(sdp)
         try:
-            return await translate.transport(self.participant).apply_offer(sdp, revision)  # type: ignore[no-any-return]
+            return await translate.transport(self.participant).apply_offer(sdp, revision)
         except NegotiationError as exc:
             logger.info("twilio signaling: %s: offer %d dropped: %s", self.participant.identity, revision, exc.message)
             return None
@@ -267,27 +243,13 @@ class RspSession:
         if self.ended or self.connection is not connection:
             return
         self.connection = None
-        p = self.participant
-        if p.status == "connected":
-            p.status = "reconnecting"
-            p.revision += 1
-            self.room.emit("participant_updated", p)
-        self._grace = asyncio.get_running_loop().call_later(self.service.reconnect_grace, lambda: asyncio.ensure_future(self._expire()))
-
-    async def _expire(self) -> None:
-        if self.connection is None and not self.ended:
-            logger.info("%s did not reconnect to %s (twilio-video)", self.participant.identity, self.room.unique_name)
-            await self.room.remove(self.participant, SIGNALING_CONNECTION_LOST, "Signaling connection lost")
+        self.room.set_reconnecting(self.participant, self.service.reconnect_grace)  # (the room removes it after that)
 
     async def resume(self, connection: Connection, body: dict[str, Any]) -> None:
         """``sync``: move to ``connection`` and send ``synced``, a full snapshot answering the
         SDK's outstanding offer (or applying its answer to ours) from ``body``."""
         self.attach(connection)
-        p = self.participant
-        if p.status == "reconnecting":
-            p.status = "connected"
-            p.revision += 1
-            self.room.emit("participant_updated", p)
+        self.room.set_connected(self.participant)
         part = body.get("participant")
         if isinstance(part, dict):
             self.apply_participant(part)

@@ -11,14 +11,15 @@ from __future__ import annotations
 
 from typing import Any
 
+from sfu.contracts import ParticipantTransport
 from sfu.participant import Participant
 
 SESSION_TIMEOUT = 30  # s: the SDK's reconnection window (options.session_timeout)
 
 
-def transport(participant: Participant) -> Any:
-    """The participant's media transport (``participant.transport`` on the seam branch)."""
-    return participant.peer
+def transport(participant: Participant) -> ParticipantTransport:
+    """The participant's media transport."""
+    return participant.transport
 
 
 def participant_state(participant: Participant) -> dict[str, Any]:
