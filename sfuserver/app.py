@@ -18,6 +18,8 @@ from sfu.contracts import MediaPlane
 from sfu.media import aiortc_hooks as hooks
 from sfu.media.peer import IceRelay, MediaConfig
 from sfu.media.plane import LocalMediaPlane, UdpPortUnavailable
+from sfu.workers.pool import RemoteMediaPlane, WorkerSpec
+from sfu.workers.worker import media_spec
 from sfu.registry import RoomRegistry, utcnow
 from sfu.store import SqliteStore
 from signaling.ice import DEFAULT_TURN_TTL, IceServers
@@ -65,6 +67,9 @@ class ServerConfig:
     max_unauthenticated: int = 256  # websockets not yet authenticated, in all (the oldest is shed past it)
     auth_timeout: float = 10.0  # seconds a websocket has to send a valid connect / sync
     http_timeout: float = 15.0  # seconds an HTTP connection may take for a request head, or stay idle
+    # Media worker processes (README "Workers"): 1 keeps the media in this process; N > 1 starts N
+    # workers, worker i on UDP port udp_port + i (udp_port 0: each lets the OS choose).
+    workers: int = 1
 
 
 def media_config(config: ServerConfig) -> MediaConfig:
@@ -81,7 +86,14 @@ def media_config(config: ServerConfig) -> MediaConfig:
 
 def build_media_plane(config: ServerConfig) -> MediaPlane:
     """The media plane the room model builds its participants' transports with (started by
-    the app's startup, closed by its cleanup): in this process, on ``config.udp_port``."""
+    the app's startup, closed by its cleanup): in this process on ``config.udp_port``, or in
+    ``config.workers`` worker processes on ``udp_port + i`` (README "Workers")."""
+    if config.workers > 1:
+        spec = WorkerSpec(
+            media=media_spec(media_config(config)), udp_port=config.udp_port, udp_host=config.udp_host,
+            log_level=logging.getLevelName(logging.getLogger().getEffectiveLevel()),
+        )  # fmt: skip
+        return RemoteMediaPlane(config.workers, spec)
     return LocalMediaPlane(media_config(config), udp_port=config.udp_port, udp_host=config.udp_host)
 
 

@@ -25,6 +25,8 @@ from sfu.credentials import Credentials, CredentialsNotFound, load, load_or_crea
 from signaling.tokens import MAX_TTL, mint_token
 from sfu.store import DataDirLocked, lock_data_dir
 
+from sfu.workers.pool import WorkerStartError
+
 from . import logs
 from .app import ServerConfig, UdpPortUnavailable, build_app
 
@@ -128,10 +130,14 @@ def parser() -> argparse.ArgumentParser:
     serve.add_argument("--host", default="127.0.0.1", help="address to bind (loopback only by default)")
     serve.add_argument("--port", type=_port, default=8080, help="TCP port for HTTP and websockets")
     serve.add_argument("--udp-port", type=_udp_port, default=7882,
-                       help="the one UDP port of all media, bound on every interface (0: one the OS chooses)")
+                       help="the one UDP port of all media, bound on every interface (0: one the OS chooses); with "
+                            "--workers N above 1, the first of N ports (worker i binds this + i)")
     serve.add_argument("--udp-host", type=_ip_address, metavar="ADDRESS",
                        help="bind the media UDP port to this address only (default: every interface); host "
                             "candidates then carry it, unless --announced-address")
+    serve.add_argument("--workers", type=_positive_int, default=os.cpu_count() or 1, metavar="N",
+                       help="media worker processes (one per core by default): worker i owns the media of the rooms "
+                            "placed on it on UDP port --udp-port + i; 1 keeps all media in the server process")
     serve.add_argument("--data-dir", type=Path, default=Path("./data"), help="credentials and database")
     serve.add_argument("--ice-server", type=_ice_server, action="append", default=[], metavar="URL",
                        help="STUN/TURN server (repeatable; none by default). The server's own connections use STUN "
@@ -392,11 +398,15 @@ def _serve(args: argparse.Namespace) -> int:
     if turn and args.server_ice_relay == "off":
         logger.info("the server's own connections do not relay through %s (give it to clients, "
                     "or see --server-ice-relay)", ", ".join(map(str, turn)))
+    if args.udp_port and args.udp_port + args.workers - 1 > 65535:
+        raise CLIError(f"--udp-port {args.udp_port} with --workers {args.workers} needs ports up to "
+                       f"{args.udp_port + args.workers - 1}, past 65535")
     config = ServerConfig(
         host=args.host,
         port=args.port,
         udp_port=args.udp_port,
         udp_host=args.udp_host,
+        workers=args.workers,
         data_dir=args.data_dir,
         ice_servers=args.ice_server,
         server_ice_relay=args.server_ice_relay,
@@ -437,7 +447,7 @@ async def serve(config: ServerConfig) -> None:
     runner = web.AppRunner(app, handle_signals=False, access_log=None)
     try:
         await runner.setup()
-    except UdpPortUnavailable as exc:
+    except (UdpPortUnavailable, WorkerStartError) as exc:
         await runner.cleanup()
         raise CLIError(str(exc)) from None
     site = web.TCPSite(runner, config.host, config.port)

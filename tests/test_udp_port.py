@@ -93,7 +93,7 @@ async def test_a_call_uses_one_udp_socket_on_the_given_port(
     tmp_path: Path, netns: None, options: tuple[str, ...], bound: str, candidate: str | None
 ) -> None:
     udp_port = free_udp_port()
-    async with sfu_serve(tmp_path, "--udp-port", str(udp_port), *options) as (process, port):
+    async with sfu_serve(tmp_path, "--workers", "1", "--udp-port", str(udp_port), *options) as (process, port):
         assert udp_sockets(process.pid) == [(bound, udp_port)]  # bound at startup
         credentials = load_or_create(tmp_path / "data", environ={})[0]
         url = f"ws://127.0.0.1:{port}/signaling"
