@@ -15,7 +15,9 @@ import pytest
 from aiortc import RTCPeerConnection, RTCSessionDescription
 
 from sfu.media import aiortc_hooks as hooks
+from sfu.contracts import Offer
 from sfu.media.peer import MediaConfig, NegotiationError, Peer, offered_tracks
+from sfu.workers.pool import RemoteMediaPlane, WorkerSpec
 from signaling.sources import CounterVideoTrack, ToneAudioTrack
 from signaling.twilio import tcmp
 from signaling.twilio.sdp import Numbering
@@ -190,6 +192,41 @@ async def test_an_offers_first_peer_holds_its_own_offer_until_the_participants_f
     finally:
         await peer.close()
         await client.close()
+
+
+class OfferRecorder:
+    """A TransportListener keeping the offers (the other events are not looked at here)."""
+
+    def __init__(self) -> None:
+        self.offers: list[Offer] = []
+
+    def on_offer(self, offer: Offer) -> None:
+        self.offers.append(offer)
+
+    def __getattr__(self, name: str) -> Any:
+        if not name.startswith("on_"):
+            raise AttributeError(name)
+        return lambda *args: None
+
+
+async def test_the_worker_channel_carries_offers_first_the_client_track_id_and_the_participants_offer():
+    plane = RemoteMediaPlane(1, WorkerSpec(plane="tests.helpers.fake_plane:build", log_level="WARNING"))
+    await plane.start()
+    try:
+        listener = OfferRecorder()
+        transport = plane.create_transport("RMx", "x/sdk", listener, offers_first=True)
+        transport.request_negotiation()  # (the room's, as it joins the participant)
+        transport.publish("MT1", "video", None, client_track_id="cam-id")
+
+        answer = await transport.apply_offer("sdk offer", 1)
+
+        assert answer == "answer to sdk offer receiving cam-id"
+        await wait_for(lambda: listener.offers, message="the held offer, made after the answer")
+        # Held in the worker until the participant's offer (revision 1) was applied: not before it.
+        assert [offer.revision for offer in listener.offers] == [2]
+        await transport.close()
+    finally:
+        await plane.close()
 
 
 async def test_our_unnegotiated_sections_stay_out_of_a_participant_offer_also_those_added_meanwhile():
