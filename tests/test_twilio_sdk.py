@@ -20,7 +20,9 @@ from signaling.twilio.service import TWILIO_SIGNALING
 
 from .conftest import DEADLINE, Server, running_server, wait_for
 from .helpers.browser import Page, chromium, harness_site
-from .helpers.clients import EventLog, about, subscribed_data, subscribed_media
+from sfu.workers.pool import RemoteMediaPlane
+
+from .helpers.clients import Clients, EventLog, about, subscribed_data, subscribed_media
 from .helpers.twilio_sdk import require_sdk, sdk_site
 
 pytestmark = pytest.mark.browser  # real Chromium: deselect with -m 'not browser'
@@ -220,6 +222,45 @@ async def test_sdk_page_sdk_js_page_and_python_client_meet_in_one_room(server, c
         finally:
             await official.close()
             await ours.close()
+
+
+async def test_on_two_media_workers_the_sdk_and_a_python_client_see_hear_and_message_each_other(tmp_path, netns):
+    """``--workers 2``: the SDK's offer, its offered tracks and the held first offer of the
+    SFU cross the worker channel."""
+    require_sdk()
+    async with running_server(tmp_path, workers=2) as (server, _):
+        clients = Clients(server)
+        try:
+            py = await clients.join("py", "workers", publish="vad", receive="packets")
+            async with chromium(extra_flags=AUTOPLAY) as browser, sdk_site() as origin:
+                page = await SdkPage.load(browser, origin, "page")
+                try:
+                    with_data = "{tracks: [...(await Twilio.Video.createLocalTracks({audio: {name: 'mic'}, video: {name: 'cam'}})), window.chat = new Twilio.Video.LocalDataTrack({name: 'chat'})]}"
+                    joined = await page.connect(server, "sdk", "workers", with_data)
+                    assert joined["others"] == ["py"]
+                    await page.wait_media()  # the SDK decodes py's video and hears its audio
+                    plane = server.registry.plane
+                    room = server.registry.find_in_progress("workers")
+                    assert isinstance(plane, RemoteMediaPlane) and room is not None
+                    names = {t.name for t in plane.placement[room.sid].transports.values()}
+                    assert names == {"workers/py", "workers/sdk"}  # both in one worker process
+                    for name in ("cam", "mic"):
+                        track = await subscribed_media(py, "sdk", name)
+                        start = track.packets_received
+                        await wait_for(lambda: track.packets_received > start + 20, message=f"py receiving the SDK's {name}")
+                    chat = await subscribed_data(py, "sdk", "chat")
+                    heard: list[str] = []
+                    chat.on("message", heard.append)
+                    await wait_for_async(
+                        lambda: page.js("() => { window.chat.send('hi py'); return true; }"),
+                        lambda: asyncio.sleep(0, "hi py" in heard),
+                        message="py to hear the SDK's data track",
+                    )
+                    assert not page.errors, page.errors
+                finally:
+                    await page.close()
+        finally:
+            await clients.close()
 
 
 async def test_a_bad_token_is_the_sdks_twilio_error(server):
