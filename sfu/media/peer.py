@@ -170,11 +170,10 @@ class Peer(AsyncIOEventEmitter):
 
     def add_publication(self, track_sid: str, kind: Kind, codecs: list[str] | None = None, client_track_id: str | None = None) -> Producer:
         """Offer a ``recvonly`` m-section for a track; ``codecs`` (e.g. ["H264"]) limits what
-        the publisher may send (a room's VideoCodecs). Once the participant makes offers
-        (``apply_offer``), its media comes on the m-section its offer sends with msid track
-        id ``client_track_id`` instead (see ``bind_publication``); before that, and for a
-        participant that never offers, ``client_track_id`` is not used (so a room model may
-        always pass its client's track id)."""
+        the publisher may send (a room's VideoCodecs). For a participant that offers (made
+        ``offers_first``, or once ``apply_offer`` ran), its media comes on the m-section its
+        offer sends with msid track id ``client_track_id`` instead (see ``bind_publication``);
+        for one that never offers, ``client_track_id`` is not used."""
         if self._client_offers:
             return self._offered_publication(track_sid, kind, client_track_id)
         transceiver = self._transceiver(kind, "recvonly")
