@@ -2,6 +2,14 @@
 
     python -m benchmarks run --target sfu|janus|relay|floor --scenario fanout|meeting|rooms|joinstorm [options]
     python -m benchmarks compare --scenario fanout [--targets sfu,janus,floor,relay] [options]
+    python -m benchmarks compare --scenario rooms --targets sfu --workers 1,2
+
+``--workers N`` is the server's media worker processes (``sfu serve --workers N``; a comma
+list runs the sfu target once per count, named ``sfu``, ``sfu-w2``...); the server's CPU is
+that of its whole process tree. ``--split-rooms`` spreads each room over the workers (``sfu
+serve --room-capacity``: the room's tracks cross between workers through pipes), e.g.
+``run --target sfu --scenario fanout --workers 2 --split-rooms``. ``--peers`` is the number
+of load-peer processes.
 
 Before anything runs, the harness installs what it lacks (Janus from Debian's packages when a
 Janus target is asked for; matplotlib and py-spy with pip), encodes the media clip once, and
@@ -27,7 +35,7 @@ from pathlib import Path
 from typing import Any
 
 from . import report
-from .runner import SCENARIOS, Options, core_plan, run_point, run_target, summary_line
+from .runner import SCENARIOS, Options, core_plan, run_point, run_target, summary_line, target_name
 
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parent
@@ -52,7 +60,15 @@ def parser() -> argparse.ArgumentParser:
         sp.add_argument("--points", help="comma-separated loads instead of the scenario's list (e.g. 1,10,50)")
         sp.add_argument("--duration", type=float, default=15.0, help="measured seconds per point (default 15)")
         sp.add_argument("--warmup", type=float, default=5.0, help="seconds of warm-up before measuring (default 5)")
-        sp.add_argument("--workers", type=int, default=4, help="load-peer processes (default 4)")
+        sp.add_argument("--peers", type=int, default=4, help="load-peer processes (default 4)")
+        sp.add_argument("--workers", default="1",
+                        help="sfu target: media worker processes of the server (sfu serve --workers); a comma list runs "
+                             "each in turn (default 1: one process, pinned to one core; N: the first N cores)")
+        sp.add_argument("--room-size", type=int, default=4, help="rooms scenario: participants per room (default 4)")
+        sp.add_argument("--split-rooms", action="store_true",
+                        help="with --workers N > 1: spread each room over the N workers (sfu serve --room-capacity: a "
+                             "worker takes 1/N of the room's participants, tracks are piped between workers); results "
+                             "are named sfu-wN-split")
         sp.add_argument("--probes", type=int, default=4, help="latency probe subscribers per point (default 4)")
         sp.add_argument("--stop-loss", type=float, default=1.0, help="stop a target after a point with loss at or over this %% (default 1)")
         sp.add_argument("--rate", type=float, default=10.0, help="joinstorm: joins per second (default 10)")
@@ -117,7 +133,10 @@ def options(args: argparse.Namespace, clip: Path) -> Options:
     return Options(
         duration=args.duration,
         warmup=args.warmup,
-        workers=max(1, args.workers),
+        peers=max(1, args.peers),
+        server_workers=[max(1, int(x)) for x in str(args.workers).split(",") if x.strip()],
+        room_size=max(2, args.room_size),
+        split_rooms=args.split_rooms,
         probes=args.probes,
         points=[int(x) for x in args.points.split(",")] if args.points else None,
         stop_loss_pct=args.stop_loss,
@@ -138,7 +157,7 @@ def udpio_accelerated() -> bool:
 
 
 def _document(args: argparse.Namespace, o: Options, argv: list[str], started: str, load_before: str) -> dict[str, Any]:
-    server_core, peer_cpus = o.server_core, o.peer_cpus
+    server_cores, peer_cpus = core_plan(max(o.server_workers))
     scenario = SCENARIOS[args.scenario]
     return {
         "scenario": scenario.name,
@@ -148,10 +167,10 @@ def _document(args: argparse.Namespace, o: Options, argv: list[str], started: st
         "commit": report._git_commit(),
         "started": started,
         "machine": report.machine(),
-        "server_core": server_core,
+        "server_cores": server_cores,
         "peer_cpus": peer_cpus,
-        "options": {"duration": o.duration, "warmup": o.warmup, "workers": o.workers, "probes": o.probes,
-                    "stop_loss_pct": o.stop_loss_pct, "peer_batch_ms": o.peer_batch_ms},
+        "options": {"duration": o.duration, "warmup": o.warmup, "peers": o.peers, "server_workers": o.server_workers,
+                    "room_size": o.room_size, "split_rooms": o.split_rooms, "probes": o.probes, "stop_loss_pct": o.stop_loss_pct, "peer_batch_ms": o.peer_batch_ms},
         "load_before": load_before,
         "udpio_accelerated": udpio_accelerated(),
         "results": [],
@@ -176,21 +195,17 @@ def main(argv: list[str] | None = None) -> int:
     # SIGTERM/SIGINT unwind normally, so the server and the workers are stopped
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     signal.signal(signal.SIGINT, signal.default_int_handler)
-    server_core, peer_cpus = core_plan()
-    if peer_cpus:
-        os.sched_setaffinity(0, peer_cpus)  # the harness itself stays off the server's core
-
     o = options(args, clip)
-    o.server_core, o.peer_cpus = server_core, peer_cpus
     scenario = SCENARIOS[args.scenario]
     started = time.strftime("%Y-%m-%d %H:%M:%S %Z")
     doc = _document(args, o, argv, started, report.load_average())
     stamp = time.strftime("%Y%m%d-%H%M%S")
     out_dir = args.out / (f"{args.command}-{args.scenario}-{'-'.join(targets)}-{stamp}")
     for target in targets:
-        say(f"=== {target}: scenario {scenario.name} ({scenario.describe}) ===")
-        doc["results"].extend(run_target(target, scenario, o, say))
-        report.write_run(out_dir, doc)  # keep partial results if a later target fails
+        for n in o.server_workers if target == "sfu" else [1]:
+            say(f"=== {target_name(target, n, o.split_rooms)}: scenario {scenario.name} ({scenario.describe}) ===")
+            doc["results"].extend(run_target(target, scenario, o, say, n))
+            report.write_run(out_dir, doc)  # keep partial results if a later target fails
 
     if args.command == "compare":
         doc["ratios"] = report.ratios(doc["results"])

@@ -139,8 +139,10 @@ def chart(results: list[dict[str, Any]], path: Path, title: str) -> bool:
         ("out_pps", "output packets / s", True),
         ("loss_pct", "loss %", False),
     ]
+    present = [t for t in TARGET_ORDER if any(r["target"] == t for r in results)]
+    present += sorted({r["target"] for r in results} - set(present))  # sfu-w2 (sfu serve --workers 2) and the like
     for ax, (key, label, log) in zip(axes, panels):
-        for target in TARGET_ORDER:
+        for target in present:
             pts = [(r["load"], r[key]) for r in results
                    if r["target"] == target and "error" not in r and r.get(key) is not None and (not log or r[key] > 0)]
             if not pts:
@@ -200,8 +202,11 @@ at the top."""
 METHOD = """## How the figures are taken
 
 - **Processes and cores.** The server under test runs alone in its own process, pinned with
-  `taskset` to the first core; the harness and its load-peer workers (4 processes, each hosting
-  many aiortc peer connections on a uvloop loop) are pinned to the other core. Everything runs in
+  `taskset` to the first core; the harness and its load-peer processes (4, each hosting
+  many aiortc peer connections on a uvloop loop) are pinned to the other core. With media
+  workers (`sfu-wN`: `sfu serve --workers N`) the server's front and its N workers get the
+  first N cores and the load peers keep the last one, so on a 2-core machine `sfu-w2`'s
+  second worker shares core 1 with the load peers. Everything runs in
   the private network namespace of `tests/netns.sh`: ICE uses its test interface, HTTP and
   signaling use 127.0.0.1, no packet leaves the machine.
 - **Server settings.** Ours: `sfu serve` as shipped (uvloop), with `--max-participants` raised
@@ -240,9 +245,10 @@ METHOD = """## How the figures are taken
   packets decrypted, to see where that keyframe is (time to first frame), and, like a browser
   that cannot decode yet, the subscriber sends a PLI every 0.3 s. Otherwise subscribers send no
   receiver reports and no NACKs, so the servers handle less RTCP than they would with browsers.
-- **Server CPU per output packet** = the server process's CPU time (utime + stime of all its
-  threads, from `/proc/PID/stat`, i.e. the kernel's accounting of that process, including the
-  kernel work of its own `sendto`/`recvfrom` calls) over the steady window, divided by the RTP
+- **Server CPU per output packet** = the server's CPU time (utime + stime of all its threads,
+  from `/proc/PID/stat`, i.e. the kernel's accounting, including the kernel work of its own
+  `sendto`/`recvfrom` calls), summed over its whole process tree (the front and its media
+  workers, plus any child reaped during the window), over the steady window, divided by the RTP
   packets the subscribers received in that window. **Peers CPU** is the same for the worker
   processes, per packet they sent or received: when it is near 100% the peers, not the server,
   were the limit.
@@ -355,6 +361,40 @@ def cpu_by_load(results: list[dict[str, Any]]) -> list[str]:
     return rows
 
 
+def _server_workers(r: dict[str, Any]) -> int:
+    return int(r.get("server_workers", 1))
+
+
+def workers_table(results: list[dict[str, Any]]) -> list[str]:
+    """Our server by number of media worker processes (``sfu``, ``sfu-w2``...): the highest
+    load each held, what the whole process tree spent per output packet there, and what the
+    load peers spent beside it. Empty unless the run has more than one worker count."""
+    ours = [r for r in results if r["target"] == "sfu" or r["target"].startswith("sfu-w")]
+    names = sorted({r["target"] for r in ours}, key=lambda t: (min(_server_workers(r) for r in ours if r["target"] == t), t))
+    if len(names) < 2:
+        return []
+    rows = ["| server | media workers | server on cores, peers on | highest load held | participants | out pkt/s | "
+            "server CPU % of 1 core, all processes (waited %) | server µs / out pkt | peers CPU % | first load not held |",
+            "|---|---:|---|---|---:|---:|---:|---:|---:|---|"]
+    for name in names:
+        runs = [r for r in ours if r["target"] == name]
+        best = best_held(results, name)
+        failed = next((r for r in runs if not r.get("held")), None)
+        why = "–"
+        if failed is not None:
+            why = (f"{failed['label']}: " + (failed["error"][:60] if "error" in failed else
+                   f"loss {failed['loss_pct']}%, {failed['failures']} failures, server {failed['server_cpu_pct']}%, "
+                   f"peers {failed['peers_cpu_pct']}%"))
+        cores = f"{runs[0].get('server_cores')}, {runs[0].get('peer_cpus')}"
+        if best is None:
+            rows.append(f"| {name} | {_server_workers(runs[0])} | {cores} | none | | | | | | {why} |")
+            continue
+        rows.append(f"| {name} | {_server_workers(best)} | {cores} | {best['label']} | {best['participants']} | {_fmt(best['out_pps'])} | "
+                    f"{_fmt(best['server_cpu_pct'])} ({_fmt(best.get('server_cpu_wait_pct'))}) | **{_fmt(best['cpu_us_per_packet'])}** | "
+                    f"{_fmt(best['peers_cpu_pct'])} | {why} |")
+    return rows
+
+
 def _stopped(doc: dict[str, Any], target: str) -> str:
     """Where ``target``'s run ended, for a figure that is missing."""
     runs = [r for r in doc["results"] if r["target"] == target]
@@ -452,6 +492,16 @@ def issue9_aims(docs: dict[str, dict[str, Any]]) -> list[str]:
     return rows
 
 
+def _cores_line(doc: dict[str, Any]) -> str:
+    if "server_cores" not in doc:  # runs stored before media workers
+        return f"server on core {doc.get('server_core')}, peers on {doc.get('peer_cpus')}\n"
+    counts = sorted({_server_workers(r) for r in doc["results"]})
+    plans = "; ".join(f"{n} media worker{'s' if n > 1 else ''}: server on cores {r.get('server_cores')}, peers on {r.get('peer_cpus')}"
+                      for n in counts for r in [next(x for x in doc["results"] if _server_workers(x) == n)])
+    return (plans or f"server on cores {doc['server_cores']}, peers on {doc.get('peer_cpus')}") + \
+        "; server CPU is summed over its whole process tree\n"
+
+
 def _udpio_line(doc: dict[str, Any]) -> str:
     """How the floor target sent, when the run has one."""
     if "udpio_accelerated" not in doc or not any(r["target"] == "floor" for r in doc["results"]):
@@ -478,8 +528,8 @@ def results_md(docs: dict[str, dict[str, Any]], chart_names: dict[str, str], not
             f"- Machine: {m['cores']} cores, {m['cpu_model']}, {m['memory_mb'] // 1024} GiB, Linux {m['kernel']}, Python {m['python']}\n"
             f"- Command: `{doc['command']}` (commit {doc.get('commit', '?')}, {doc['started']})\n"
             f"- Window: {doc['options']['warmup']:g} s warm-up, then {doc['options']['duration']:g} s measured per point; "
-            f"server on core {doc.get('server_core')}, peers on {doc.get('peer_cpus')}\n"
-            f"- Machine load (1/5/15-min load average) before: {doc['load_before']}, after: {doc['load_after']} "
+            + _cores_line(doc)
+            + f"- Machine load (1/5/15-min load average) before: {doc['load_before']}, after: {doc['load_after']} "
             f"(other work was running on this shared 2-core machine; CPU per packet is the server's own CPU time, so it is "
             f"less affected by that than throughput and latency)\n"
             + _udpio_line(doc)
@@ -502,6 +552,14 @@ def results_md(docs: dict[str, dict[str, Any]], chart_names: dict[str, str], not
                 h = r["highest_held"]
                 parts.append(f"| highest load held (output pkt/s), sfu vs {other} | {h['sfu']} ({_fmt(h['sfu_out_pps'])}) | "
                              f"{h[other]} ({_fmt(h[f'{other}_out_pps'])}) | **{h['ratio_out_pps']}** |")
+            parts.append("")
+        by_workers = workers_table(results)
+        if by_workers:
+            parts.append("### By media worker processes\n")
+            parts.append("`sfu` is one process; `sfu-wN` is `sfu serve --workers N` (a front process and N media workers). "
+                         "Server CPU is the whole process tree's. How to read these on a 2-core machine whose load peers "
+                         "share the cores: see the notes below.\n")
+            parts.extend(by_workers)
             parts.append("")
         by_load = cpu_by_load(results)
         if by_load:

@@ -1,10 +1,12 @@
 """Scenarios and the measurement of one point (one target, one scenario, one load).
 
-Per point: start the target server (fresh, pinned to its core), start the load-peer
-workers (pinned to the other cores), join everyone (publishers first), wait until every
-subscriber has video, warm up, then measure a steady window: counters at subscribers and
-publishers and the server's CPU time are read at its start and end. Afterwards the probe
-and publisher logs are collected for latency, and everything is torn down.
+Per point: start the target server (fresh, pinned to its cores: one, or the first N for
+``sfu serve --workers N``), start the load-peer processes (pinned to the other cores, or to
+the last core when the server was given them all), join everyone (publishers first), wait
+until every subscriber has video, warm up, then measure a steady window: counters at
+subscribers and publishers and the CPU time of the server's whole process tree are read at
+its start and end. Afterwards the probe and publisher logs are collected for latency, and
+everything is torn down.
 """
 
 from __future__ import annotations
@@ -15,16 +17,17 @@ import subprocess
 import sys
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from . import metrics
 from .peers import Spec, WorkerPool
-from .targets import SERVERS, cpu_seconds, cpu_wait_seconds, rss_bytes
+from .targets import SERVERS, cpu_seconds, process_tree, tree_cpu_seconds, tree_cpu_wait_seconds, tree_rss_bytes
 
 Say = Callable[[str], None]
 STARVED_PCT = 10.0  # server waited this much of the window for a CPU: the machine, not the server
+CPUS = sorted(os.sched_getaffinity(0))  # before the harness narrows its own affinity
 
 
 @dataclass
@@ -51,7 +54,10 @@ class Scenario:
 class Options:
     duration: float = 15.0
     warmup: float = 5.0
-    workers: int = 4
+    peers: int = 4  # load-peer processes
+    server_workers: list[int] = field(default_factory=lambda: [1])  # sfu serve --workers, one run each
+    room_size: int = 4
+    split_rooms: bool = False  # with media workers: spread each room over all of them (sfu serve --room-capacity)
     probes: int = 4
     points: list[int] | None = None
     stop_loss_pct: float = 1.0
@@ -61,8 +67,6 @@ class Options:
     profile: bool = False
     log_level: str = "WARNING"
     peer_batch_ms: float = 2.0
-    server_core: int | None = None
-    peer_cpus: list[int] | None = None
 
 
 def _fanout(n: int, o: Options) -> Layout:
@@ -85,12 +89,13 @@ def _meeting(n: int, o: Options) -> Layout:
 
 
 def _rooms(r: int, o: Options) -> Layout:
+    size = o.room_size
     specs = []
     for room in range(r):
-        for j in range(3):
-            i = room * 3 + j
+        for j in range(size):
+            i = room * size + j
             specs.append(Spec(i, f"r{room}-p{j}", f"room-{room}", publish=True, subscribe=True, probe=j == 0 and room < o.probes, salt=i + 1))
-    return Layout(specs, [f"room-{i}" for i in range(r)], 3 * r, 6 * r, f"{r} rooms x 3", placement="mesh")
+    return Layout(specs, [f"room-{i}" for i in range(r)], size * r, size * (size - 1) * r, f"{r} rooms x {size}", placement="mesh")
 
 
 SCENARIOS: dict[str, Scenario] = {
@@ -98,19 +103,33 @@ SCENARIOS: dict[str, Scenario] = {
                        "one publisher (Opus 20 ms + VP8 ~1.5 Mbit/s) to N subscribers", _fanout),
     "meeting": Scenario("meeting", [2, 4, 8, 12, 16, 20, 24, 32], "participants",
                         "N participants, all publishing audio+video and subscribing to all", _meeting),
-    "rooms": Scenario("rooms", [1, 5, 10, 20, 30, 40, 60, 80], "rooms",
-                      "R rooms of 3 participants (all publish, all subscribe)", _rooms),
+    "rooms": Scenario("rooms", [1, 5, 10, 15, 20, 25, 30, 40, 50], "rooms",
+                      "R rooms of 4 participants (each publishes audio+video and subscribes to the others)", _rooms),
     "joinstorm": Scenario("joinstorm", [100], "subscribers",
                           "one publisher; N subscribers join at 10 per second", _joinstorm),
 }
 
 
-def core_plan() -> tuple[int | None, list[int] | None]:
-    """(server core, peer cores): the server alone on one core when there are two or more."""
-    cpus = sorted(os.sched_getaffinity(0))
+def core_plan(server_cores: int = 1) -> tuple[list[int] | None, list[int] | None]:
+    """(server cores, peer cores). The server gets the first ``server_cores`` cores and the
+    peers the others; when the server asks for every core, the peers keep the last one and
+    share it with the server (on a 2-core machine, ``--workers 2`` means a media worker and
+    the load peers compete for core 1; RESULTS.md explains how to read that)."""
+    cpus = CPUS
     if len(cpus) < 2:
         return None, None
-    return cpus[0], cpus[1:]
+    server = cpus[: max(1, server_cores)]
+    peers = [c for c in cpus if c not in server] or cpus[-1:]
+    return server, peers
+
+
+def target_name(target: str, server_workers: int, split: bool = False) -> str:
+    """How results name a target: ``sfu`` is today's single process, ``sfu-w2`` is ``sfu
+    serve --workers 2``, ``sfu-w2-split`` the same with each room spread over both workers
+    (its tracks piped between them)."""
+    if server_workers == 1:
+        return target
+    return f"{target}-w{server_workers}" + ("-split" if split else "")
 
 
 def _assign(layout: Layout, workers: int) -> list[list[Spec]]:
@@ -177,31 +196,39 @@ def _sleep(seconds: float, label: str, say: Say, pool: WorkerPool) -> None:
         say(f"{label}: {max(0.0, end - now):.0f}s left{rate}")
 
 
-def run_point(target: str, scenario: Scenario, load: int, o: Options, say: Say) -> dict[str, Any]:
+def run_point(target: str, scenario: Scenario, load: int, o: Options, say: Say, server_workers: int = 1) -> dict[str, Any]:
     layout = scenario.layout(load, o)
-    tag = f"{target} {scenario.name} {layout.label}"
-    workdir = (o.out / "runs" / f"{target}-{scenario.name}-{load}-{int(time.time())}").resolve()
-    server_core, peer_cpus = o.server_core, o.peer_cpus
-    server = SERVERS[target](workdir, server_core)
+    split = o.split_rooms and server_workers > 1 and target == "sfu"
+    name = target_name(target, server_workers, split)
+    tag = f"{name} {scenario.name} {layout.label}"
+    workdir = (o.out / "runs" / f"{name}-{scenario.name}-{load}-{int(time.time())}").resolve()
+    server_cores, peer_cpus = core_plan(server_workers)
+    if peer_cpus:
+        os.sched_setaffinity(0, peer_cpus)  # the harness itself stays with the peers
     per_room: dict[str, int] = {}
     for spec in layout.specs:
         per_room[spec.room] = per_room.get(spec.room, 0) + 1
+    # split: each worker takes its share of a room, the rest goes to the others through pipes
+    capacity = -(-max(per_room.values()) // server_workers) if split else None
+    server = SERVERS[target](workdir, server_cores, server_workers, capacity)
     server.max_participants = max(per_room.values())
     pool: WorkerPool | None = None
     t_begin = time.monotonic()
     try:
-        say(f"{tag}: starting {target}" + (f" on core {server_core}" if server_core is not None else ""))
-        pool = WorkerPool(o.workers, peer_cpus, o.log_level)  # workers import while the server starts
+        say(f"{tag}: starting {target}" + (f" with {server_workers} media workers" if server_workers != 1 else "")
+            + (f", at most {capacity} of a room's participants on each" if capacity else "")
+            + (f" on cores {server_cores}, load peers on {peer_cpus}" if server_cores is not None else ""))
+        pool = WorkerPool(o.peers, peer_cpus, o.log_level)  # peers import while the server starts
         t_server = time.monotonic()
         server.start(layout.rooms)
-        rss_start = rss_bytes(server.pid)
-        say(f"{tag}: {target} up in {time.monotonic() - t_server:.1f}s, RSS {rss_start / 1e6:.0f} MB")
+        rss_start = tree_rss_bytes(server.pid)
+        say(f"{tag}: {target} up in {time.monotonic() - t_server:.1f}s, {len(process_tree(server.pid))} processes, RSS {rss_start / 1e6:.0f} MB")
         inits = []
         for i in range(len(pool.workers)):
-            timed = i == 1 or (i == 0 and layout.placement == "fanout") or o.workers < 3  # probes, fanout publishers
+            timed = i == 1 or (i == 0 and layout.placement == "fanout") or o.peers < 3  # probes, fanout publishers
             inits.append({"clip": str(o.clip), "target": server.client_info(), "batch_ms": 0 if timed else o.peer_batch_ms})
         pool.call_all("init", inits, timeout=120)
-        buckets = _assign(layout, o.workers)
+        buckets = _assign(layout, o.peers)
         n = len(layout.specs)
         _phase(pool, [{"phase": "publish", "specs": b} for b in buckets], f"{tag}: publishers joining", say, 60 + 3 * n)
         start_at: dict[int, float] = {}
@@ -228,12 +255,14 @@ def run_point(target: str, scenario: Scenario, load: int, o: Options, say: Say) 
             peer_profiler = _start_profiler(pool.workers[-1].process.pid, o.duration, workdir, "peer-profile")
         _sleep(o.duration, f"{tag}: measuring", say, pool)
         snap1, cpu1, wait1, peers1_each, t1 = _accounts(pool, server.pid)
-        rss_end = rss_bytes(server.pid)
+        rss_end = tree_rss_bytes(server.pid)
+        processes = len(process_tree(server.pid))
         window = (snap1[0]["t"] - snap0[0]["t"]) if snap0 and snap1 else t1 - t0
         collected = pool.call_all("collect", {"t0": t0, "t1": t1}, timeout=60)
         (workdir / "collected.json").write_text(json.dumps(collected))
         result = metrics.figures(layout, snap0, snap1, collected, window, cpu1 - cpu0, sum(peers1_each) - sum(peers0_each), rss_start, rss_end)
         result["server_cpu_wait_pct"] = round(100 * (wait1 - wait0) / window, 1)
+        result["server_processes"] = processes
         result["peers_cpu_pct_by_worker"] = [round(100 * (b - a) / window, 1) for a, b in zip(peers0_each, peers1_each)]
         if profiler is not None:
             result["profile"] = _finish_profiler(profiler, workdir)
@@ -246,23 +275,24 @@ def run_point(target: str, scenario: Scenario, load: int, o: Options, say: Say) 
         if pool is not None:
             pool.close()
         server.stop()
-    result.update(target=target, scenario=scenario.name, load=load, label=layout.label, seconds=round(time.monotonic() - t_begin, 1))
+    result.update(target=name, scenario=scenario.name, load=load, label=layout.label, seconds=round(time.monotonic() - t_begin, 1),
+                  server_workers=server_workers, room_capacity=capacity, server_cores=server_cores, peer_cpus=peer_cpus)
     result["held"] = bool("error" not in result and result["loss_pct"] < o.stop_loss_pct and result["failures"] == 0)
     return result
 
 
-def run_target(target: str, scenario: Scenario, o: Options, say: Say) -> list[dict[str, Any]]:
+def run_target(target: str, scenario: Scenario, o: Options, say: Say, server_workers: int = 1) -> list[dict[str, Any]]:
     """Every point of ``scenario`` in turn, until loss passes ``stop_loss_pct``."""
     results = []
     for load in o.points or scenario.points:
-        result = run_point(target, scenario, load, o, say)
+        result = run_point(target, scenario, load, o, say, server_workers)
         # (not the relay: its encoder threads wait for each other on its one core)
-        if not result["held"] and target != "relay" and result.get("server_cpu_wait_pct", 0) > STARVED_PCT:
+        if not result["held"] and target != "relay" and result.get("server_cpu_wait_pct", 0) > STARVED_PCT * server_workers:
             # other work on the machine kept the server off its core: measure the point again
             say(f"{summary_line(result)}\n  -> the server waited {result['server_cpu_wait_pct']}% of the window for its core; "
                 "measuring this point once more")
             first = result
-            result = run_point(target, scenario, load, o, say)
+            result = run_point(target, scenario, load, o, say, server_workers)
             result["retried_after"] = {k: first.get(k) for k in ("out_pps", "cpu_us_per_packet", "loss_pct", "server_cpu_wait_pct")}
         results.append(result)
         say(summary_line(result))
@@ -277,7 +307,8 @@ def summary_line(r: dict[str, Any]) -> str:
     lat = r["latency_ms"]
     return (
         f"{r['target']} {r['scenario']} {r['label']}: {r['out_pps']:,.0f} pkt/s out, {r['cpu_us_per_packet']} us/pkt "
-        f"(server {r['server_cpu_pct']}% of a core, waited {r.get('server_cpu_wait_pct', '?')}%; peers {r['peers_cpu_pct']}%), "
+        f"(server {r['server_cpu_pct']}% of a core over {r.get('server_processes', 1)} processes, waited {r.get('server_cpu_wait_pct', '?')}%; "
+        f"peers {r['peers_cpu_pct']}%), "
         f"loss {r['loss_pct']}%, "
         f"latency p50/p95 {lat['p50']}/{lat['p95']} ms, failures {r['failures']}"
     )
@@ -376,12 +407,13 @@ def summarize_profile(text: str, top: int = 15) -> dict[str, Any]:
 
 
 def _accounts(pool: Any, server_pid: int) -> tuple[Any, float, float, list[float], float]:
-    """One side of a measured window: peers' counters, server CPU and wait, peers' CPU, time."""
+    """One side of a measured window: peers' counters, the server's CPU and wait (its whole
+    process tree: front and media workers), peers' CPU, time."""
     snapshot = pool.call_all("snapshot", timeout=30)
     return (
         snapshot,
-        cpu_seconds(server_pid),
-        cpu_wait_seconds(server_pid),
+        tree_cpu_seconds(server_pid),
+        tree_cpu_wait_seconds(server_pid),
         [cpu_seconds(pid) for pid in pool.pids()],
         time.monotonic(),
     )

@@ -5,14 +5,16 @@
 HTTP transport, on loopback. ``relay``: :mod:`benchmarks.baselines.relay`. ``floor``:
 :mod:`benchmarks.baselines.floor` (plain UDP fan-out, no SFU logic), on the test interface.
 
-The process is pinned to one core with ``taskset`` when the machine has two or more, and
-its CPU time and RSS are read from ``/proc/PID`` (the kernel's accounting of that process,
-all threads included).
+The process is pinned to its cores with ``taskset`` when the machine has two or more (one
+core, or the first N for ``sfu serve --workers N``), and its CPU time and RSS are read from
+``/proc`` for the whole process tree: the server and every child it started (media workers),
+all threads included, plus what children already reaped had used (the kernel's accounting).
 """
 
 from __future__ import annotations
 
 import fcntl
+import functools
 import json
 import os
 import shutil
@@ -37,11 +39,49 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
+def _stat_fields(pid: int) -> list[str]:
+    with open(f"/proc/{pid}/stat") as f:
+        return f.read().rsplit(")", 1)[1].split()
+
+
 def cpu_seconds(pid: int) -> float:
     """utime + stime of a process (all its threads), from /proc/PID/stat."""
-    with open(f"/proc/{pid}/stat") as f:
-        fields = f.read().rsplit(")", 1)[1].split()
+    fields = _stat_fields(pid)
     return (int(fields[11]) + int(fields[12])) / CLK_TCK
+
+
+def process_tree(pid: int) -> list[int]:
+    """``pid`` and every process descended from it (its media workers, for ``sfu serve
+    --workers N``), from the parent pids in /proc/*/stat."""
+    children: dict[int, list[int]] = {}
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            ppid = int(_stat_fields(int(entry))[1])
+        except (OSError, IndexError, ValueError):
+            continue  # gone meanwhile
+        children.setdefault(ppid, []).append(int(entry))
+    tree, todo = [], [pid]
+    while todo:
+        p = todo.pop()
+        tree.append(p)
+        todo.extend(children.get(p, ()))
+    return tree
+
+
+def tree_cpu_seconds(pid: int) -> float:
+    """CPU time of the process tree under ``pid``: each process's utime + stime, plus the
+    cutime + cstime of children it has already reaped (a worker that died in the window), so
+    no CPU is counted twice or lost."""
+    total = 0
+    for p in process_tree(pid):
+        try:
+            fields = _stat_fields(p)
+        except OSError:
+            continue
+        total += sum(int(x) for x in fields[11:15])
+    return total / CLK_TCK
 
 
 def cpu_wait_seconds(pid: int) -> float:
@@ -61,9 +101,32 @@ def cpu_wait_seconds(pid: int) -> float:
     return total / 1e9
 
 
+def tree_cpu_wait_seconds(pid: int) -> float:
+    return sum(cpu_wait_seconds(p) for p in process_tree(pid))
+
+
 def rss_bytes(pid: int) -> int:
     with open(f"/proc/{pid}/statm") as f:
         return int(f.read().split()[1]) * PAGE
+
+
+def tree_rss_bytes(pid: int) -> int:
+    """The RSS of every process of the tree, summed (pages shared between them, such as the
+    interpreter's libraries, count once per process)."""
+    total = 0
+    for p in process_tree(pid):
+        try:
+            total += rss_bytes(p)
+        except OSError:
+            pass
+    return total
+
+
+@functools.cache
+def sfu_serve_takes_workers() -> bool:
+    """Whether this tree's ``sfu serve`` has ``--workers`` (media worker processes)."""
+    out = subprocess.run([sys.executable, "-m", "sfuserver.cli", "serve", "--help"], capture_output=True, text=True, timeout=60)
+    return "--workers" in out.stdout
 
 
 def _http_json(url: str, body: dict[str, Any] | None = None, timeout: float = 5.0) -> Any:
@@ -76,9 +139,11 @@ def _http_json(url: str, body: dict[str, Any] | None = None, timeout: float = 5.
 class Server:
     name = ""
 
-    def __init__(self, workdir: Path, core: int | None) -> None:
+    def __init__(self, workdir: Path, cores: list[int] | None, workers: int = 1, room_capacity: int | None = None) -> None:
         self.workdir = workdir
-        self.core = core
+        self.cores = cores
+        self.workers = workers  # media worker processes (only the sfu target has them)
+        self.room_capacity = room_capacity  # sfu serve --room-capacity: a room past it spills onto another worker
         self.port = free_port()
         self.process: subprocess.Popen[bytes] | None = None
         self.log_path = workdir / f"{self.name}.log"
@@ -89,8 +154,8 @@ class Server:
         return self.process.pid
 
     def _spawn(self, argv: list[str], env: dict[str, str] | None = None) -> None:
-        if self.core is not None and shutil.which("taskset"):
-            argv = ["taskset", "-c", str(self.core), *argv]  # taskset execs: same pid
+        if self.cores and shutil.which("taskset"):
+            argv = ["taskset", "-c", ",".join(map(str, self.cores)), *argv]  # taskset execs: same pid; children inherit
         self.workdir.mkdir(parents=True, exist_ok=True)
         log = open(self.log_path, "wb")
         self.process = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, env=env, cwd=self.workdir)
@@ -149,6 +214,12 @@ class SfuServer(Server):
                 "--data-dir", str(data), "--log-level", "WARNING", "--max-participants", str(max(self.max_participants, 50)),
                 # Every load peer connects from 127.0.0.1, many at once; and stop at once when told.
                 "--max-connections-per-ip", "0", "--drain-timeout", "0", "--udp-port", "0"]
+        if sfu_serve_takes_workers():
+            argv += ["--workers", str(self.workers)]  # 1: today's single process (the default is one per core)
+        elif self.workers != 1:
+            raise RuntimeError(f"this tree's sfu serve has no --workers option: cannot run {self.workers} media workers")
+        if self.room_capacity is not None:
+            argv += ["--room-capacity", str(self.room_capacity)]
         self._spawn(argv, env)
         self._wait_http(f"http://127.0.0.1:{self.port}/healthz")
 

@@ -15,7 +15,7 @@ back; it never looks inside them beyond what is declared here.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Literal, Protocol
+from typing import Any, Literal, Protocol
 
 Kind = Literal["audio", "video", "data"]
 Role = Literal["publish", "subscribe"]
@@ -135,6 +135,16 @@ class TransportListener(Protocol):
         """The transport is gone: its connection failed, negotiation timed out, or the
         process carrying it died. The participant must be removed with ``code``."""
 
+    def on_audio_activity(self, source: TrackSource, level: float) -> None:
+        """An audio source's smoothed level (0.0 silent to 1.0 loudest, from the RFC 6464
+        audio levels its packets carry) changed meaningfully; a few reports a second at most."""
+
+    def on_network_quality(self, level: int, stats: dict[str, Any]) -> None:
+        """The transport's network quality changed: ``level`` 0 (broken) to 5 (excellent),
+        from RTCP receiver reports (loss, jitter, round-trip time) and the bitrate sent and
+        received against what the tracks need. ``stats``: Twilio's detailed form
+        (``{"level", "audio": {"send", "recv", "sendStats", "recvStats"}, "video": ...}``)."""
+
 
 class ParticipantTransport(Protocol):
     """One participant's media connection (a peer connection, in whichever process)."""
@@ -189,6 +199,11 @@ class ParticipantTransport(Protocol):
 
     async def add_ice_candidate(self, candidate: str | None, sdp_mid: str | None, sdp_mline_index: int | None) -> None:
         """None: the end of the participant's candidates. Raises NegotiationError."""
+
+    def set_dominant_speaker(self, track_sids: frozenset[str]) -> None:
+        """The tracks the room's dominant speaker publishes (empty: nobody speaks), so this
+        subscriber's allocation can favour them (``dominantSpeakerPriority``)."""
+        ...
 
     async def close(self) -> None: ...
 

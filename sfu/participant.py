@@ -87,6 +87,9 @@ class Participant(AsyncIOEventEmitter):
         self.rules_updated_at = now
         self.subscribed_revision = 1
         self.published_revision = 1
+        self.audio_levels: dict[str, float] = {}  # audio track SID -> smoothed level (sfu.speakers)
+        self.network_quality_level: int | None = None  # Twilio's 0-5, from the media plane
+        self.network_quality_stats: dict[str, Any] | None = None
         self.transport: ParticipantTransport = plane.create_transport(
             room.sid, f"{room.unique_name}/{identity}", self, offers_first=offers_first
         )
@@ -166,3 +169,11 @@ class Participant(AsyncIOEventEmitter):
 
     def on_failed(self, code: int, reason: str) -> None:
         self.room.transport_failed(self, code, reason)
+
+    def on_audio_activity(self, source: TrackSource, level: float) -> None:
+        track = self.track_by_source(source)
+        if track is not None:
+            self.room.audio_activity(self, track, level)
+
+    def on_network_quality(self, level: int, stats: dict[str, Any]) -> None:
+        self.room.network_quality(self, level, stats)

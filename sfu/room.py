@@ -28,6 +28,7 @@ from .errors import (
     TRACK_NAME_DUPLICATED,
 )
 from .participant import KINDS, Participant, ParticipantError, PublishedTrack, Subscription
+from .speakers import SpeakerDetector
 
 if TYPE_CHECKING:
     from .registry import RoomRegistry
@@ -65,7 +66,9 @@ class Room(AsyncIOEventEmitter):
     """Events (all after the state changed): ``participant_connected`` (p),
     ``participant_disconnected`` (p), ``participant_updated`` (p), ``track_added``,
     ``track_removed``, ``track_enabled``, ``track_disabled`` (p, track),
-    ``subscribe_rules_changed`` (p), ``recording_rules_changed`` (rules), ``ended`` ().
+    ``subscribe_rules_changed`` (p), ``recording_rules_changed`` (rules), ``ended`` (),
+    ``dominant_speaker_changed`` (p or None), ``speaking_changed`` (set of participant SIDs),
+    ``network_quality_changed`` (p).
 
     The room is the only writer of its state and its participants' (their status included);
     records, signaling and metrics follow it through these events."""
@@ -87,6 +90,8 @@ class Room(AsyncIOEventEmitter):
         self._reconnect_timers: dict[str, asyncio.TimerHandle] = {}
         self._lifetime_timer = registry.call_later(MAX_ROOM_DURATION, lambda: asyncio.ensure_future(self.end()))
         self.recording_rules: list[dict[str, Any]] | None = None
+        self.speakers = SpeakerDetector()
+        self._speaker_timer: asyncio.TimerHandle | None = None
 
     @property
     def in_progress(self) -> bool:
@@ -134,6 +139,8 @@ class Room(AsyncIOEventEmitter):
             )
             self.emit("participant_connected", participant)
             self._reconcile(participant)
+            if self.speakers.dominant is not None:
+                participant.transport.set_dominant_speaker(self._speaker_tracks())
             participant.transport.request_negotiation()  # the first offer always opens the data channel transport
             return participant
 
@@ -161,6 +168,7 @@ class Room(AsyncIOEventEmitter):
         participant.emit("removed", code, message)
         await participant.transport.close()  # (and the data channels it held for tracks not published)
         self.emit("participant_disconnected", participant)
+        self._speakers_changed(participant.sid, None)
         if not self.participants and self.in_progress:
             self._on_empty()
 
@@ -230,6 +238,8 @@ class Room(AsyncIOEventEmitter):
                 return
             self._cancel_empty_timer()
             self._lifetime_timer.cancel()
+            if self._speaker_timer is not None:
+                self._speaker_timer.cancel()
             for participant in list(self.participants.values()):
                 await self._remove(participant, ROOM_COMPLETED, "Room completed")
             self.status = status
@@ -341,6 +351,10 @@ class Room(AsyncIOEventEmitter):
         for other in list(self.participants.values()):
             if other is not participant:
                 self._reconcile(other)
+        if participant is self.dominant_speaker:
+            tracks = self._speaker_tracks()
+            for other in self.participants.values():
+                other.transport.set_dominant_speaker(tracks)
 
     def unpublish(self, participant: Participant, track: PublishedTrack) -> None:
         self._unpublish(participant, track, notify=True)
@@ -354,6 +368,8 @@ class Room(AsyncIOEventEmitter):
             return
         track.unpublished = True
         was_ready = track.ready
+        if participant.audio_levels.pop(track.sid, None) is not None and participant.status != "disconnected":
+            self._speakers_changed(participant.sid, max(participant.audio_levels.values(), default=0.0))
         for other in list(self.participants.values()):
             self._unsubscribe(other, track.sid)
         if track.source is not None:
@@ -495,3 +511,65 @@ class Room(AsyncIOEventEmitter):
         sub = subscriber.subscriptions.get(sink.track_sid)
         if sub is not None and sub.sink is sink:  # not a later subscription to the same track
             self._unsubscribe(subscriber, sink.track_sid)
+
+    # --- who speaks, and how good each participant's network is --------------------------
+
+    @property
+    def dominant_speaker(self) -> Participant | None:
+        sid = self.speakers.dominant
+        return self.participants.get(sid) if sid is not None else None
+
+    def audio_activity(self, participant: Participant, track: PublishedTrack, level: float) -> None:
+        """An audio track's smoothed level changed (the media plane's report): the
+        participant's level is its loudest track's."""
+        if self.participants.get(participant.sid) is not participant or track.unpublished:
+            return
+        participant.audio_levels[track.sid] = level
+        self._speakers_changed(participant.sid, max(participant.audio_levels.values()))
+
+    def _speakers_changed(self, sid: str, level: float | None) -> None:
+        """Fold in one participant's level (None: it left), then decide; and again when a
+        challenger's time is up."""
+        now = self.registry.now().timestamp()
+        speaking = set(self.speakers.speaking)
+        if level is None:
+            changed = self.speakers.remove(sid, now)
+        else:
+            changed = self.speakers.set_level(sid, level, now)
+        self._after_decision(changed, speaking, now)
+
+    def _decide_speaker(self) -> None:
+        self._speaker_timer = None
+        if self.in_progress:
+            now = self.registry.now().timestamp()
+            self._after_decision(self.speakers.decide(now), set(self.speakers.speaking), now)
+
+    def _after_decision(self, changed: bool, speaking_before: set[str], now: float) -> None:
+        if self._speaker_timer is not None:
+            self._speaker_timer.cancel()
+            self._speaker_timer = None
+        due = self.speakers.due_at
+        if due is not None:
+            self._speaker_timer = self.registry.call_later(max(0.0, due - now) + 0.01, self._decide_speaker)
+        if self.speakers.speaking != speaking_before:
+            self.emit("speaking_changed", set(self.speakers.speaking))
+        if changed:
+            tracks = self._speaker_tracks()
+            for other in self.participants.values():
+                other.transport.set_dominant_speaker(tracks)
+            self.emit("dominant_speaker_changed", self.dominant_speaker)
+
+    def _speaker_tracks(self) -> frozenset[str]:
+        """The dominant speaker's published tracks (what subscribers' allocators favour)."""
+        speaker = self.dominant_speaker
+        if speaker is None:
+            return frozenset()
+        return frozenset(t.sid for t in speaker.published.values() if not t.unpublished)
+
+    def network_quality(self, participant: Participant, level: int, stats: dict[str, Any]) -> None:
+        """The participant's network quality level changed (the media plane's report)."""
+        if self.participants.get(participant.sid) is not participant:
+            return
+        participant.network_quality_level = level
+        participant.network_quality_stats = stats
+        self.emit("network_quality_changed", participant)

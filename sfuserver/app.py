@@ -70,6 +70,9 @@ class ServerConfig:
     # Media worker processes (README "Workers"): 1 keeps the media in this process; N > 1 starts N
     # workers, worker i on UDP port udp_port + i (udp_port 0: each lets the OS choose).
     workers: int = 1
+    # With workers > 1: transports of one room a worker takes before the room spills onto another
+    # worker, its tracks piped between them (sfu.media.pipe); None: a room stays on one worker.
+    room_capacity: int | None = None
 
 
 def media_config(config: ServerConfig) -> MediaConfig:
@@ -93,7 +96,7 @@ def build_media_plane(config: ServerConfig) -> MediaPlane:
             media=media_spec(media_config(config)), udp_port=config.udp_port, udp_host=config.udp_host,
             log_level=logging.getLevelName(logging.getLogger().getEffectiveLevel()),
         )  # fmt: skip
-        return RemoteMediaPlane(config.workers, spec)
+        return RemoteMediaPlane(config.workers, spec, room_capacity=config.room_capacity)
     return LocalMediaPlane(media_config(config), udp_port=config.udp_port, udp_host=config.udp_host)
 
 

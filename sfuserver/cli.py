@@ -138,6 +138,10 @@ def parser() -> argparse.ArgumentParser:
     serve.add_argument("--workers", type=_positive_int, default=os.cpu_count() or 1, metavar="N",
                        help="media worker processes (one per core by default): worker i owns the media of the rooms "
                             "placed on it on UDP port --udp-port + i; 1 keeps all media in the server process")
+    serve.add_argument("--room-capacity", type=_positive_int, default=None, metavar="N",
+                       help="with --workers above 1: participants of one room a worker takes before the room spills "
+                            "onto another worker, which receives each of the room's tracks once over a local pipe "
+                            "(default: a room stays on one worker)")
     serve.add_argument("--data-dir", type=Path, default=Path("./data"), help="credentials and database")
     serve.add_argument("--ice-server", type=_ice_server, action="append", default=[], metavar="URL",
                        help="STUN/TURN server (repeatable; none by default). The server's own connections use STUN "
@@ -407,6 +411,7 @@ def _serve(args: argparse.Namespace) -> int:
         udp_port=args.udp_port,
         udp_host=args.udp_host,
         workers=args.workers,
+        room_capacity=args.room_capacity,
         data_dir=args.data_dir,
         ice_servers=args.ice_server,
         server_ice_relay=args.server_ice_relay,

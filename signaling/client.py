@@ -249,7 +249,8 @@ class RemoteTrackPublication:
 class RemoteParticipant(AsyncIOEventEmitter):
     """Events: ``track_published``, ``track_unpublished``, ``track_subscribed``,
     ``track_unsubscribed``, ``track_enabled``, ``track_disabled`` (publication),
-    ``track_subscription_failed`` (SignalingError, publication), ``reconnecting``, ``reconnected``."""
+    ``track_subscription_failed`` (SignalingError, publication), ``reconnecting``, ``reconnected``,
+    ``network_quality_level_changed`` (level, stats or None)."""
 
     def __init__(self, sid: str, identity: str) -> None:
         super().__init__()
@@ -258,12 +259,15 @@ class RemoteParticipant(AsyncIOEventEmitter):
         self.state = "connected"
         self.revision = 0
         self.tracks: dict[str, RemoteTrackPublication] = {}
+        self.network_quality_level: int | None = None  # (connect(network_quality=...))
+        self.network_quality_stats: dict[str, Any] | None = None
 
 
 class LocalParticipant(AsyncIOEventEmitter):
     """Events: ``track_published`` (LocalTrack), ``track_publication_failed`` (SignalingError,
     LocalTrack or None): the server refused the track list (no track), or could not carry the
-    track (``error.code`` 53404: its answer rejected the m-section, e.g. no common codec)."""
+    track (``error.code`` 53404: its answer rejected the m-section, e.g. no common codec);
+    ``network_quality_level_changed`` (level, stats or None)."""
 
     def __init__(self, room: "Room", sid: str, identity: str) -> None:
         super().__init__()
@@ -271,6 +275,8 @@ class LocalParticipant(AsyncIOEventEmitter):
         self.sid = sid
         self.identity = identity
         self.tracks: dict[str, LocalTrack] = {}
+        self.network_quality_level: int | None = None  # (connect(network_quality=...))
+        self.network_quality_stats: dict[str, Any] | None = None
 
     def _add(self, track: LocalTrack) -> None:
         track._participant = self
@@ -325,7 +331,9 @@ class Room(AsyncIOEventEmitter):
     ``track_subscribed``, ``track_unsubscribed`` (track, publication, p);
     ``track_subscription_failed`` (SignalingError, publication, p): the server could not
     subscribe us to the track (53404: our answer rejected its m-section); ``reconnecting``,
-    ``reconnected``; ``error`` (SignalingError); ``disconnected`` (SignalingError | None).
+    ``reconnected``; ``error`` (SignalingError); ``disconnected`` (SignalingError | None);
+    ``dominant_speaker_changed`` (participant or None) and ``speaking_changed`` (set of
+    participant SIDs) with ``connect(dominant_speaker=True)``.
 
     The peer connection gathers with the ICE servers the client was given followed by the
     ones the server hands out in ``connected`` (``ice_servers`` holds them all)."""
@@ -345,6 +353,9 @@ class Room(AsyncIOEventEmitter):
         self.participants: dict[str, RemoteParticipant] = {}
         self.local_participant: LocalParticipant
         self.subscribe_rules: list[dict[str, Any]] = []
+        self.dominant_speaker: RemoteParticipant | LocalParticipant | None = None
+        self.speaking: set[str] = set()  # SIDs of the participants speaking now
+        self.join_options: dict[str, Any] = {}  # dominant_speaker / network_quality, sent in connect
         self.ice_servers = list(ice_servers)
         # aiortc reads its configuration's iceServers when it makes the ICE gatherer, at the
         # first offer (which follows `connected`): the server's list joins this same list.
@@ -384,6 +395,7 @@ class Room(AsyncIOEventEmitter):
             message["name"] = name
         if rules is not None:
             message["subscribe"] = {"rules": rules}
+        message.update(self.join_options)
         self._pending_tracks = tracks
         self._reader = asyncio.create_task(self._read(self._ws))
         await self._ws.send_str(protocol.encode(message))
@@ -465,6 +477,7 @@ class Room(AsyncIOEventEmitter):
             self._apply_participant(p)
         self._apply_published(message["published"])
         self._apply_subscribed(message["subscribed"])
+        self._apply_speakers_and_quality(message)
         self.state = "connected"
         if first:
             self._connected.set_result(None)
@@ -481,9 +494,35 @@ class Room(AsyncIOEventEmitter):
         if "subscribe" in message:
             self.subscribe_rules = message["subscribe"]["rules"]
             self.emit("subscribe_rules", self.subscribe_rules)
+        self._apply_speakers_and_quality(message)
         pc = message.get("peer_connection")
         if pc and pc.get("description", {}).get("type") == "offer":
             await self._answer(pc["description"], pc.get("sections", []))
+
+    def _participant(self, sid: str | None) -> RemoteParticipant | LocalParticipant | None:
+        if sid is not None and sid == self.local_participant.sid:
+            return self.local_participant
+        return self.participants.get(sid) if sid is not None else None
+
+    def _apply_speakers_and_quality(self, message: dict[str, Any]) -> None:
+        speakers = message.get("dominant_speaker")
+        if isinstance(speakers, dict):
+            speaking = set(speakers.get("speaking") or [])
+            if speaking != self.speaking:
+                self.speaking = speaking
+                self.emit("speaking_changed", set(speaking))
+            dominant = self._participant(speakers.get("sid"))
+            if dominant is not self.dominant_speaker:
+                self.dominant_speaker = dominant
+                self.emit("dominant_speaker_changed", dominant)
+        for entry in message.get("network_quality") or []:
+            p = self._participant(entry.get("sid"))
+            if p is None:
+                continue
+            p.network_quality_stats = entry.get("stats")
+            if entry.get("level") != p.network_quality_level:
+                p.network_quality_level = entry.get("level")
+                p.emit("network_quality_level_changed", p.network_quality_level, p.network_quality_stats)
 
     def _apply_participant(self, state: dict[str, Any]) -> None:
         sid = state["sid"]
@@ -824,13 +863,22 @@ async def connect(
     ice_transport_policy: str = "all",
     receive: str = "frames",
     timeout: float = 20.0,
+    dominant_speaker: bool = False,
+    network_quality: bool | dict[str, int] = False,
 ) -> Room:
     """Join a room; raises SignalingError with Twilio's code if the server refuses.
     ``ice_servers`` are used besides the ones the server hands out; ``ice_transport_policy``
-    "relay" gathers relayed candidates only (like a browser's ``iceTransportPolicy``)."""
+    "relay" gathers relayed candidates only (like a browser's ``iceTransportPolicy``).
+    ``dominant_speaker``: keep ``room.dominant_speaker`` (Twilio's ``dominantSpeaker``);
+    ``network_quality``: True or ``{"local": 1-3, "remote": 0-3}`` keeps each participant's
+    ``network_quality_level`` (Twilio's ``networkQuality`` verbosity)."""
     if receive not in ("frames", "packets"):
         raise ValueError("receive must be 'frames' or 'packets'")
     room = Room(url, token, list(ice_servers or []), receive == "packets", RTCIceTransportPolicy(ice_transport_policy))
+    if dominant_speaker:
+        room.join_options["dominant_speaker"] = True
+    if network_quality:
+        room.join_options["network_quality"] = network_quality
     try:
         await room._open(name, list(tracks), rules, timeout)
     except BaseException:

@@ -3,7 +3,8 @@
 Every message is an object with ``type``; client messages carry ``version`` (1).
 
 Client -> server
-  connect    {token, name, participant: {tracks: [Track]}, subscribe?: {rules}}
+  connect    {token, name, participant: {tracks: [Track]}, subscribe?: {rules},
+             dominant_speaker?: bool, network_quality?: {local: 1-3, remote: 0-3}}
   update     {participant?: {tracks: [Track]}, peer_connection?: {description?: {type:
              "answer", revision, sdp}, ice?: {candidates: [{candidate, sdpMid,
              sdpMLineIndex}], complete?}}, subscribe?: {rules}}
@@ -19,7 +20,7 @@ Server -> client
   synced     same fields as connected
   update     any of {participants, published, subscribed, subscribe, peer_connection:
              {description: {type: "offer", revision, sdp}, sections: [{mid, kind, role,
-             track_sid}]}}
+             track_sid}]}, dominant_speaker, network_quality}
   disconnected {status: "disconnected"|"completed", code?, message?, reason?}
              53118 "completed": the room ended (REST or its own timers). 53001 with
              reason "server_shutdown": the server stopped; the room did not end.
@@ -33,6 +34,20 @@ Server -> client
                | {id, sid, kind, name, state: "failed", error: {code, message}}]}
   subscribed = {revision, tracks: [{sid, kind, publisher, label?} | {sid, error: {code, message}}]}
   IceServer = {urls: str | [str], username?, credential?}  (W3C RTCIceServer)
+
+Dominant speaker and network quality (Twilio's ``dominantSpeaker`` and ``networkQuality``
+connect options). Only a client that asked for them in ``connect`` gets them; ``connected``
+and ``synced`` then carry the current state in the same fields, updates follow each change.
+- ``dominant_speaker = {sid: participant SID or null, speaking: [participant SIDs]}``: the
+  room's dominant speaker (decided by the server from RFC 6464 audio levels, sfu/speakers.py)
+  and who is speaking now (for a speaking indicator: our extension, not Twilio's).
+- ``network_quality = [{sid, level: 0-5, stats?}]``: a participant's level (5 excellent,
+  0 network broken) for the client itself at verbosity ``local``, for the others at
+  ``remote`` (0: none). Verbosity (Twilio's NetworkQualityVerbosity): 1 the level only;
+  2 adds ``stats = {level, audio: {send, recv}, video: {send, recv}}`` (levels, null for a
+  kind not sent or received); 3 adds ``sendStats``/``recvStats`` per kind: ``{bandwidth:
+  {actual, available, level}, fractionLost: {fractionLost, level}, latency: {jitter, rtt,
+  level}}`` (bits/s, 0-1, seconds).
 
 ICE servers (our stand-in for Twilio's Network Traversal Service, whose ``iced`` answer the
 SDK uses verbatim as ``RTCConfiguration.iceServers``): ``ice_servers`` lists the STUN and
@@ -206,3 +221,39 @@ def decode_server(text: str | bytes) -> dict[str, Any]:
     if not isinstance(message, dict) or not isinstance(message.get("type"), str):
         raise ValueError("malformed server message")
     return message
+
+
+def quality_options(value: object) -> tuple[int, int]:
+    """The (local, remote) verbosity of a ``network_quality`` connect option: ``true`` is
+    Twilio's default (1, 0); local is at least 1 (Twilio has no local "none")."""
+    if value is None or value is False:
+        return 0, 0
+    if value is True:
+        return 1, 0
+    if not isinstance(value, dict):
+        raise ProtocolError(SIGNALING_ERROR, "Field network_quality has the wrong type")
+    levels = []
+    for name, default in (("local", 1), ("remote", 0)):
+        level = value.get(name, default)
+        if type(level) is not int or not 0 <= level <= 3:
+            raise ProtocolError(SIGNALING_ERROR, f"network_quality.{name} must be 0 to 3")
+        levels.append(level)
+    return max(1, levels[0]), levels[1]
+
+
+def network_quality_entry(sid: str, level: int, stats: dict[str, Any] | None, verbosity: int) -> dict[str, Any]:
+    """One participant's ``network_quality`` entry, trimmed to ``verbosity``."""
+    entry: dict[str, Any] = {"sid": sid, "level": level}
+    if verbosity >= 2 and stats is not None:
+        trimmed: dict[str, Any] = {"level": level}
+        for kind in ("audio", "video"):
+            media = stats.get(kind)
+            if media is None:
+                trimmed[kind] = None
+                continue
+            out = {"send": media.get("send"), "recv": media.get("recv")}
+            if verbosity >= 3:
+                out.update(sendStats=media.get("sendStats"), recvStats=media.get("recvStats"))
+            trimmed[kind] = out
+        entry["stats"] = trimmed
+    return entry

@@ -9,7 +9,7 @@ import logging
 import secrets
 import time
 from collections import Counter
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 from aiohttp import WSMsgType, web
@@ -122,10 +122,15 @@ class Session:
         self._outbox: asyncio.Queue[dict[str, Any] | None] = asyncio.Queue()
         self._writer: asyncio.Task[None] | None = None
         self._last_offer: Offer | None = None
-        self._room_handlers = {
+        self.dominant_speaker = False  # (connect options: Twilio's dominantSpeaker, networkQuality)
+        self.quality_local = self.quality_remote = 0
+        self._room_handlers: dict[str, Callable[..., Any]] = {
             "participant_connected": self._on_participant,
             "participant_disconnected": self._on_participant,
             "participant_updated": self._on_participant,
+            "dominant_speaker_changed": self._on_speakers,
+            "speaking_changed": self._on_speakers,
+            "network_quality_changed": self._on_network_quality,
         }
         for event, handler in self._room_handlers.items():
             self.room.on(event, handler)
@@ -171,7 +176,7 @@ class Session:
 
     def state(self, kind: str) -> dict[str, Any]:
         p = self.participant
-        return {
+        out = {
             "type": kind,
             "session": self.id,
             "room": {"sid": self.room.sid, "name": self.room.unique_name, "type": self.room.settings.type},
@@ -183,12 +188,37 @@ class Session:
             "options": {"heartbeat_interval": protocol.HEARTBEAT_INTERVAL, "max_message_size": protocol.MAX_MESSAGE_SIZE},
             "ice_servers": self.service.ice_servers.for_participant(p.identity),  # after a valid token only
         }
+        if self.dominant_speaker:
+            out["dominant_speaker"] = self._speakers_state()
+        if self.quality_local:
+            out["network_quality"] = [
+                e for o in self.room.participants.values() if (e := self._quality_entry(o)) is not None
+            ]
+        return out
 
     # --- room events --------------------------------------------------------------------
 
     def _on_participant(self, other: Participant) -> None:
         if other is not self.participant:
             self.send({"type": "update", "participants": [other.describe()]})
+
+    def _speakers_state(self) -> dict[str, Any]:
+        return {"sid": self.room.speakers.dominant, "speaking": sorted(self.room.speakers.speaking)}
+
+    def _on_speakers(self, _: object = None) -> None:
+        if self.dominant_speaker:
+            self.send({"type": "update", "dominant_speaker": self._speakers_state()})
+
+    def _quality_entry(self, p: Participant) -> dict[str, Any] | None:
+        verbosity = self.quality_local if p is self.participant else self.quality_remote
+        if not verbosity or p.network_quality_level is None:
+            return None
+        return protocol.network_quality_entry(p.sid, p.network_quality_level, p.network_quality_stats, verbosity)
+
+    def _on_network_quality(self, p: Participant) -> None:
+        entry = self._quality_entry(p)
+        if entry is not None:
+            self.send({"type": "update", "network_quality": [entry]})
 
     def _on_offer(self, offer: Offer) -> None:
         self._last_offer = offer
@@ -586,6 +616,8 @@ class SignalingService:
             raise ProtocolError(exc.code, exc.message, fatal=True) from None
         participant_part = protocol.field(message, "participant", dict, required=False) or {}
         tracks = protocol.tracks(participant_part.get("tracks", []))
+        dominant_speaker = bool(protocol.field(message, "dominant_speaker", bool, required=False))
+        quality_local, quality_remote = protocol.quality_options(message.get("network_quality"))
         rules = None
         subscribe = protocol.field(message, "subscribe", dict, required=False)
         if subscribe is not None and "rules" in subscribe:
@@ -601,6 +633,7 @@ class SignalingService:
         except ParticipantError as exc:
             raise ProtocolError(exc.code, exc.message, fatal=True) from None
         session = Session(self, participant, grant)
+        session.dominant_speaker, session.quality_local, session.quality_remote = dominant_speaker, quality_local, quality_remote
         self.sessions[session.id] = session
         refused: ProtocolError | None = None
         try:

@@ -69,13 +69,16 @@ class CounterVideoTrack(MediaStreamTrack):
 
 
 class ToneAudioTrack(MediaStreamTrack):
-    """A 440 Hz tone in 20 ms frames at 48 kHz, paced in real time."""
+    """A 440 Hz tone in 20 ms frames at 48 kHz, paced in real time. ``level_dbov`` sets its
+    loudness (0 loudest, 127 silence; what aiortc writes in the RFC 6464 audio level
+    extension) and may change while it plays; None: the default amplitude (about -15 dBov)."""
 
     kind = "audio"
 
-    def __init__(self, frequency: float = 440.0) -> None:
+    def __init__(self, frequency: float = 440.0, level_dbov: int | None = None) -> None:
         super().__init__()
         self.frequency = frequency
+        self.level_dbov = level_dbov
         self.samples = 960
         self.rate = 48000
         self._sent = 0
@@ -89,10 +92,18 @@ class ToneAudioTrack(MediaStreamTrack):
         if delay > 0:
             await asyncio.sleep(delay)
         t = (np.arange(self.samples) + self._sent) / self.rate
-        pcm = (np.sin(2 * math.pi * self.frequency * t) * 8000).astype(np.int16).reshape(1, -1)
+        pcm = (np.sin(2 * math.pi * self.frequency * t) * self._amplitude()).astype(np.int16).reshape(1, -1)
         frame = AudioFrame.from_ndarray(pcm, format="s16", layout="mono")
         frame.sample_rate = self.rate
         frame.pts = self._sent
         frame.time_base = fractions.Fraction(1, self.rate)
         self._sent += self.samples
         return frame
+
+    def _amplitude(self) -> float:
+        level = self.level_dbov
+        if level is None:
+            return 8000.0
+        if level >= 127:
+            return 0.0
+        return min(32767.0, 32767.0 * math.sqrt(2) * 10 ** (-level / 20))  # a sine's RMS is its peak / sqrt(2)

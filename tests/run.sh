@@ -9,6 +9,7 @@ command -v ip >/dev/null 2>&1 || need_apt+=(iproute2)
 command -v unshare >/dev/null 2>&1 || need_apt+=(util-linux)
 command -v chromium >/dev/null 2>&1 || need_apt+=(chromium)  # the web client's tests (tests/test_web_*.py)
 command -v turnserver >/dev/null 2>&1 || need_apt+=(coturn)  # tests/test_turn.py
+command -v nft >/dev/null 2>&1 || need_apt+=(nftables)  # induced loss inside the test namespace (tests/test_network_quality.py)
 command -v firefox-esr >/dev/null 2>&1 || need_apt+=(firefox-esr)  # tests/test_web_firefox.py, driven over WebDriver BiDi
 command -v npm >/dev/null 2>&1 || need_apt+=(npm)  # fetches the official twilio-video SDK (tests/test_twilio_sdk.py)
 if [ ${#need_apt[@]} -gt 0 ]; then

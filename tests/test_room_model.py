@@ -67,6 +67,7 @@ class FakeTransport:
         self.negotiating = False
         self.offers_first = False
         self.closed = False
+        self.dominant_speaker_tracks: frozenset[str] = frozenset()
 
     def publish(self, track_sid: str, kind: Kind, codecs: list[str] | None = None, client_track_id: str | None = None) -> TrackSource:
         if client_track_id is not None:
@@ -113,6 +114,9 @@ class FakeTransport:
 
     async def add_ice_candidate(self, candidate: str | None, sdp_mid: str | None, sdp_mline_index: int | None) -> None:
         pass
+
+    def set_dominant_speaker(self, track_sids: frozenset[str]) -> None:
+        self.dominant_speaker_tracks = track_sids
 
     async def close(self) -> None:
         self.closed = True

@@ -427,7 +427,7 @@ async function join(event) {
     const tracks = [state.audio, state.video].filter((t) => t && !t.isStopped);
     // ICE servers come from the server (sfu serve --ice-server); ?iceTransportPolicy=relay
     // makes the call go through its TURN server only (to check that TURN works).
-    const options = { name: roomName, tracks: [...tracks, chat] };
+    const options = { name: roomName, tracks: [...tracks, chat], ...SPEAKER_AND_QUALITY_OPTIONS };
     if (state.iceTransportPolicy) options.iceTransportPolicy = state.iceTransportPolicy;
     const room = await Video.connect(token, options);
     state.chat = chat;
@@ -460,6 +460,7 @@ function enterRoom(room) {
 
   addLocalTile(room);
   for (const participant of room.participants.values()) addParticipant(participant);
+  watchDominantSpeaker(room);
 
   room.on('participantConnected', (p) => {
     addParticipant(p);
@@ -540,6 +541,53 @@ function leaveRoom(error) {
   ui.joinButton.focus();
 }
 
+// --- who speaks, and how good each network is (issue 12) -------------------------------
+// The server decides the dominant speaker from the audio levels it forwards and measures each
+// participant's network (sdk.js: dominantSpeaker, networkQuality). The dominant speaker's tile
+// is highlighted (class "dominant"), each tile lights a speaking dot (data-speaking) and shows
+// five network quality bars (data-quality 0-5, or "unknown").
+
+const SPEAKER_AND_QUALITY_OPTIONS = { dominantSpeaker: true, networkQuality: { local: 1, remote: 1 } };
+
+function addIndicators(tile, participant) {
+  const dot = document.createElement('span');
+  dot.className = 'speaking';
+  dot.setAttribute('aria-hidden', 'true');
+  tile.append(dot);
+  const bars = document.createElement('span');
+  bars.className = 'quality';
+  bars.setAttribute('role', 'img');
+  for (let i = 0; i < 5; i += 1) bars.append(Object.assign(document.createElement('span'), { className: 'bar' }));
+  tile.querySelector('.badges').append(bars);
+  const render = () => renderIndicators(tile, participant);
+  participant.on('isSpeakingChanged', render);
+  participant.on('networkQualityLevelChanged', render);
+  render();
+  if (state.room) renderDominant(state.room);
+}
+
+function renderIndicators(tile, participant) {
+  tile.dataset.speaking = String(Boolean(participant.isSpeaking));
+  const level = participant.networkQualityLevel;
+  tile.dataset.quality = Number.isInteger(level) ? String(level) : 'unknown';
+  tile.querySelector('.quality').setAttribute('aria-label', Number.isInteger(level) ? `Network quality ${level} of 5` : 'Network quality unknown');
+}
+
+function watchDominantSpeaker(room) {
+  room.on('dominantSpeakerChanged', () => renderDominant(room));
+  renderDominant(room);
+}
+
+function renderDominant(room) {
+  const sid = room.dominantSpeaker ? room.dominantSpeaker.sid : null;
+  for (const [key, tile] of state.tiles) {
+    const dominant = key === sid;
+    tile.classList.toggle('dominant', dominant);
+    if (dominant) tile.dataset.dominant = 'true';
+    else delete tile.dataset.dominant;
+  }
+}
+
 // --- tiles ----------------------------------------------------------------------------
 
 function makeTile(key, name, extra = {}) {
@@ -584,6 +632,7 @@ function setBadge(tile, which, text, value) {
 function addLocalTile(room) {
   const tile = makeTile('local', `You (${room.localParticipant.identity})`, { local: 'true', identity: room.localParticipant.identity });
   tile.classList.add('local');
+  addIndicators(tile, room.localParticipant);
   if (state.video) attachMedia(tile, state.video, true);
   renderLocal();
 }
@@ -602,7 +651,7 @@ function renderLocal() {
 
 function addParticipant(p) {
   if (state.tiles.has(p.sid)) return;
-  makeTile(p.sid, p.identity, { participantSid: p.sid, identity: p.identity });
+  addIndicators(makeTile(p.sid, p.identity, { participantSid: p.sid, identity: p.identity }), p);
   for (const publication of p.tracks.values()) {
     if (publication.track) trackSubscribed(publication.track, p);
   }

@@ -417,6 +417,9 @@ class Participant extends EventEmitter {
     this.sid = sid;
     this.identity = identity;
     this.state = 'connected';
+    this.networkQualityLevel = null; // 0-5 with connect({networkQuality}): see applySpeakersAndQuality
+    this.networkQualityStats = null;
+    this.isSpeaking = false; // (our extension) with connect({dominantSpeaker: true})
     this.tracks = new Map(); // track SID -> publication
     this.audioTracks = new Map();
     this.videoTracks = new Map();
@@ -612,6 +615,7 @@ export class Room extends EventEmitter {
     this.state = 'connecting';
     this.localParticipant = null;
     this.participants = new Map();
+    this.dominantSpeaker = null; // with connect({dominantSpeaker: true}): see applySpeakersAndQuality
     this._token = token;
     this._url = options.signalingUrl || defaultSignalingUrl();
     this._initialTracks = tracks;
@@ -670,6 +674,7 @@ export class Room extends EventEmitter {
       };
       if (name) message.name = name;
       if (options.subscribeRules) message.subscribe = { rules: options.subscribeRules };
+      Object.assign(message, speakerAndQualityOptions(options));
       this._send(message);
       await connected;
     } finally {
@@ -779,6 +784,10 @@ export class Room extends EventEmitter {
     for (const p of message.participants || []) this._applyParticipant(p);
     this._applyPublished(message.published);
     this._applySubscribed(message.subscribed);
+    // After connect() resolves, as Twilio's first media-signaling message comes: an app that
+    // listens for dominantSpeakerChanged / networkQualityLevelChanged then hears the first values.
+    if (first) setTimeout(() => this.state !== 'disconnected' && applySpeakersAndQuality(this, message), 0);
+    else applySpeakersAndQuality(this, message);
     this.state = 'connected';
     this._startHeartbeat((message.options || {}).heartbeat_interval);
     if (first) {
@@ -806,6 +815,7 @@ export class Room extends EventEmitter {
     if (message.published) this._applyPublished(message.published);
     if (message.subscribed) this._applySubscribed(message.subscribed);
     if (message.subscribe) this.subscribeRules = message.subscribe.rules;
+    applySpeakersAndQuality(this, message);
     const pc = message.peer_connection;
     if (pc && pc.description && pc.description.type === 'offer') {
       await this._answer(pc.description, pc.sections || []);
@@ -1180,6 +1190,63 @@ export class Room extends EventEmitter {
 }
 
 /** A TwilioError from a protocol `{code, message}` object (defaults when a field is missing). */
+// --- dominant speaker and network quality (issue 12) ----------------------------------
+//
+// connect(token, {dominantSpeaker: true}) keeps `room.dominantSpeaker` (a RemoteParticipant or
+// null, as Twilio's) and emits `dominantSpeakerChanged` (participant or null) on the room.
+// connect(token, {networkQuality: true | {local: 1-3, remote: 0-3}}) keeps each participant's
+// `networkQualityLevel` (0-5, null until known) and `networkQualityStats` (Twilio's
+// NetworkQualityStats shape at verbosity 2 and 3, else null) and emits
+// `networkQualityLevelChanged` (level, stats) on the participant. Our extension: with
+// dominantSpeaker, each participant's `isSpeaking` and its `isSpeakingChanged` (boolean) event,
+// and the room's `speakingChanged` (participant, boolean), for a speaking indicator.
+
+function speakerAndQualityOptions(options) {
+  const out = {};
+  if (options.dominantSpeaker) out.dominant_speaker = true;
+  const quality = options.networkQuality;
+  if (quality === true) {
+    out.network_quality = { local: 1, remote: 0 };
+  } else if (quality && typeof quality === 'object') {
+    const verbosity = (value, fallback) => (Number.isInteger(value) && value >= 0 && value <= 3 ? value : fallback);
+    out.network_quality = { local: Math.max(1, verbosity(quality.local, 1)), remote: verbosity(quality.remote, 0) };
+  }
+  return out;
+}
+
+function participantBySid(room, sid) {
+  if (!sid || !room.localParticipant) return null;
+  return sid === room.localParticipant.sid ? room.localParticipant : room.participants.get(sid) || null;
+}
+
+function applySpeakersAndQuality(room, message) {
+  const speakers = message.dominant_speaker;
+  if (speakers && typeof speakers === 'object') {
+    const speaking = new Set(Array.isArray(speakers.speaking) ? speakers.speaking : []);
+    for (const p of [room.localParticipant, ...room.participants.values()]) {
+      if (!p || p.isSpeaking === speaking.has(p.sid)) continue;
+      p.isSpeaking = speaking.has(p.sid);
+      p.emit('isSpeakingChanged', p.isSpeaking);
+      room.emit('speakingChanged', p, p.isSpeaking);
+    }
+    const found = participantBySid(room, speakers.sid);
+    const dominant = found instanceof RemoteParticipant ? found : null; // (Twilio names remote ones only)
+    if (dominant !== room.dominantSpeaker) {
+      room.dominantSpeaker = dominant;
+      room.emit('dominantSpeakerChanged', dominant);
+    }
+  }
+  for (const entry of Array.isArray(message.network_quality) ? message.network_quality : []) {
+    const p = participantBySid(room, entry && entry.sid);
+    if (!p || !Number.isInteger(entry.level)) continue;
+    p.networkQualityStats = entry.stats || null;
+    if (entry.level !== p.networkQualityLevel) {
+      p.networkQualityLevel = entry.level;
+      p.emit('networkQualityLevelChanged', entry.level, p.networkQualityStats);
+    }
+  }
+}
+
 function twilioError(error, code, message) {
   const e = error && typeof error === 'object' ? error : {};
   return new TwilioError(Number(e.code) || code, String(e.message || message));
@@ -1196,7 +1263,8 @@ function isPublicationError(code) {
  * `iceServers` (default: the STUN / TURN servers the server hands out, from its
  * `--ice-server` list; an array given here replaces them, as Twilio's replaces its Network
  * Traversal Service), `iceTransportPolicy` ('relay': relayed candidates only, through TURN),
- * `bundlePolicy` (default max-bundle). Rejects with a
+ * `bundlePolicy` (default max-bundle), `dominantSpeaker` and `networkQuality` (Twilio's; see
+ * "dominant speaker and network quality" above). Rejects with a
  * TwilioError carrying the server's code and message (20101 bad token, 53105 room full, ...)
  * or with the browser's DOMException when the camera or microphone is refused.
  */

@@ -68,6 +68,14 @@ class SendStats:
     remb_bitrate: int | None = None
     remb_at: float = 0.0  # monotonic time of the last REMB
     fraction_lost: int = 0
+    # From the subscriber's receiver reports (sfu.media.quality): interarrival jitter in
+    # RTP clock units, round-trip time in seconds, and the last SR sent (its middle 32 NTP
+    # bits and monotonic time), which the RR's LSR/DLSR answer.
+    jitter: int = 0
+    rtt: float | None = None
+    reports: int = 0
+    sr_ntp: int = 0
+    sr_sent_at: float = 0.0
 
 
 class Consumer:
@@ -375,7 +383,13 @@ class Consumer:
         elif isinstance(packet, (RtcpRrPacket, RtcpSrPacket)):
             for report in packet.reports:
                 if report.ssrc == self.ssrc:
-                    self.stats.fraction_lost = report.fraction_lost
+                    stats = self.stats
+                    stats.fraction_lost = report.fraction_lost
+                    stats.jitter = report.jitter
+                    stats.reports += 1
+                    if report.lsr and report.lsr == stats.sr_ntp:
+                        rtt = time.monotonic() - stats.sr_sent_at - report.dlsr / 65536
+                        stats.rtt = max(0.0, rtt)
 
     def _retransmit(self, lost: list[int]) -> None:
         offset = self._seq_offset
@@ -420,6 +434,7 @@ class Consumer:
         elapsed = time.time() - source.sr_arrival
         ntp = source.sr_ntp_full + int(elapsed * (1 << 32))
         rtp_ts = (source.sr_rtp + self._ts_offset + int(elapsed * self._clock_rate)) & 0xFFFFFFFF
+        stats.sr_ntp, stats.sr_sent_at = (ntp >> 16) & 0xFFFFFFFF, time.monotonic()  # (for the RR's round-trip time)
         return RtcpSrPacket(
             ssrc=self.ssrc,
             sender_info=RtcpSenderInfo(

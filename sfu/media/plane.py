@@ -31,16 +31,20 @@ from ..contracts import (
     TransportListener,
 )
 from . import overload
+from .audiolevel import AudioLevelMeter, window_level
 from .consumer import Consumer
 from .datatrack import DataConsumer, DataProducer
 from .peer import MediaConfig, Peer
 from .producer import Producer
+from .quality import QualityMonitor
 from .router import Router
 from .udpmux import UdpMux
 
 logger = logging.getLogger(__name__)
 
 MAX_PENDING_CHANNELS = 16  # data channels held per participant, one per label, for tracks not published yet
+ACTIVITY_INTERVAL = 0.25  # seconds between audio level reports (sfu.media.audiolevel)
+QUALITY_INTERVAL = 1.0  # seconds between network quality measures (sfu.media.quality)
 
 
 class UdpPortUnavailable(Exception):
@@ -61,6 +65,10 @@ class PeerTransport:
         self._pending_channels: dict[str, RTCDataChannel] = {}
         self._arriving: RTCDataChannel | None = None  # the channel on_data_channel is about
         self._data: set[DataProducer | DataConsumer] = set()  # (the Peer keeps the audio and video ones)
+        self._meters: dict[Producer, AudioLevelMeter] = {}  # the audio sources' smoothed levels
+        self._media: set[Producer | Consumer] = set()  # what network quality is measured on
+        self.quality = QualityMonitor()
+        self.dominant_speaker_tracks: frozenset[str] = frozenset()  # (for the allocator)
         self.closed = False
         peer.on("offer", listener.on_offer)
         peer.on("publication_ready", listener.on_publication_ready)
@@ -74,7 +82,11 @@ class PeerTransport:
     def publish(
         self, track_sid: str, kind: Kind, codecs: list[str] | None = None, client_track_id: str | None = None
     ) -> TrackSource:
-        return self.peer.add_publication(track_sid, kind, codecs, client_track_id)
+        producer = self.peer.add_publication(track_sid, kind, codecs, client_track_id)
+        self._media.add(producer)
+        if kind == "audio":
+            self._meters[producer] = AudioLevelMeter()
+        return producer
 
     def publish_data(self, track_sid: str, label: str) -> TrackSource | None:
         arriving = self._arriving
@@ -97,6 +109,8 @@ class PeerTransport:
 
     def unpublish(self, source: TrackSource) -> None:
         if isinstance(source, Producer):
+            self._media.discard(source)
+            self._meters.pop(source, None)
             self.peer.remove_publication(source)  # (detaches its consumers from the router)
         elif isinstance(source, DataProducer):
             self._data.discard(source)
@@ -134,6 +148,7 @@ class PeerTransport:
         if isinstance(source, Producer):
             consumer = self.peer.add_subscription(source, stream_id=stream_id)
             consumer.priority = priority  # (what overload sheds first)
+            self._media.add(consumer)
             return consumer
         if not isinstance(source, DataProducer):
             raise TypeError(f"not a source of this media plane: {source!r}")
@@ -155,16 +170,39 @@ class PeerTransport:
 
     def unsubscribe(self, sink: TrackSink) -> None:
         if isinstance(sink, Consumer):
+            self._media.discard(sink)
             self.peer.remove_subscription(sink)
         else:
             self.release(sink)
 
     def release(self, sink: TrackSink) -> None:
         if isinstance(sink, Consumer):
+            self._media.discard(sink)
             sink.detach()
         elif isinstance(sink, DataConsumer):
             self._data.discard(sink)
             self.router.remove_data_consumer(sink)
+
+    # --- audio activity, network quality, the dominant speaker --------------------------
+
+    def set_dominant_speaker(self, track_sids: frozenset[str]) -> None:
+        """(The allocator reads ``dominant_speaker_tracks`` when it decides.)"""
+        self.dominant_speaker_tracks = frozenset(track_sids)
+
+    def report_audio_activity(self) -> None:
+        """One window of each audio source's RFC 6464 levels: report the changed ones."""
+        for producer, meter in list(self._meters.items()):
+            level = meter.update(window_level(*producer.take_levels()))
+            if level is not None:
+                self.listener.on_audio_activity(producer, level)
+
+    def report_network_quality(self, elapsed: float) -> None:
+        """One window of network quality: report the level when it changed."""
+        media = list(self._media)
+        producers = [m for m in media if isinstance(m, Producer)]
+        consumers = [m for m in media if isinstance(m, Consumer)]
+        if self.quality.measure(producers, consumers, elapsed) and self.quality.level is not None:
+            self.listener.on_network_quality(self.quality.level, self.quality.stats or {})
 
     # --- negotiation -------------------------------------------------------------------
 
@@ -224,6 +262,9 @@ class LocalMediaPlane:
         self.routers: dict[str, Router] = {}
         self.transports: set[PeerTransport] = set()
         self._guard: overload.OverloadGuard | None = None
+        self.activity_interval = ACTIVITY_INTERVAL
+        self.quality_interval = QUALITY_INTERVAL
+        self._monitor: asyncio.Task[None] | None = None
 
     @property
     def udp_mux(self) -> UdpMux | None:
@@ -258,7 +299,28 @@ class LocalMediaPlane:
         peer = Peer(name, self.config, router, offers_first=offers_first)
         transport = PeerTransport(peer, listener, router, self.transports.discard)
         self.transports.add(transport)
+        if self._monitor is None or self._monitor.done():
+            self._monitor = asyncio.get_running_loop().create_task(self._monitor_loop())
         return transport
+
+    async def _monitor_loop(self) -> None:
+        """Audio levels every ``activity_interval``, network quality every
+        ``quality_interval``, for every transport, while there are any."""
+        loop = asyncio.get_running_loop()
+        measured = loop.time()
+        while self.transports:
+            await asyncio.sleep(self.activity_interval)
+            now = loop.time()
+            quality_due = now - measured >= self.quality_interval
+            for transport in list(self.transports):
+                try:
+                    transport.report_audio_activity()
+                    if quality_due:
+                        transport.report_network_quality(now - measured)
+                except Exception:
+                    logger.exception("%s: audio activity or network quality failed", transport.peer.name)
+            if quality_due:
+                measured = now
 
     def room_closed(self, room_sid: str) -> None:
         router = self.routers.pop(room_sid, None)
@@ -289,6 +351,8 @@ class LocalMediaPlane:
         return [figures]
 
     async def close(self) -> None:
+        if self._monitor is not None:
+            self._monitor.cancel()
         for transport in list(self.transports):
             await transport.close()
         for room_sid in list(self.routers):

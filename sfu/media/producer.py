@@ -18,6 +18,7 @@ from collections.abc import Callable
 
 from ..contracts import Kind, MediaCounters
 from . import rtp
+from .audiolevel import ACTIVE_DBOV
 from .codecs import KeyframeProbe, keyframe_probe
 from .keyframes import KeyframeRequester
 from .rtp import InboundPacket
@@ -72,6 +73,11 @@ class Producer:
         self._keyframe_at = 0.0
         self.keyframe_max_age = KEYFRAME_MAX_AGE
         self.cached_starts = 0  # consumers started from the cached keyframe (no PLI waited for)
+        # RFC 6464 audio levels since the media plane last read them (sfu.media.audiolevel):
+        # packets carrying one, those at voice level, and their summed -dBov values.
+        self.level_packets = 0
+        self.level_active = 0
+        self.level_active_dbov = 0
         self.closed = False
 
     # --- negotiation -------------------------------------------------------------------
@@ -146,6 +152,13 @@ class Producer:
             packet.keyframe = True
             self._keyframe_seen(packet.sequence_number)
         self._count(packet, len(data))
+        level = packet.audio_level
+        if level is not None:  # (one byte, already sliced by rtp.parse)
+            dbov = level[0] & 0x7F
+            self.level_packets += 1
+            if dbov <= ACTIVE_DBOV:
+                self.level_active += 1
+                self.level_active_dbov += dbov
         forwards = self._forwards
         if not forwards:
             return
@@ -193,6 +206,13 @@ class Producer:
             self._send_nack(self.ssrc, missing)
         stats.max_seq = seq
         self.last_timestamp, self.last_arrival = packet.timestamp, time.monotonic()
+
+    def take_levels(self) -> tuple[int, int, int]:
+        """The audio level counts since the last call (packets, voice packets, their summed
+        -dBov), and start counting again."""
+        counts = (self.level_packets, self.level_active, self.level_active_dbov)
+        self.level_packets = self.level_active = self.level_active_dbov = 0
+        return counts
 
     # --- retransmission and keyframes --------------------------------------------------
 

@@ -6,10 +6,12 @@ over a pool of worker processes, one per core, like mediasoup's workers.
   and the transports the front placed on it.
 * Placement: a room goes to the least-loaded live worker when its first transport is
   created (load: transports, plus forwarded packets per second in units of what one
-  participant makes); all its transports follow it. ``transport_worker`` is the seam where a
-  room too big for one worker may put a subscriber-only participant elsewhere, and
-  ``source_on`` where such a participant's subscriptions get a pipe (mediasoup's
-  ``pipeToRouter``; ``pipe`` is None until that is built).
+  participant makes); its transports follow it, up to ``room_capacity`` on that worker
+  (None: no limit). Past it, a room bigger than one worker spills onto the others
+  (``transport_worker``), and a subscription to a source on another worker goes through a
+  pipe between the two (``source_on`` -> ``pipe_source``, mediasoup's ``pipeToRouter``,
+  sfu.media.pipe): the source's worker sends its packets once to each worker that has
+  subscribers of it.
 * Crash isolation: when a worker's channel ends (the process died, or it broke the protocol
   and was killed), every transport it carried reports ``on_failed(53405, ...)`` to the room
   model, its rooms are unplaced (so the same room name starts afresh on a live worker), and a
@@ -21,6 +23,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import os
 import socket
 import sys
 import time
@@ -205,13 +208,18 @@ class Worker:
 class RemoteMediaPlane:
     """A ``MediaPlane`` whose transports live in ``count`` worker processes."""
 
-    def __init__(self, count: int, spec: WorkerSpec) -> None:
+    def __init__(self, count: int, spec: WorkerSpec, room_capacity: int | None = None) -> None:
         if count < 1:
             raise ValueError("at least one worker")
         self.spec = spec
         self.workers = [Worker(self, index) for index in range(count)]
         self.placement: dict[str, Worker] = {}  # room SID -> the worker that hosts it
-        self.pipe: Pipe | None = None
+        self.room_capacity = room_capacity  # transports of one room a worker takes before it spills
+        self.pipe: Pipe | None = self.pipe_source
+        self._pipes: set[tuple[int, int, int, int]] = set()  # (worker, pid, worker, pid) with a pipe up
+        # (source id, worker, pid) -> (the source, its proxy on that worker)
+        self._piped: dict[tuple[str, int, int], tuple[RemoteSource, RemoteSource]] = {}
+        self._token = f"{os.getpid()}-{id(self):x}"
         self.closing = False
         self._restarts: set[asyncio.Task[None]] = set()
 
@@ -236,10 +244,23 @@ class RemoteMediaPlane:
         return worker
 
     def transport_worker(self, room_sid: str, name: str) -> Worker:
-        """Where a new transport of ``room_sid`` goes: the room's worker. (The seam for rooms
-        bigger than one worker: a subscriber-only participant may go elsewhere, with
-        ``create_transport_on``; its subscriptions then go through ``source_on``.)"""
-        return self.room_worker(room_sid)
+        """Where a new transport of ``room_sid`` goes: the room's worker while it has fewer
+        than ``room_capacity`` of the room's transports; then another live worker under
+        that count (the least loaded), or the least loaded of all when each is full."""
+        home = self.room_worker(room_sid)
+        others = [w for w in self.workers if w.alive and w is not home]
+        if self.room_capacity is None or not others or self._room_transports(home, room_sid) < self.room_capacity:
+            return home
+        roomy = [w for w in others if self._room_transports(w, room_sid) < self.room_capacity]
+        worker = min(roomy or [home, *others], key=lambda w: (w.load, w.index))
+        if worker is not home:
+            logger.info("room %s: transport %s on media worker %d (worker %d has %d of the room's transports)",
+                        room_sid, name, worker.index, home.index, self._room_transports(home, room_sid))  # fmt: skip
+        return worker
+
+    @staticmethod
+    def _room_transports(worker: Worker, room_sid: str) -> int:
+        return sum(1 for t in worker.transports.values() if t.room_sid == room_sid)
 
     def source_on(self, source: RemoteSource, worker: Worker) -> RemoteSource:
         """``source`` as seen from ``worker``: itself on its own worker, else through a pipe."""
@@ -248,6 +269,45 @@ class RemoteMediaPlane:
         if self.pipe is None:
             raise RuntimeError(f"{source.track_sid} is on worker {source.worker.index}, not {worker.index}, and no pipe is set")
         return self.pipe(source, worker)
+
+    def pipe_source(self, source: RemoteSource, worker: Worker) -> RemoteSource:
+        """A proxy on ``worker`` of ``source`` (on another worker), fed through the pipe between
+        the two: made once per (source, worker); the pipe itself once per pair of workers."""
+        key = (source.id, worker.index, worker.pid)
+        known = self._piped.get(key)
+        if known is not None:
+            return known[1]
+        self._forget_gone_sources()
+        origin, room_sid = source.worker, source.transport.room_sid if source.transport is not None else ""
+        piped = RemoteSource(worker, None, source.track_sid, source.kind, source.data_options)
+        worker.handles[piped.id] = piped  # (its counters come with the far worker's stats)
+        self._piped[key] = (source, piped)
+        if source.kind == "data":  # (the pipe carries RTP only: a subscription there gets nothing)
+            logger.warning("track %s: data tracks do not cross media workers", source.track_sid)
+            return piped
+        pair = (origin.index, origin.pid, worker.index, worker.pid)
+        if pair not in self._pipes:
+            self._pipes.update({pair, (worker.index, worker.pid, origin.index, origin.pid)})
+            from ..media.pipe import PipeHub
+
+            name = PipeHub.pipe_name(f"{self._token}-{origin.pid}-{worker.pid}", origin.index, worker.index)
+            worker.channel.request("pipe_listen", {"peer": origin.index, "name": name}).add_done_callback(_quiet)
+            origin.channel.request("pipe_connect", {"peer": worker.index, "name": name}).add_done_callback(_quiet)
+        # in this order on each channel: the far worker has the proxy before any subscribe to it
+        worker.channel.request("pipe_in", {"peer": origin.index, "h": piped.id, "track_sid": source.track_sid,
+                                           "kind": source.kind}).add_done_callback(_quiet)
+        origin.channel.request("pipe_out", {"peer": worker.index, "h": source.id, "room": room_sid}).add_done_callback(_quiet)
+        logger.info("track %s piped from media worker %d to %d", source.track_sid, origin.index, worker.index)
+        return piped
+
+    def _forget_gone_sources(self) -> None:
+        """Proxies of sources unpublished since, or of workers replaced (their workers forgot
+        them when the piped track closed)."""
+        for key, (source, piped) in list(self._piped.items()):
+            far = self.workers[key[1]]
+            if source.id not in source.worker.handles or far.pid != key[2] or not far.alive:
+                del self._piped[key]
+                far.handles.pop(piped.id, None)
 
     # --- MediaPlane ----------------------------------------------------------------------------
 

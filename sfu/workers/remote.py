@@ -187,6 +187,9 @@ class RemoteTransport:
     def request_negotiation(self) -> None:
         self.call("request_negotiation")
 
+    def set_dominant_speaker(self, track_sids: frozenset[str]) -> None:
+        self.call("set_dominant_speaker", tracks=sorted(track_sids))
+
     @property
     def negotiating(self) -> bool:
         return self._negotiating
@@ -245,6 +248,8 @@ class RemoteTransport:
             listener.on_data_channel(data["label"])
         elif event == "failed":  # (the room model still closes it, which frees it in the worker)
             listener.on_failed(int(data["code"]), str(data["reason"]))
+        elif event == "network_quality":
+            listener.on_network_quality(int(data["level"]), data.get("stats") or {})
         else:
             handle = self.handles.get(data.get("h", ""))
             if handle is None:
@@ -259,6 +264,8 @@ class RemoteTransport:
                 listener.on_subscription_failed(handle, data["reason"])  # type: ignore[arg-type]
             elif event == "subscription_lost":
                 listener.on_subscription_lost(handle)  # type: ignore[arg-type]
+            elif event == "audio_activity":
+                listener.on_audio_activity(handle, float(data["level"]))  # type: ignore[arg-type]
             else:
                 logger.warning("%s: unknown event %r from worker %d", self.name, event, self.worker.index)
 

@@ -32,6 +32,9 @@ from ..contracts import (
     TrackSink,
     TrackSource,
 )
+from ..media.pipe import PipeHub
+from ..media.producer import Producer
+from ..media.router import Router
 from .channel import Channel, ProtocolError, RequestError
 
 if TYPE_CHECKING:
@@ -89,6 +92,12 @@ class _Listener:
     def on_failed(self, code: int, reason: str) -> None:
         self._send("failed", code=code, reason=reason)
 
+    def on_audio_activity(self, source: TrackSource, level: float) -> None:
+        self._send("audio_activity", h=self.host.id_of(source), level=level)
+
+    def on_network_quality(self, level: int, stats: dict[str, Any]) -> None:
+        self._send("network_quality", level=level, stats=stats)
+
 
 class WorkerHost:
     """Carries out the front's requests on ``plane`` (see the module docstring)."""
@@ -113,13 +122,20 @@ class WorkerHost:
             "release": lambda d: self._transport(d).release(self._drop_sink(d["h"])),
             "set_priority": lambda d: self._sink(d["h"]).set_priority(d["priority"]),
             "request_negotiation": lambda d: self._transport(d).request_negotiation(),
+            "set_dominant_speaker": lambda d: self._transport(d).set_dominant_speaker(frozenset(d["tracks"])),
             "apply_answer": self._apply_answer,
             "apply_offer": self._apply_offer,
             "add_ice_candidate": self._add_ice_candidate,
             "close_transport": self._close_transport,
             "room_closed": lambda d: self.plane.room_closed(d["room"]),
             "stats": lambda d: self.stats(full=True),
+            # a room on several workers (sfu.media.pipe): tracks piped between this and ``peer``
+            "pipe_listen": lambda d: self.pipes.listen(d["peer"], d["name"]),
+            "pipe_connect": lambda d: self.pipes.connect(d["peer"], d["name"]),
+            "pipe_out": self._pipe_out,
+            "pipe_in": lambda d: self.bind(d["h"], self.pipes.expect(d["peer"], d["track_sid"], d["kind"])),
         }
+        self.pipes = PipeHub(on_close=self._pipe_closed)
 
     async def serve(self, sock: socket.socket) -> None:
         """Answer the front until it closes the channel."""
@@ -141,6 +157,7 @@ class WorkerHost:
             logger.error("the front broke the channel protocol: %s", exc)
         finally:
             ticker.cancel()
+            self.pipes.close()
             for transport in list(self.transports.values()):
                 await transport.close()
             await self.plane.close()
@@ -236,6 +253,28 @@ class WorkerHost:
         if transport is not None:
             await transport.close()
 
+    # --- pipes between workers ---------------------------------------------------------------
+
+    def _pipe_out(self, d: dict[str, Any]) -> None:
+        """Send a source of this worker's room ``room`` to worker ``peer``, once."""
+        source = self._source(d["h"])
+        router_of = getattr(self.plane, "router", None)  # (LocalMediaPlane's rooms' Routers)
+        if not isinstance(source, Producer) or not callable(router_of):
+            raise RequestError(53000, f"pipe_out: {source!r} cannot be piped from this media plane")
+        router: Router = router_of(d["room"])
+        self.pipes.send(d["peer"], source, router)
+
+    def _pipe_closed(self, peer: int, producer: Producer) -> None:
+        """A piped track ended (unpublished, or the other worker is gone): its consumers here
+        leave every room's fan-out, and the front's handle for it is forgotten."""
+        routers: dict[str, Router] = getattr(self.plane, "routers", {})
+        for router in routers.values():
+            if router.consumers(producer):
+                router.remove_source(producer)
+        handle_id = self._ids.get(id(producer))
+        if handle_id is not None:
+            self._forget(handle_id)
+
     # --- statistics ------------------------------------------------------------------------
 
     def figures(self) -> dict[str, Any]:
@@ -244,6 +283,10 @@ class WorkerHost:
         extra: dict[str, float] = {}
         for figures in own:
             extra.update(figures.extra)
+        if self.pipes.pipes:
+            pipes = self.pipes.counters()
+            extra.update(pipe_packets_sent=pipes.sent, pipe_packets_received=pipes.received, pipe_dropped=pipes.dropped,
+                         pipe_retransmitted=pipes.retransmitted)
         return {
             "pid": os.getpid(),
             "rooms": sum(f.rooms for f in own),
