@@ -263,8 +263,14 @@ class MediaPlane(Protocol):
 
     async def start(self) -> None: ...
 
-    def create_transport(self, room_sid: str, name: str, listener: TransportListener) -> ParticipantTransport:
-        """A transport for a participant of ``room_sid`` (``name`` is for logs)."""
+    def create_transport(
+        self, room_sid: str, name: str, listener: TransportListener, offers_first: bool = False
+    ) -> ParticipantTransport:
+        """A transport for a participant of ``room_sid`` (``name`` is for logs).
+
+        ``offers_first``: the participant makes the first offer (the official twilio-video
+        SDK): the SFU holds its own offers until ``apply_offer`` has applied that one, and
+        the participant's tracks always come on the m-sections its offers send."""
         ...
 
     def room_closed(self, room_sid: str) -> None:

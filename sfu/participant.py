@@ -77,7 +77,7 @@ class Participant(AsyncIOEventEmitter):
     Its state is written by its room only (``sfu.room.Room``); what its transport reports
     goes to the room too."""
 
-    def __init__(self, sid: str, identity: str, room: "Room", plane: MediaPlane, now: datetime) -> None:
+    def __init__(self, sid: str, identity: str, room: "Room", plane: MediaPlane, now: datetime, offers_first: bool = False) -> None:
         super().__init__()
         self.sid = sid
         self.identity = identity
@@ -99,7 +99,9 @@ class Participant(AsyncIOEventEmitter):
         self.audio_levels: dict[str, float] = {}  # audio track SID -> smoothed level (sfu.speakers)
         self.network_quality_level: int | None = None  # Twilio's 0-5, from the media plane
         self.network_quality_stats: dict[str, Any] | None = None
-        self.transport: ParticipantTransport = plane.create_transport(room.sid, f"{room.unique_name}/{identity}", self)
+        self.transport: ParticipantTransport = plane.create_transport(
+            room.sid, f"{room.unique_name}/{identity}", self, offers_first=offers_first
+        )
 
     # --- state as the others see it -----------------------------------------------------
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Collection
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import TYPE_CHECKING, Any, Literal, cast
@@ -21,11 +22,13 @@ from .errors import (
     ROOM_COMPLETED,
     ROOM_FULL,
     SESSION_LENGTH_EXCEEDED,
+    SIGNALING_CONNECTION_LOST,
     TRACK_INVALID,
     TRACK_KIND_NOT_SUPPORTED,
     TRACK_NAME_DUPLICATED,
 )
 from .participant import KINDS, Participant, ParticipantError, PublishedTrack, Subscription
+from .rules import PRIORITIES
 from .speakers import SpeakerDetector
 
 if TYPE_CHECKING:
@@ -85,6 +88,7 @@ class Room(AsyncIOEventEmitter):
         self._membership = asyncio.Lock()
         self._empty_timer: asyncio.TimerHandle | None = None
         self._session_timers: dict[str, asyncio.TimerHandle] = {}
+        self._reconnect_timers: dict[str, asyncio.TimerHandle] = {}
         self._lifetime_timer = registry.call_later(MAX_ROOM_DURATION, lambda: asyncio.ensure_future(self.end()))
         self.recording_rules: list[dict[str, Any]] | None = None
         self.speakers = SpeakerDetector()
@@ -108,10 +112,12 @@ class Room(AsyncIOEventEmitter):
 
     # --- joining and leaving ------------------------------------------------------------
 
-    async def join(self, identity: str, rules: list[dict[str, Any]] | None = None) -> Participant:
+    async def join(self, identity: str, rules: list[dict[str, Any]] | None = None, offers_first: bool = False) -> Participant:
         """Add a participant; an existing one with the same identity is disconnected (53205).
 
-        ``rules`` (already validated) replace the default subscribe-to-all rules."""
+        ``rules`` (already validated) replace the default subscribe-to-all rules.
+        ``offers_first``: its client makes the first offer (the official twilio-video SDK);
+        the transport holds the SFU's offers until that one is applied."""
         async with self._membership:
             if not self.in_progress:
                 raise ParticipantError(ROOM_COMPLETED, "Room completed")
@@ -122,7 +128,7 @@ class Room(AsyncIOEventEmitter):
                 raise ParticipantError(ROOM_FULL, "Room contains too many Participants")
             self._cancel_empty_timer()
             now = self.registry.now()
-            participant = Participant(sids.new_sid(sids.PARTICIPANT), identity, self, self.registry.plane, now)
+            participant = Participant(sids.new_sid(sids.PARTICIPANT), identity, self, self.registry.plane, now, offers_first)
             if rules is not None:
                 participant.rules = rules
             self.participants[participant.sid] = participant
@@ -147,9 +153,10 @@ class Room(AsyncIOEventEmitter):
         if self.participants.get(participant.sid) is not participant:
             return
         del self.participants[participant.sid]
-        timer = self._session_timers.pop(participant.sid, None)
-        if timer is not None:
-            timer.cancel()
+        for timers in (self._session_timers, self._reconnect_timers):
+            timer = timers.pop(participant.sid, None)
+            if timer is not None:
+                timer.cancel()
         participant.status = "disconnected"
         participant.disconnected_at = self.registry.now()
         participant.revision += 1
@@ -171,13 +178,27 @@ class Room(AsyncIOEventEmitter):
         logger.info("removing %s from %s: %d %s", participant.identity, self.unique_name, code, reason)
         asyncio.ensure_future(self.remove(participant, code, reason))
 
-    def set_reconnecting(self, participant: Participant) -> None:
-        """The participant's signaling connection dropped; its media goes on meanwhile."""
+    def set_reconnecting(self, participant: Participant, grace: float | None = None) -> None:
+        """The participant's signaling connection dropped; its media goes on meanwhile. With
+        ``grace``: it is removed (53001) unless ``set_connected`` comes within that many seconds."""
         self._set_status(participant, "reconnecting")
+        if grace is not None and participant.status == "reconnecting" and participant.sid not in self._reconnect_timers:
+            self._reconnect_timers[participant.sid] = self.registry.call_later(
+                grace, lambda: asyncio.ensure_future(self._reconnect_expired(participant))
+            )
 
     def set_connected(self, participant: Participant) -> None:
         """The participant resumed its session after ``set_reconnecting``."""
+        timer = self._reconnect_timers.pop(participant.sid, None)
+        if timer is not None:
+            timer.cancel()
         self._set_status(participant, "connected")
+
+    async def _reconnect_expired(self, participant: Participant) -> None:
+        self._reconnect_timers.pop(participant.sid, None)
+        if participant.status == "reconnecting" and self.participants.get(participant.sid) is participant:
+            logger.info("%s did not reconnect to %s", participant.identity, self.unique_name)
+            await self.remove(participant, SIGNALING_CONNECTION_LOST, "Signaling connection lost")
 
     def _set_status(self, participant: Participant, status: str) -> None:
         if participant.status == status or participant.status == "disconnected":
@@ -285,6 +306,35 @@ class Room(AsyncIOEventEmitter):
             self.attach_data(participant, track)  # if its channel is open already
         participant.emit("published_changed")
         return track
+
+    def apply_tracks(
+        self, participant: Participant, tracks: list[dict[str, Any]], offered: bool = False, skip: Collection[str] = ()
+    ) -> dict[str, ParticipantError]:
+        """Make the participant's published tracks match its client's whole list (entries
+        ``{id, kind, name, enabled, priority?}``, as ``signaling.protocol.tracks`` checks them): unpublish
+        what is gone, publish what is new (``offered``: see ``publish``), enable or disable the
+        rest. Returns the tracks refused, by client id; ids in ``skip`` are not tried again."""
+        wanted = {t["id"] for t in tracks}
+        for track in list(participant.published.values()):
+            if track.client_id not in wanted:
+                self.unpublish(participant, track)
+        refused: dict[str, ParticipantError] = {}
+        for entry in tracks:
+            existing = participant.track_by_client_id(entry["id"])
+            priority: Priority = entry.get("priority", "standard")
+            if priority not in PRIORITIES:
+                priority = "standard"
+            if existing is not None:
+                self.set_track_enabled(participant, existing, entry["enabled"])
+                self.set_track_priority(participant, existing, priority)
+            elif entry["id"] not in skip:
+                try:
+                    self.publish(
+                        participant, entry["id"], entry["kind"], entry["name"], entry["enabled"], offered=offered, priority=priority
+                    )
+                except ParticipantError as exc:
+                    refused[entry["id"]] = exc
+        return refused
 
     def attach_data(self, participant: Participant, track: PublishedTrack) -> None:
         """Bind a data track to the channel its client opened with the track's id as label,

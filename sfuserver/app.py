@@ -24,6 +24,7 @@ from sfu.registry import RoomRegistry, utcnow
 from sfu.store import SqliteStore
 from signaling.ice import DEFAULT_TURN_TTL, IceServers
 from signaling.server import SignalingService
+from signaling.twilio.service import TwilioSignaling
 
 from .logs import access_log_middleware, log_lifecycle
 from .metrics import Metrics
@@ -140,6 +141,7 @@ def build_app(
     app[REGISTRY] = registry
     app[SIGNALING] = signaling
     signaling.add_routes(app)
+    TwilioSignaling(signaling).add_routes(app)  # /signaling/twilio: the official twilio-video SDK
     add_rest_routes(
         app, registry, credentials, default_status_callback=config.status_callback,
         status_callback_public_only=config.status_callback_public_only,

@@ -9,7 +9,7 @@ import logging
 import secrets
 import time
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 from aiohttp import WSMsgType, web
@@ -121,7 +121,6 @@ class Session:
         self.ended = False
         self._outbox: asyncio.Queue[dict[str, Any] | None] = asyncio.Queue()
         self._writer: asyncio.Task[None] | None = None
-        self._grace: asyncio.TimerHandle | None = None
         self._last_offer: Offer | None = None
         self.dominant_speaker = False  # (connect options: Twilio's dominantSpeaker, networkQuality)
         self.quality_local = self.quality_remote = 0
@@ -144,9 +143,6 @@ class Session:
     # --- outgoing -----------------------------------------------------------------------
 
     def attach(self, ws: web.WebSocketResponse) -> None:
-        if self._grace is not None:
-            self._grace.cancel()
-            self._grace = None
         self._stop_writer()
         self.ws = ws
         self._outbox = asyncio.Queue()
@@ -262,8 +258,6 @@ class Session:
         if self.ended:
             return
         self.ended = True
-        if self._grace is not None:
-            self._grace.cancel()
         for event, handler in self._room_handlers.items():
             self.room.remove_listener(event, handler)
         self.participant.remove_all_listeners("offer")
@@ -313,24 +307,10 @@ class Session:
 
     def apply_tracks(self, tracks: list[dict[str, Any]]) -> None:
         """Make the published tracks match the client's list (publish, unpublish, mute)."""
-        p = self.participant
-        wanted = {t["id"]: t for t in tracks}
-        for track in list(p.published.values()):
-            if track.client_id not in wanted:
-                self.room.unpublish(p, track)
-        errors: list[ParticipantError] = []
-        for entry in tracks:
-            existing = p.track_by_client_id(entry["id"])
-            if existing is None:
-                try:
-                    self.room.publish(p, entry["id"], entry["kind"], entry["name"], entry["enabled"], priority=entry["priority"])
-                except ParticipantError as exc:
-                    errors.append(exc)
-            else:
-                self.room.set_track_enabled(p, existing, entry["enabled"])
-                self.room.set_track_priority(p, existing, entry["priority"])
-        if errors:
-            raise ProtocolError(errors[0].code, errors[0].message)
+        refused = self.room.apply_tracks(self.participant, tracks)
+        if refused:
+            first = next(iter(refused.values()))
+            raise ProtocolError(first.code, first.message)
 
     async def _peer_connection(self, pc: dict[str, Any]) -> None:
         description = protocol.field(pc, "description", dict, required=False)
@@ -367,15 +347,7 @@ class Session:
             return
         self.ws = None
         self._stop_writer()
-        self.room.set_reconnecting(self.participant)
-        self._grace = asyncio.get_running_loop().call_later(
-            self.service.reconnect_grace, lambda: asyncio.ensure_future(self._expire())
-        )
-
-    async def _expire(self) -> None:
-        if self.ws is None and not self.ended:
-            logger.info("%s did not reconnect to %s", self.participant.identity, self.room.unique_name)
-            await self.room.remove(self.participant, errors.SIGNALING_CONNECTION_LOST, "Signaling connection lost")
+        self.room.set_reconnecting(self.participant, self.service.reconnect_grace)  # (the room removes it after that)
 
     def resume(self, ws: web.WebSocketResponse) -> None:
         """Move the session to ``ws``. The room kept reconciling the participant meanwhile
@@ -458,7 +430,26 @@ class SignalingService:
         """Open websockets: ``authenticated`` (sent a valid connect / sync) and not."""
         return {"authenticated": len(self._authenticated), "unauthenticated": len(self._unauthenticated)}
 
-    # --- admission ----------------------------------------------------------------------
+    # --- admission (shared with signaling.twilio) -------------------------------------------
+
+    @contextlib.asynccontextmanager
+    async def admitted(self, request: web.Request) -> AsyncIterator[tuple[AdmissionWebSocket, str]]:
+        """The websocket of ``request``, upgraded if the caps and the Origin allow-list admit
+        it (else an HTTP error is raised), with the caller's address. It counts as
+        unauthenticated until ``authenticate``; it is forgotten when the block ends."""
+        address = self._admit(request)
+        ws = AdmissionWebSocket(heartbeat=protocol.HEARTBEAT_INTERVAL, max_msg_size=_frame_limit(protocol.MAX_UNAUTHENTICATED_MESSAGE_SIZE))
+        self._track(ws, address)
+        try:
+            await ws.prepare(request)
+            yield ws, address
+        finally:
+            self._forget(ws)
+
+    @property
+    def accepting(self) -> bool:
+        """New participants may connect (the server is neither draining nor stopping)."""
+        return not (self.draining or self._closing)
 
     def _admit(self, request: web.Request) -> str:
         """Refuse (before the upgrade) what the caps and the Origin allow-list do not admit."""
@@ -490,7 +481,7 @@ class SignalingService:
                 del self._per_ip[address]
         self._authenticated.discard(ws)
 
-    def _authenticate(self, ws: web.WebSocketResponse) -> None:
+    def authenticate(self, ws: web.WebSocketResponse) -> None:
         """A valid token arrived: the socket leaves the caps and may send full-size messages."""
         if ws in self._unauthenticated:
             self._forget(ws)
@@ -541,14 +532,8 @@ class SignalingService:
     # --- the socket ---------------------------------------------------------------------
 
     async def handle(self, request: web.Request) -> web.StreamResponse:
-        address = self._admit(request)
-        ws = AdmissionWebSocket(heartbeat=protocol.HEARTBEAT_INTERVAL, max_msg_size=_frame_limit(protocol.MAX_UNAUTHENTICATED_MESSAGE_SIZE))
-        self._track(ws, address)
-        try:
-            await ws.prepare(request)
+        async with self.admitted(request) as (ws, address):
             return await self._run(ws, address)
-        finally:
-            self._forget(ws)
 
     async def _run(self, ws: web.WebSocketResponse, address: str) -> web.WebSocketResponse:
         loop = asyncio.get_running_loop()
@@ -619,10 +604,10 @@ class SignalingService:
             return None
         if kind == "update":
             raise ProtocolError(errors.SIGNALING_ERROR, "Not connected: send connect first")
-        if kind == "connect" and (self.draining or self._closing):
+        if kind == "connect" and not self.accepting:
             raise ProtocolError(errors.SERVER_BUSY, SERVER_SHUTTING_DOWN, fatal=True)
         grant = self._grant(message)
-        self._authenticate(ws)
+        self.authenticate(ws)
         if kind == "sync":
             return self._resume(ws, message, grant)
         return await self._connect(ws, message, grant)

@@ -314,3 +314,20 @@ async def test_a_resumed_stream_from_the_cache_never_goes_back_in_time() -> None
     assert (resumed[0].sequence_number - last.sequence_number) & 0xFFFF == 1
     assert all(0 < (p.timestamp - last.timestamp) & 0xFFFFFFFF < 0x80000000 for p in resumed)
     assert [(p.timestamp - resumed[0].timestamp) & 0xFFFFFFFF for p in resumed] == [0, 3000, 6000]
+
+
+async def test_a_publisher_renumbering_its_codecs_keeps_reaching_the_subscribers_configured_before() -> None:
+    """The official SDK offers its own sections: after a renegotiation its VP8 may come with
+    another payload type (Chrome's numbering instead of aiortc's); consumers configured on the
+    old numbering must follow, not drop every packet."""
+    producer, consumer, sent = setup()
+    producer.on_rtp(packet(1, KEYFRAME))
+    assert [p.payload_type for p in sent] == [97]
+    renumbered = CodecInfo(96, "video/VP8", 90000, ("video/vp8",))
+    producer.configure([renumbered], {97: 96}, 0, 1, True)
+
+    for seq in range(2, 5):
+        producer.on_rtp(packet(seq, pt=96))
+
+    assert [p.payload_type for p in sent] == [97] * 4  # still the subscriber's own VP8 type
+    assert [p.sequence_number for p in sent] == [sent[0].sequence_number + i for i in range(4)]

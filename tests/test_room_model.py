@@ -67,6 +67,7 @@ class FakeTransport:
         self.profile: BandwidthProfile | None = None
         self.hints: dict[str, tuple[tuple[int, int] | None, bool]] = {}  # track SID -> the last set_sink_hints
         self.negotiating = False
+        self.offers_first = False
         self.closed = False
         self.dominant_speaker_tracks: frozenset[str] = frozenset()
 
@@ -143,8 +144,9 @@ class FakePlane:
     async def start(self) -> None:
         pass
 
-    def create_transport(self, room_sid: str, name: str, listener: TransportListener) -> FakeTransport:
+    def create_transport(self, room_sid: str, name: str, listener: TransportListener, offers_first: bool = False) -> FakeTransport:
         transport = FakeTransport(room_sid, name, listener)
+        transport.offers_first = offers_first
         self.transports.append(transport)
         return transport
 
@@ -573,3 +575,45 @@ async def test_records_follow_the_model_through_its_one_listener() -> None:
     assert await stored(None) == [("participant", "reconnecting")]
     assert await stored(room.end()) == [("track", "unpublished"), ("participant", "disconnected"), ("room", "completed")]
     await registry.records.close()
+
+
+async def test_a_reconnecting_participant_is_removed_with_53001_after_its_grace_unless_it_resumes(model: Model) -> None:
+    room = model.room()
+    alice, bob = await room.join("alice"), await room.join("bob")
+    room.set_reconnecting(alice, grace=10)
+    room.set_reconnecting(bob, grace=10)
+    bob_removed = removed_with(bob)
+    model.clock.advance(9)
+    room.set_connected(alice)
+
+    model.clock.advance(2)
+
+    await wait_for(lambda: bob.status == "disconnected", message="bob removed after its grace")
+    assert bob_removed == [(errors.SIGNALING_CONNECTION_LOST, "Signaling connection lost")]
+    model.clock.advance(60)
+    assert alice.status == "connected" and alice.sid in room.participants
+
+
+# --- a client's whole track list --------------------------------------------------------------
+
+
+async def test_apply_tracks_publishes_mutes_and_unpublishes_to_match_the_list_and_reports_refusals(model: Model) -> None:
+    room = model.room(max_concurrent_published_tracks=2)
+    alice = await room.join("alice", offers_first=True)
+    assert transport(alice).offers_first
+
+    refused = room.apply_tracks(
+        alice,
+        [
+            {"id": "mic", "kind": "audio", "name": "mic", "enabled": True},
+            {"id": "cam", "kind": "video", "name": "cam", "enabled": True},
+            {"id": "screen", "kind": "video", "name": "screen", "enabled": True},
+        ],
+        offered=True,
+    )
+
+    assert list(refused) == ["screen"] and refused["screen"].code == errors.MAX_TRACKS_EXCEEDED
+    assert sorted(transport(alice).offered.values()) == ["cam", "mic"]
+    again = room.apply_tracks(alice, [{"id": "cam", "kind": "video", "name": "cam", "enabled": False}, {"id": "screen", "kind": "video", "name": "screen", "enabled": True}], skip={"screen"})
+    assert again == {}
+    assert [(t.client_id, t.enabled) for t in alice.published.values() if not t.unpublished] == [("cam", False)]

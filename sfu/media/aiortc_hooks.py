@@ -25,11 +25,12 @@ aiortc terminates ICE, DTLS and SRTP for us; everything after decryption is ours
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import inspect
 import ipaddress
 import logging
 import socket
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import aioice.candidate
@@ -136,6 +137,10 @@ def _inspect_aiortc() -> None:
         raise HookError("RTCPeerConnection.__createSctpTransport is gone")
     if "await transceiver.sender.send(" not in inspect.getsource(RTCPeerConnection):
         raise HookError("RTCPeerConnection no longer starts senders with send()")
+    if "t.mid in [None, media.rtp.muxId]" not in inspect.getsource(RTCPeerConnection.setRemoteDescription) or (
+        "self.__transceivers: list[RTCRtpTransceiver] = []" not in inspect.getsource(RTCPeerConnection.__init__)
+    ):
+        raise HookError("RTCPeerConnection no longer matches an offer's sections to __transceivers by mid (unnegotiated_transceivers_hidden)")
     _inspect_ice_send()
     _inspect_ice_gathering()
 
@@ -202,6 +207,32 @@ def data_section_first(pc: RTCPeerConnection, offer: RTCSessionDescription) -> R
     pc._RTCPeerConnection__sctp_mline_index = 0  # type: ignore[attr-defined]
     tail = lines[bounds[-1]:]
     return RTCSessionDescription(sdp="\r\n".join([*session, *(line for s in sections for line in s), *tail]), type="offer")
+
+
+@contextlib.contextmanager
+def unnegotiated_transceivers_hidden(pc: RTCPeerConnection) -> Iterator[Callable[[], None]]:
+    """Keep ``pc``'s transceivers that no description carries yet out of sight while a remote
+    offer is applied and answered (the participant offers: the official twilio-video SDK).
+
+    aiortc binds each m-section of a remote offer to the first transceiver of its kind whose
+    mid is the section's *or None*: a subscription added since our last offer would take
+    over the participant's new m-section (its camera would land on our sending section).
+    And the answer would trip over their missing offer direction. Hidden, they stay for our
+    next offer, which gives them mids of their own. Yields a function that hides those added
+    meanwhile (call it after each await: the room may subscribe at any time).
+    """
+    transceivers: list[RTCRtpTransceiver] = pc._RTCPeerConnection__transceivers  # type: ignore[attr-defined]
+    hidden: list[RTCRtpTransceiver] = []
+
+    def hide() -> None:
+        hidden.extend(t for t in transceivers if t.mid is None)
+        transceivers[:] = [t for t in transceivers if t.mid is not None]
+
+    hide()
+    try:
+        yield hide
+    finally:
+        transceivers.extend(t for t in hidden if t not in transceivers)
 
 
 def start_when_connected(pc: RTCPeerConnection) -> None:

@@ -100,7 +100,7 @@ class Consumer:
         "_b0_variable", "_ext_before", "_ext_after", "_b0_plain", "_ext_plain", "_clock_rate", "_needs_keyframe",
         "_seq_offset", "_ts_offset", "_start_seq", "_next_seq", "_next_ts", "_resume_from", "_attached",
         "_rtx_tokens", "_rtx_refilled", "source", "_layers", "_target", "_pending", "_munge", "_pid_offset",
-        "_tl0_offset", "_last_pid", "_last_tl0", "_auto", "deliver",
+        "_tl0_offset", "_last_pid", "_last_tl0", "_auto", "deliver", "_by_key", "_mapped",
     )  # fmt: skip
 
     def __init__(
@@ -149,6 +149,8 @@ class Consumer:
         self._guard = guard
         self._write = write
         self._pt_map: dict[int, int] = {}
+        self._by_key: dict[Any, CodecInfo] = {}  # the subscriber's codecs
+        self._mapped: dict[int, CodecInfo] | None = None  # the producer's codecs _pt_map was made from
         self._rtx_pts: dict[int, int] = {}  # subscriber media pt -> its RTX pt
         self._rtx_seq = random.randint(0, 0x7FFF)
         self._set_layout(rtp.ExtensionLayout(b""))
@@ -183,14 +185,8 @@ class Consumer:
 
     def configure(self, codecs: list[CodecInfo], rtx_apt: dict[int, int], header_extensions: Sequence[Any], mid: str | None) -> bool:
         """Map the producer's payload types onto the subscriber's; False if none match."""
-        by_key = {c.key: c for c in codecs}
-        pt_map: dict[int, int] = {}
-        for pt, codec in self.producer.codecs.items():
-            mine = by_key.get(codec.key)
-            if mine is not None:
-                pt_map[pt] = mine.payload_type
-                self._clock_rate = mine.clock_rate
-        self._pt_map = pt_map
+        self._by_key = {c.key: c for c in codecs}
+        pt_map = self._pt_map = self._map_payload_types()
         self._rtx_pts = {apt: rtx for rtx, apt in rtx_apt.items()}
         ids = {getattr(e, "uri"): getattr(e, "id") for e in header_extensions}
         mid_id = ids.get(MID_URI, 0)
@@ -200,6 +196,19 @@ class Consumer:
         else:
             self._set_layout(rtp.ExtensionLayout(fixed, ids.get(AUDIO_LEVEL_URI, 0), 1))
         return bool(pt_map)
+
+    def _map_payload_types(self) -> dict[int, int]:
+        """The producer's payload types -> the subscriber's, by codec. A publisher that makes
+        its own offers (the official SDK) may renumber its codecs when it renegotiates: the
+        map is made again then (``forward`` notices the producer's new codecs)."""
+        codecs = self._mapped = self.producer.codecs
+        pt_map: dict[int, int] = {}
+        for pt, codec in codecs.items():
+            mine = self._by_key.get(codec.key)
+            if mine is not None:
+                pt_map[pt] = mine.payload_type
+                self._clock_rate = mine.clock_rate
+        return pt_map
 
     def attach(self) -> None:
         """Start forwarding (the subscriber's sender is up)."""
@@ -419,7 +428,12 @@ class Consumer:
                 self._start_seq = (seq - 0x1000) & 0xFFFF  # slide: a long stream never looks "old"
         out_pt = self._pt_map.get(packet.payload_type)
         if out_pt is None:
-            return
+            if self._mapped is self.producer.codecs:
+                return
+            self._pt_map = self._map_payload_types()  # (the publisher renumbered its codecs)
+            out_pt = self._pt_map.get(packet.payload_type)
+            if out_pt is None:
+                return
         ts = (packet.timestamp + self._ts_offset) & 0xFFFFFFFF
         if self._write(self._build(packet, out_pt, (seq + offset) & 0xFFFF, ts, self.ssrc, abs_send_time, b"")):
             stats = self.stats

@@ -17,11 +17,17 @@ had live at once (plus the SCTP one).
 A section the answer rejects (port 0, e.g. Firefox without the room's video codec) is
 applied as ``inactive`` (aiortc cannot apply it as such), its subscription or publication
 fails (``subscription_failed`` / ``publication_failed``), and it is reused like any other.
+
+The official twilio-video SDK offers too (``apply_offer``): first, and again whenever it
+publishes or unpublishes. Its sending m-sections are its own (its offers say which track each
+carries, by msid track id; ``bind_publication``); subscriptions still go out in our offers on
+the same peer connection. One description is applied at a time, and the SFU wins glare.
 """
 
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import re
 import time
@@ -40,7 +46,13 @@ from aiortc import (
 )
 from aiortc.rtcconfiguration import RTCBundlePolicy, RTCIceTransportPolicy
 from aiortc.rtcdtlstransport import RTCDtlsTransport
-from aiortc.rtcrtpparameters import RTCRtpCodecCapability, RTCRtpReceiveParameters, RTCRtpSendParameters
+from aiortc.rtcrtpparameters import (
+    RTCRtpCodecCapability,
+    RTCRtpDecodingParameters,
+    RTCRtpReceiveParameters,
+    RTCRtpRtxParameters,
+    RTCRtpSendParameters,
+)
 from aiortc.rtp import (
     RTCP_PSFB_APP,
     RTCP_PSFB_PLI,
@@ -106,8 +118,9 @@ class Peer(AsyncIOEventEmitter):
     (Consumer), ``publication_failed`` (Producer, reason str), ``subscription_failed``
     (Consumer, reason str), ``datachannel`` (RTCDataChannel), ``failed`` (reason str)."""
 
-    def __init__(self, name: str, config: MediaConfig, router: Router | None = None) -> None:
-        """``router``: the fan-out map of the peer's room (its producers' consumers)."""
+    def __init__(self, name: str, config: MediaConfig, router: Router | None = None, offers_first: bool = False) -> None:
+        """``router``: the fan-out map of the peer's room (its producers' consumers).
+        ``offers_first``: the participant makes the first offer; ours wait until it is applied."""
         super().__init__()
         self.name = name
         self.config = config
@@ -143,14 +156,27 @@ class Peer(AsyncIOEventEmitter):
         self._pending_answer: tuple[int, asyncio.Future[None]] | None = None
         self._rtcp_task: asyncio.Task[None] | None = None
         self._simulcast: dict[str, simulcast.SimulcastAnswer] = {}  # the last answer's, by mid
+        # Participant-made offers (apply_offer): one description applied at a time; the
+        # m-sections the participant sends, by msid track id; producers waiting for theirs.
+        self._sdp_lock = asyncio.Lock()
+        self._client_offers = offers_first
+        self._awaiting_first_offer = offers_first  # (our offers are held meanwhile)
+        self._offered: dict[RTCRtpTransceiver, tuple[str, int | None, int | None]] = {}  # -> (track id, ssrc, rtx ssrc)
+        self._offered_started: dict[RTCRtpTransceiver, bool | None] = {}  # hooked: None; True once DTLS is up
+        self._offered_producers: dict[str, Producer] = {}
         self.pc.on("connectionstatechange", self._on_connection_state)
         self.pc.on("datachannel", lambda channel: self.emit("datachannel", channel))
 
     # --- publishing --------------------------------------------------------------------
 
-    def add_publication(self, track_sid: str, kind: Kind, codecs: list[str] | None = None) -> Producer:
+    def add_publication(self, track_sid: str, kind: Kind, codecs: list[str] | None = None, client_track_id: str | None = None) -> Producer:
         """Offer a ``recvonly`` m-section for a track; ``codecs`` (e.g. ["H264"]) limits what
-        the publisher may send (a room's VideoCodecs)."""
+        the publisher may send (a room's VideoCodecs). For a participant that offers (made
+        ``offers_first``, or once ``apply_offer`` ran), its media comes on the m-section its
+        offer sends with msid track id ``client_track_id`` instead (see ``bind_publication``);
+        for one that never offers, ``client_track_id`` is not used."""
+        if self._client_offers:
+            return self._offered_publication(track_sid, kind, client_track_id)
         transceiver = self._transceiver(kind, "recvonly")
         preferences: list[RTCRtpCodecCapability] = []
         if codecs:
@@ -180,9 +206,12 @@ class Peer(AsyncIOEventEmitter):
         return producer
 
     def remove_publication(self, producer: Producer) -> None:
-        transceiver = self._retire(self._publications, producer)
-        if transceiver is not None:
-            hooks.unhook_receiver(transceiver.receiver)
+        if producer in self._offered_producers.values():
+            self._unbind_offered(producer)  # the participant's own m-section: its offers say what it carries
+        else:
+            transceiver = self._retire(self._publications, producer)
+            if transceiver is not None:
+                hooks.unhook_receiver(transceiver.receiver)
         for ssrc in [s for s, p in self._by_ssrc.items() if p is producer]:
             del self._by_ssrc[ssrc]
         self.router.remove_source(producer)
@@ -393,6 +422,8 @@ class Peer(AsyncIOEventEmitter):
         if self.closed:
             return
         self._negotiation_needed = True
+        if self._awaiting_first_offer:
+            return  # made once the participant's first offer is applied (apply_offer)
         if self._negotiation_task is None or self._negotiation_task.done():
             self._negotiation_task = asyncio.create_task(self._negotiate())
 
@@ -403,11 +434,16 @@ class Peer(AsyncIOEventEmitter):
     async def _negotiate(self) -> None:
         while self._negotiation_needed and not self.closed:
             self._negotiation_needed = False
-            # createOffer reads every direction before it first yields: the sections retired
-            # by now are the ones this offer carries inactive (not those retired meanwhile).
-            retiring = [t for t, revision in self._retired.items() if revision is None]
-            offer = hooks.data_section_first(self.pc, await self.pc.createOffer())
-            await self.pc.setLocalDescription(offer)
+            async with self._sdp_lock:  # (a participant's own offer is applied whole, before or after)
+                if self.closed:
+                    return
+                # createOffer reads every direction before it first yields: the sections retired
+                # by now are the ones this offer carries inactive (not those retired meanwhile).
+                retiring = [t for t, revision in self._retired.items() if revision is None]
+                offer = await self.pc.createOffer()
+                if not self._client_offers:  # (the participant laid out the first sections)
+                    offer = hooks.data_section_first(self.pc, offer)
+                await self.pc.setLocalDescription(offer)
             if self.closed:
                 return
             self.revision += 1
@@ -462,6 +498,14 @@ class Peer(AsyncIOEventEmitter):
             elif producer is not None:
                 self.remove_publication(producer)
                 failures.append(("publication_failed", producer, reason))
+        self._reconfigure()
+        if not pending[1].done():
+            pending[1].set_result(None)
+        for event, endpoint, reason in failures:
+            self.emit(event, endpoint, reason)
+
+    def _reconfigure(self) -> None:
+        """Codecs and header extensions as the last negotiation agreed them."""
         for transceiver, consumer in self._subscriptions.items():
             if consumer._attached:
                 media, rtx = codec_infos(hooks.negotiated_codecs(transceiver))
@@ -469,10 +513,6 @@ class Peer(AsyncIOEventEmitter):
         for transceiver, producer in self._publications.items():
             if producer.codecs:
                 self._configure_producer(transceiver, producer)
-        if not pending[1].done():
-            pending[1].set_result(None)
-        for event, endpoint, reason in failures:
-            self.emit(event, endpoint, reason)
 
     def _accept_rejected_sections(self, sdp: str) -> tuple[str, dict[str, str]]:
         """Rewrite each audio/video m-section the answer rejects (port 0) as an ``inactive``
@@ -552,6 +592,144 @@ class Peer(AsyncIOEventEmitter):
             sdp,
             flags=re.MULTILINE,
         )
+
+    # --- participant-made offers (the official twilio-video SDK offers first) -----------
+
+    async def apply_offer(self, sdp: str, revision: int) -> str:
+        """Apply the participant's offer; returns the answer's SDP (``revision`` is the offer's:
+        our next offer carries a higher one). Raises NegotiationError.
+
+        Glare: an offer that crosses one of ours (waiting for its answer, or being made) is
+        refused; the SDK then rolls its own back, answers ours and offers again (aiortc has
+        no rollback, so the SFU always wins). Each m-section the participant sends gets a
+        forwarding receiver; the publication bound to its msid track id receives from it.
+        """
+        if self.closed:
+            raise NegotiationError(errors.SIGNALING_ERROR, "the peer connection is closed")
+        pending = self._pending_answer  # (answered already if its waiter is done)
+        if (pending is not None and not pending[1].done()) or self._sdp_lock.locked():
+            raise NegotiationError(errors.SIGNALING_ERROR, f"offer {revision} crosses the server's offer: the server's goes first")
+        async with self._sdp_lock:
+            self._client_offers = True
+            sending = offered_tracks(sdp)
+            try:
+                with hooks.unnegotiated_transceivers_hidden(self.pc) as hide_new:
+                    await self.pc.setRemoteDescription(RTCSessionDescription(sdp=sdp, type="offer"))
+                    self._receive_offered(sending)
+                    hide_new()
+                    answer = await self.pc.createAnswer()
+                    hide_new()
+                    await self.pc.setLocalDescription(answer)
+            except Exception as exc:  # aiortc raises ValueError, OperationError, InvalidStateError...
+                logger.debug("%s: offer %d not applied", self.name, revision, exc_info=True)
+                raise NegotiationError(errors.SERVER_REMOTE_DESCRIPTION_FAILED, f"unable to apply the offer: {exc}") from None
+            self.revision = max(self.revision, revision)
+            self._reconfigure()
+        if self._awaiting_first_offer:
+            self._awaiting_first_offer = False
+            if self._negotiation_needed:  # (what the room asked for while we waited)
+                self.request_negotiation()
+        return self._announce(self.pc.localDescription.sdp)
+
+    def bind_publication(self, producer: Producer, client_track_id: str) -> None:
+        """Receive ``producer``'s media on the m-section the participant's offers send with
+        msid track id ``client_track_id`` (now, or once an offer carries it)."""
+        self._offered_producers[client_track_id] = producer
+        self._bind_offered()
+
+    def _offered_publication(self, track_sid: str, kind: Kind, client_track_id: str | None) -> Producer:
+        def transceiver() -> RTCRtpTransceiver | None:
+            return next((t for t, p in self._publications.items() if p is producer), None)
+
+        def send_pli(ssrc: int) -> None:
+            t = transceiver()
+            if t is not None:
+                self._send_rtcp(t, bytes(RtcpPsfbPacket(fmt=RTCP_PSFB_PLI, ssrc=hooks.sender_ssrcs(t.sender)[0], media_ssrc=ssrc)))
+
+        def send_nack(ssrc: int, lost: list[int]) -> None:
+            t = transceiver()
+            if t is not None:
+                self._send_nack(t, hooks.sender_ssrcs(t.sender)[0], ssrc, lost)
+
+        producer = Producer(
+            track_sid, kind, send_pli=send_pli, send_nack=send_nack,
+            cache_size=self.config.retransmission_cache, keyframe_interval=self.config.keyframe_interval,
+        )  # fmt: skip
+        if client_track_id is not None:
+            self.bind_publication(producer, client_track_id)
+        return producer
+
+    def _receive_offered(self, sending: dict[str, tuple[str, int | None, int | None]]) -> None:
+        """After the participant's offer is set: hook a forwarding receiver on each m-section
+        it sends (also one it reuses from our earlier offers), answer it with ``recv``, and
+        forget the sections it stopped sending on."""
+        for transceiver in self.pc.getTransceivers():
+            entry = sending.get(str(transceiver.mid)) if transceiver.mid is not None else None
+            if entry is None:
+                if self._offered.pop(transceiver, None) is not None and transceiver in self._publications:
+                    self._sections.pop(transceiver, None)
+                    del self._publications[transceiver]
+                continue
+            if transceiver not in self._offered_started:
+                self._offered_started[transceiver] = None
+                hooks.hook_receiver(
+                    transceiver.receiver,
+                    on_started=functools.partial(self._offered_receiver_started, transceiver),
+                    on_rtcp=functools.partial(self._offered_rtcp, transceiver),
+                )
+            transceiver.direction = "sendrecv" if transceiver in self._subscriptions else "recvonly"
+            self._retired.pop(transceiver, None)
+            if transceiver in self._free:
+                self._free.remove(transceiver)
+            previous = self._offered.get(transceiver)
+            self._offered[transceiver] = entry
+            if previous is not None and previous[0] != entry[0] and transceiver in self._publications:
+                self._sections.pop(transceiver, None)  # another track on the same section now
+                del self._publications[transceiver]
+        self._bind_offered()
+
+    def _bind_offered(self) -> None:
+        for transceiver, (track_id, _, _) in self._offered.items():
+            producer = self._offered_producers.get(track_id)
+            if producer is None or self._publications.get(transceiver) is producer:
+                continue
+            self._publications[transceiver] = producer
+            self._sections[transceiver] = ("publish", producer.track_sid)
+            if self._offered_started.get(transceiver) is not None:
+                self._start_offered(transceiver, producer)
+
+    def _offered_receiver_started(self, transceiver: RTCRtpTransceiver, params: RTCRtpReceiveParameters) -> None:
+        """DTLS is up for the section: start its publication if one is bound."""
+        self._offered_started[transceiver] = True
+        producer = self._publications.get(transceiver)
+        if producer is not None and producer in self._offered_producers.values():
+            self._start_offered(transceiver, producer)
+
+    def _start_offered(self, transceiver: RTCRtpTransceiver, producer: Producer) -> None:
+        """Start with the SSRCs of the participant's latest offer (a reused section's first
+        receive parameters name the old track's)."""
+        _, ssrc, rtx_ssrc = self._offered[transceiver]
+        codecs = hooks.negotiated_codecs(transceiver)
+        encodings = []
+        if ssrc is not None and codecs:
+            rtx = RTCRtpRtxParameters(ssrc=rtx_ssrc) if rtx_ssrc is not None else None
+            encodings.append(RTCRtpDecodingParameters(ssrc=ssrc, payloadType=codecs[0].payloadType, rtx=rtx))
+        params = RTCRtpReceiveParameters(
+            codecs=codecs, headerExtensions=hooks.negotiated_header_extensions(transceiver), muxId=transceiver.mid or "", encodings=encodings
+        )
+        self._publication_started(transceiver, producer, params)
+
+    def _offered_rtcp(self, transceiver: RTCRtpTransceiver, packet: AnyRtcpPacket) -> None:
+        producer = self._publications.get(transceiver)
+        if producer is not None:
+            self._publisher_rtcp(producer, packet)
+
+    def _unbind_offered(self, producer: Producer) -> None:
+        for track_id in [k for k, p in self._offered_producers.items() if p is producer]:
+            del self._offered_producers[track_id]
+        for transceiver in [t for t, p in self._publications.items() if p is producer]:
+            del self._publications[transceiver]
+            self._sections.pop(transceiver, None)
 
     # --- RTCP --------------------------------------------------------------------------
 
@@ -680,3 +858,31 @@ def sdp_blocks(sdp: str) -> tuple[list[str], list[list[str]]]:
         else:
             session.append(line)
     return session, blocks
+
+
+def offered_tracks(sdp: str) -> dict[str, tuple[str, int | None, int | None]]:
+    """The audio/video m-sections an offer sends on: mid -> (msid track id, SSRC, RTX SSRC).
+
+    A section sends when its direction is ``sendrecv`` / ``sendonly`` and it names a track
+    (media-level ``a=msid:<stream> <track>``, else an ``a=ssrc:<n> msid:`` line)."""
+    out: dict[str, tuple[str, int | None, int | None]] = {}
+    for block in sdp_blocks(sdp)[1]:
+        if not block[0].startswith(("m=audio", "m=video")) or block[0].split()[1:2] == ["0"]:
+            continue
+        if not any(line in ("a=sendrecv", "a=sendonly") for line in block):
+            continue
+        mid = next((line[6:] for line in block if line.startswith("a=mid:")), None)
+        msid = next((line[7:].split() for line in block if line.startswith("a=msid:")), None)
+        if msid is None:
+            msid = next((line.split("msid:", 1)[1].split() for line in block if line.startswith("a=ssrc:") and " msid:" in line), None)
+        if mid is None or not msid or len(msid) < 2:
+            continue
+        ssrc = rtx = None
+        fid = next((line.split()[1:] for line in block if line.startswith("a=ssrc-group:FID ")), None)
+        if fid and len(fid) >= 2:
+            ssrc, rtx = int(fid[0]), int(fid[1])
+        else:
+            first = next((line for line in block if line.startswith("a=ssrc:")), None)
+            ssrc = int(first[7:].split()[0]) if first else None
+        out[mid] = (msid[1], ssrc, rtx)
+    return out

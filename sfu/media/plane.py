@@ -25,7 +25,6 @@ from .. import errors
 from ..contracts import (
     BandwidthProfile,
     Kind,
-    NegotiationError,
     PlaneFigures,
     Priority,
     TrackSink,
@@ -93,17 +92,11 @@ class PeerTransport:
     def publish(
         self, track_sid: str, kind: Kind, codecs: list[str] | None = None, client_track_id: str | None = None
     ) -> TrackSource:
-        if client_track_id is None:
-            producer = self.peer.add_publication(track_sid, kind, codecs)
-        else:
-            offered = getattr(self.peer, "add_offered_publication", None)  # (issue 11: the participant offers)
-            if offered is None:
-                raise NegotiationError(errors.SIGNALING_ERROR, "publishing a track the participant offers is not supported")
-            producer = offered(track_sid, kind, codecs, client_track_id)
+        producer = self.peer.add_publication(track_sid, kind, codecs, client_track_id)
         self._media.add(producer)
         if kind == "audio":
             self._meters[producer] = AudioLevelMeter()
-        return producer  # type: ignore[no-any-return]
+        return producer
 
     def publish_data(self, track_sid: str, label: str) -> TrackSource | None:
         arriving = self._arriving
@@ -245,10 +238,7 @@ class PeerTransport:
         await self.peer.apply_answer(sdp, revision)
 
     async def apply_offer(self, sdp: str, revision: int) -> str:
-        apply = getattr(self.peer, "apply_offer", None)  # (issue 11: the participant offers)
-        if apply is None:
-            raise NegotiationError(errors.SIGNALING_ERROR, "an offer from the participant is not supported")
-        return await apply(sdp, revision)  # type: ignore[no-any-return]
+        return await self.peer.apply_offer(sdp, revision)
 
     async def add_ice_candidate(self, candidate: str | None, sdp_mid: str | None, sdp_mline_index: int | None) -> None:
         await self.peer.add_ice_candidate(candidate, sdp_mid, sdp_mline_index)
@@ -326,9 +316,10 @@ class LocalMediaPlane:
             router = self.routers[room_sid] = Router(room_sid)
         return router
 
-    def create_transport(self, room_sid: str, name: str, listener: TransportListener) -> PeerTransport:
+    def create_transport(self, room_sid: str, name: str, listener: TransportListener, offers_first: bool = False) -> PeerTransport:
         router = self.router(room_sid)
-        transport = PeerTransport(Peer(name, self.config, router), listener, router, self.transports.discard)
+        peer = Peer(name, self.config, router, offers_first=offers_first)
+        transport = PeerTransport(peer, listener, router, self.transports.discard)
         self.transports.add(transport)
         if self._monitor is None or self._monitor.done():
             self._monitor = asyncio.get_running_loop().create_task(self._monitor_loop())

@@ -311,12 +311,14 @@ class RemoteMediaPlane:
 
     # --- MediaPlane ----------------------------------------------------------------------------
 
-    def create_transport(self, room_sid: str, name: str, listener: TransportListener) -> RemoteTransport:
-        return self.create_transport_on(self.transport_worker(room_sid, name), room_sid, name, listener)
+    def create_transport(self, room_sid: str, name: str, listener: TransportListener, offers_first: bool = False) -> RemoteTransport:
+        return self.create_transport_on(self.transport_worker(room_sid, name), room_sid, name, listener, offers_first)
 
-    def create_transport_on(self, worker: Worker, room_sid: str, name: str, listener: TransportListener) -> RemoteTransport:
+    def create_transport_on(
+        self, worker: Worker, room_sid: str, name: str, listener: TransportListener, offers_first: bool = False
+    ) -> RemoteTransport:
         """A transport on a chosen worker."""
-        transport = RemoteTransport(worker, room_sid, name, listener)
+        transport = RemoteTransport(worker, room_sid, name, listener, offers_first)
         worker.transports[transport.id] = transport
         worker.rooms.add(room_sid)
         if not worker.alive:  # (between a crash and the replacement, with no live worker left)

@@ -101,7 +101,7 @@ class RemoteSink(RemoteHandle):
 class RemoteTransport:
     """A participant's transport in a worker process (a ``ParticipantTransport``)."""
 
-    def __init__(self, worker: Worker, room_sid: str, name: str, listener: TransportListener) -> None:
+    def __init__(self, worker: Worker, room_sid: str, name: str, listener: TransportListener, offers_first: bool = False) -> None:
         self.id = new_id("t")
         self.worker = worker
         self.room_sid = room_sid
@@ -112,7 +112,7 @@ class RemoteTransport:
         self._negotiating = False
         # Channels the participant opened, not yet published: label -> options (None: unknown yet)
         self._channels: dict[str, DataTrackOptions | None] = {}
-        self.call("create_transport", room=room_sid, name=name)
+        self.call("create_transport", room=room_sid, name=name, offers_first=offers_first)
 
     # --- sending ---------------------------------------------------------------------------
 

@@ -219,7 +219,7 @@ class WorkerHost:
 
     def _create_transport(self, d: dict[str, Any]) -> None:
         tid = d["t"]
-        self.transports[tid] = self.plane.create_transport(d["room"], d["name"], _Listener(self, tid))
+        self.transports[tid] = self.plane.create_transport(d["room"], d["name"], _Listener(self, tid), bool(d.get("offers_first")))
 
     def _publish(self, d: dict[str, Any]) -> None:
         source = self._transport(d).publish(d["track_sid"], d["kind"], d.get("codecs"), d.get("client_track_id"))

@@ -47,6 +47,9 @@ class FakeSink:
 class FakeTransport:
     def __init__(self, plane: FakePlane, room_sid: str, name: str, listener: TransportListener) -> None:
         self.plane = plane
+        self.offers_first = False  # (then offers are held until apply_offer, as the contract says)
+        self.offered: list[str] = []
+        self.held = False  # client track ids published on the participant's own sections
         self.room_sid = room_sid
         self.name = name
         self.listener = listener
@@ -70,6 +73,8 @@ class FakeTransport:
     def publish(self, track_sid: str, kind: Kind, codecs: list[str] | None = None, client_track_id: str | None = None) -> TrackSource:
         source = FakeSource(track_sid, kind)
         self.sources.append(source)
+        if client_track_id is not None:
+            self.offered.append(client_track_id)
         asyncio.get_running_loop().call_soon(self.listener.on_publication_ready, source)
         return source
 
@@ -97,6 +102,9 @@ class FakeTransport:
         self.sinks.remove(sink)  # type: ignore[arg-type]
 
     def request_negotiation(self) -> None:
+        if self.offers_first:
+            self.held = True
+            return
         asyncio.get_running_loop().call_soon(self._offer)
 
     @property
@@ -110,7 +118,12 @@ class FakeTransport:
         self.pending = None
 
     async def apply_offer(self, sdp: str, revision: int) -> str:
-        return f"answer to {sdp}"
+        self.revision = max(self.revision, revision)
+        if self.offers_first:
+            self.offers_first = False
+            if self.held:
+                asyncio.get_running_loop().call_soon(self._offer)
+        return f"answer to {sdp}" + (f" receiving {','.join(self.offered)}" if self.offered else "")
 
     async def add_ice_candidate(self, candidate: str | None, sdp_mid: str | None, sdp_mline_index: int | None) -> None:
         if candidate == "bad":
@@ -145,8 +158,9 @@ class FakePlane:
                     sink.counters.packets = sink.source.counters.packets
                     sink.counters.octets = sink.source.counters.octets
 
-    def create_transport(self, room_sid: str, name: str, listener: TransportListener) -> FakeTransport:
+    def create_transport(self, room_sid: str, name: str, listener: TransportListener, offers_first: bool = False) -> FakeTransport:
         transport = FakeTransport(self, room_sid, name, listener)
+        transport.offers_first = offers_first
         self.transports.add(transport)
         self.rooms.add(room_sid)
         return transport
