@@ -431,7 +431,10 @@ class PipeTransport:
         if producer is None:
             producer = self.producers[track_sid] = self._far_producer(track_sid, kind)
             producer.configure(list(pipe_codecs(kind)), {}, AUDIO_LEVEL_ID, 0, nack_enabled=True)
-        if rids and kind == "video":
+        if rids and kind == "video" and [layer.rid for layer in producer.layers] != rids:
+            if producer.layers[0].parent is not None or producer.stats.packets:
+                # (consumers made on the old layers keep them: they get nothing until resubscribed)
+                logger.warning("pipe: track %s changes layers %s -> %s", track_sid, [l.rid for l in producer.layers], rids)
             producer.set_layers(rids)
         return producer
 
