@@ -121,7 +121,7 @@ async def test_a_packet_lost_in_the_pipe_is_nacked_to_the_origin_and_resent_from
     origin_end, far_end = pipe
     origin = Origin()
     origin.send(range(100, 102), keyframe_at={100})
-    member = origin_end.send_track(origin.producer, origin.router)
+    (member,) = origin_end.send_track(origin.producer, origin.router) or ()  # (one stream: no simulcast)
     far = await wait_for(lambda: far_end.producers.get("MT1"))
     consumer, sent = far_subscriber(far)
     await wait_for(lambda: len(sent) == 2)
@@ -289,6 +289,145 @@ async def test_two_worker_processes_pipe_a_track_and_the_far_one_gets_its_keyfra
         child.join(10)
 
 
+# --- a simulcast track: every layer piped, a layered producer on the far end -------------------
+
+
+class SimulcastOrigin:
+    """A publisher's two-layer VP8 track (q 320x180, h 640x360) on the origin worker; each
+    layer's payloads end with its RID, so a far subscriber's packets tell which layer they are."""
+
+    SIZES = {"q": (320, 180), "h": (640, 360)}
+
+    def __init__(self) -> None:
+        from .test_simulcast_unit import SSRCS, Layer
+
+        self.plis: list[int] = []
+        self.nacks: list[tuple[int, list[int]]] = []
+        self.producer = Producer("MT1", "video", self.plis.append, lambda ssrc, lost: self.nacks.append((ssrc, lost)))
+        self.producer.configure([VP8], {98: 97}, 0, 1, True)
+        self.producer.set_layers(["q", "h"])
+        for layer in self.producer.layers:
+            assert layer.rid is not None
+            layer.set_ssrcs(SSRCS[layer.rid], None)
+        self.ssrcs = {rid: SSRCS[rid] for rid in self.SIZES}
+        self.streams = {"q": Layer("q", 100, 1000, 10, 1), "h": Layer("h", 5000, 777000, 3000, 50)}
+        self.router = Router()
+
+    def unpublish(self) -> None:
+        self.router.remove_source(self.producer)
+        self.producer.close()
+
+    def send(self, rid: str, keyframe: bool = False) -> list[bytes]:
+        """One frame (two packets) of layer ``rid``, through the origin producer."""
+        from .test_simulcast_unit import vp8_payload
+
+        stream = self.streams[rid]
+        layer = self.producer.layer_for(rid)
+        assert layer is not None
+        packets = []
+        for data in stream.frame(keyframe):
+            head, payload = data[:12], data[12:]
+            if payload[8:11] == b"\x9d\x01\x2a":  # (a keyframe's start: its picture size)
+                pid, tl0 = (int.from_bytes(payload[2:4], "big") & 0x7FFF), payload[4]
+                payload = vp8_payload(pid, tl0, True, size=self.SIZES[rid])
+            data = head + payload[:-30] + rid.encode() * 30
+            packets.append(data)
+            layer.on_rtp(data)
+        return packets
+
+
+def layer_of(packet: RtpPacket) -> str:
+    return chr(packet.payload[-1])
+
+
+async def test_a_simulcast_track_crosses_as_its_layers_and_far_subscribers_switch_between_them(pipe: Any) -> None:
+    """Each layer crosses once on its own number; the far producer has the same layers (sizes
+    measured from their keyframes there); a far subscriber's switch asks the right SSRC for a
+    keyframe through the pipe and happens at that layer's keyframe; a NACK is answered from the
+    right layer's cache; unpublishing ends the far track."""
+    from .test_simulcast_unit import assert_continuous
+
+    origin_end, far_end = pipe
+    origin = SimulcastOrigin()
+    for rid in ("q", "h"):
+        origin.send(rid, keyframe=True)
+        origin.send(rid)
+    members = origin_end.send_track(origin.producer, origin.router)
+    assert members is not None and [m.producer for m in members] == origin.producer.layers
+    far = await wait_for(lambda: far_end.producers.get("MT1"), message="the track opened on the far end")
+    assert far.simulcast and [layer.rid for layer in far.layers] == ["q", "h"] and far.layers[0].parent is far
+    await wait_for(lambda: all(layer.stats.packets == 4 for layer in far.layers), message="each layer's cached keyframe crossed")
+    assert [(d["rid"], d["ssrc"], d["width"], d["height"]) for d in far.describe_layers()] == [
+        ("q", origin.ssrcs["q"], 320, 180), ("h", origin.ssrcs["h"], 640, 360)]  # fmt: skip
+    assert far.stats.packets == 0  # the parent itself receives nothing, as at the origin
+
+    low, low_sent = far_subscriber(far, 5000)
+    high, high_sent = far_subscriber(far, 7000)
+    assert low.current_layer == high.current_layer == 1  # the highest active layer, started from the far cache
+    assert [layer_of(p) for p in low_sent] == ["h"] * 4 and origin.plis == []
+    low.set_target_layer(0)
+    await wait_for(lambda: origin.plis == [origin.ssrcs["q"]], message="the switch's PLI at the publisher, for q's SSRC")
+    sent_before = origin_end.counters.sent
+    for rid in ("q", "h", "q", "h"):
+        origin.send(rid)
+    origin.send("q", keyframe=True)
+    origin.send("h")
+    await wait_for(lambda: low.current_layer == 0 and len(high_sent) == 10, message="the low subscriber switched at q's keyframe")
+    assert origin_end.counters.sent - sent_before == 12  # each layer's packets once, for both subscribers
+    # low: h until q's keyframe, then q only, continuous; high: h throughout
+    assert [layer_of(p) for p in low_sent] == ["h"] * 8 + ["q"] * 2, [layer_of(p) for p in low_sent]
+    assert low_sent[8].payload[8:11] == b"\x9d\x01\x2a" and low.stats.layer_switches == 1
+    assert_continuous(low_sent)
+    assert {layer_of(p) for p in high_sent} == {"h"} and high.current_layer == 1
+    assert {p.ssrc for p in low_sent} == {5000} and {p.ssrc for p in high_sent} == {7000}
+    assert far.layers[0]._forwards and far.layers[1]._forwards  # (each far layer feeds its own subscriber)
+
+    # A packet of h lost in the pipe: the far h layer NACKs it, the origin resends it from h's cache
+    h_member = members[1]
+    origin.router.set_forwarding(h_member, False)  # type: ignore[arg-type]
+    origin.send("h")
+    origin.router.set_forwarding(h_member, True)  # type: ignore[arg-type]
+    origin.send("h")
+    origin.send("h")
+    await wait_for(lambda: len(high_sent) == 16, message="the lost h packets came back from h's cache")
+    assert origin_end.counters.retransmitted == 2 and origin.nacks == []  # (the publisher was not asked)
+    assert far.layers[1].stats.lost_detected == 2 and far.layers[0].stats.lost_detected == 0
+    assert {layer_of(p) for p in high_sent} == {"h"}
+    # a far subscriber's PLI asks for its own layer only
+    high.on_rtcp(RtcpPsfbPacket(fmt=RTCP_PSFB_PLI, ssrc=9, media_ssrc=high.ssrc))
+    await wait_for(lambda: origin.plis[-1:] == [origin.ssrcs["h"]], message="a PLI for h's SSRC")
+    assert origin.ssrcs["h"] not in origin.plis[:-1]
+
+    origin.unpublish()
+    await wait_for(lambda: "MT1" not in far_end.producers and far.closed, message="the far track ended")
+    assert all(layer.closed for layer in far.layers) and not far_end._incoming
+
+
+async def test_a_far_worker_makes_the_layers_before_the_track_opens() -> None:
+    """The far worker's producer has the layers from the start (the RIDs come with pipe_in), so
+    a subscriber made there before the track opens is a simulcast consumer already."""
+    a, b = pipe_pair()
+    origin_end, far_end = PipeTransport(a), PipeTransport(b)
+    try:
+        far = far_end.expect("MT1", "video", ["q", "h"])
+        consumer, sent = far_subscriber(far)
+        consumer.set_target_layer(0)
+        origin_end.start()
+        far_end.start()
+        origin = SimulcastOrigin()
+        origin_end.send_track(origin.producer, origin.router)
+        await wait_for(lambda: far_end._numbers.get(far.layers[0]) is not None, message="the track opened")
+        assert far_end.producers["MT1"] is far
+        origin.send("h", keyframe=True)
+        origin.send("q", keyframe=True)
+        origin.send("q")
+        await wait_for(lambda: len(sent) == 4, message="the subscriber made before the open got layer q")
+        assert {layer_of(p) for p in sent} == {"q"}
+    finally:
+        origin_end.close()
+        far_end.close()
+
+
 # --- a room bigger than one worker, end to end ----------------------------------------------------
 
 
@@ -375,3 +514,72 @@ async def test_killing_the_worker_a_room_spilled_onto_leaves_the_rest_of_the_roo
             assert "Traceback" not in capfd.readouterr().err
         finally:
             await clients.close()
+
+
+class TwoStoppable:
+    """The same picture to two simulcast layers (tests.test_simulcast.Two) whose high layer the
+    publisher can stop sending (as a browser short of bandwidth does)."""
+
+    def __init__(self) -> None:
+        from .test_simulcast import Two
+
+        self.two = Two()
+        self.high_on = True
+
+        async def pump_unless_stopped() -> None:
+            while True:
+                frame = await self.two.source.recv()
+                for index, queue in enumerate(self.two.queues):
+                    if index == 1 and not self.high_on:
+                        continue
+                    if queue.full():
+                        queue.get_nowait()
+                    queue.put_nowait(frame)
+
+        self.two._pump = pump_unless_stopped  # type: ignore[method-assign]
+
+
+async def test_a_simulcast_track_spilled_onto_another_worker_is_decoded_there_and_switches_layer(
+    tmp_path: Path, netns: None, capfd: pytest.CaptureFixture[str]
+) -> None:
+    """`--workers 2 --room-capacity 1`: a Python client publishes two simulcast layers on the
+    room's worker; a subscriber on the other worker decodes the highest (follow_active_layers
+    there), and when the publisher stops sending it, the far worker moves the subscriber to the
+    low layer (a keyframe asked for through the pipe from that layer's SSRC)."""
+    from signaling.client import LocalSimulcastVideoTrack, connect
+    from sfu.workers.pool import RemoteMediaPlane
+
+    from .conftest import running_server
+    from .helpers.clients import subscribed_media
+    from .test_simulcast import Frames, ScaledVideoTrack
+
+    async with running_server(tmp_path, workers=2, room_capacity=1) as (server, _):
+        source = TwoStoppable()
+        track = LocalSimulcastVideoTrack([source.two.layer(0), ScaledVideoTrack(source.two.layer(1), 640, 480)], "cam")
+        alice = await connect(server.url, server.token("alice"), name="spill", tracks=[track])
+        bob = await connect(server.url, server.token("bob"), name="spill", tracks=[])
+        reader: Frames | None = None
+        try:
+            plane = server.registry.plane
+            assert isinstance(plane, RemoteMediaPlane)
+            room_sid = alice.sid
+            home = plane.placement[room_sid]
+            other = next(w for w in plane.workers if w is not home)
+            assert [plane._room_transports(w, room_sid) for w in (home, other)] == [1, 1]
+            reader = Frames(await subscribed_media(bob, "alice", "cam"))
+            await reader.wait_width(640, count=15)
+            figures = home.plane_figures().extra
+            assert figures.get("pipe_packets_sent", 0) > 0 and figures.get("pipe_dropped", 0) == 0
+            (piped,) = [s for (_, w, _), (_, s) in plane._piped.items() if w == other.index]
+            assert piped.rids == ["q", "h"]
+
+            source.high_on = False  # the publisher stops the high layer: the far worker follows
+            await reader.wait_width(320, count=15)
+            pairs = list(zip(reader.frames, reader.frames[1:]))
+            assert all(b[1] > a[1] or (b[1] == a[1] and b[0] != a[0]) for a, b in pairs), [p for p in pairs if p[1][1] <= p[0][1]]
+            assert "Traceback" not in capfd.readouterr().err
+        finally:
+            if reader is not None:
+                reader.close()
+            for room in (alice, bob):
+                await room.disconnect()

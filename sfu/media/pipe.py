@@ -15,7 +15,12 @@ The pipe is one connected pair of unix sockets that keep message boundaries
 (``pipe_pair``: a datagram socketpair in one process; between two processes, a seqpacket
 connection to an abstract address, ``listen_pipe`` / ``accept_pipe`` and ``connect_pipe``):
 a message is one datagram, so framing is a 3-byte header, ``type, track number``, before the
-packet. No queue of our own anywhere: a send that would block is dropped and counted, so a
+packet. A simulcast track (``Producer.layers``) is piped as one stream per layer, each with a
+number of its own (listed, with its RID, in the track's OPEN): each layer's packets cross once,
+the far end is a layered Producer like the origin's (its layers measure their own sizes and
+bitrates from the packets), and a PLI or NACK of a far layer comes back on that layer's number,
+so the origin asks the right SSRC for a keyframe and answers from that layer's cache. A track
+without simulcast is one stream, as before. No queue of our own anywhere: a send that would block is dropped and counted, so a
 slow reader costs packets (the far producer NACKs them), never memory. Nothing is decoded.
 
 Messages (track numbers are the origin's, announced by OPEN):
@@ -23,11 +28,11 @@ Messages (track numbers are the origin's, announced by OPEN):
 =======  =========  ======================================================================
 type     direction  body
 =======  =========  ======================================================================
-OPEN     origin ->  JSON: track SID, kind, SSRC
+OPEN     origin ->  JSON: track SID, kind, SSRC; for simulcast ``layers``: [{rid, ssrc, number}]
 RTP      origin ->  the packet: RTP header (12 bytes, + audio level element) and payload;
                     payload types are the pipe's own (``pipe_codecs``), the same in every worker
 SR       origin ->  the publisher's last sender report: NTP (8 bytes), RTP timestamp (4)
-CLOSE    origin ->  (empty): the track was unpublished
+CLOSE    origin ->  (empty): the track (any of its layers' numbers) was unpublished
 PLI      <- far     (empty): a keyframe, please
 NACK     <- far     the lost sequence numbers, 2 bytes each
 =======  =========  ======================================================================
@@ -246,9 +251,9 @@ class PipeTransport:
         self._cache_size = cache_size
         self.counters = PipeCounters()
         self._outgoing: dict[int, PipeConsumer] = {}  # by track number
-        self._by_sid: dict[str, PipeConsumer] = {}
+        self._by_sid: dict[str, list[PipeConsumer]] = {}  # a member per layer (one without simulcast)
         self._incoming: dict[int, Producer] = {}  # by the origin's track number
-        self._numbers: dict[str, int] = {}  # track SID -> the origin's track number
+        self._numbers: dict[Producer, int] = {}  # far producer (a layer for simulcast) -> the origin's number
         self.producers: dict[str, Producer] = {}  # track SID -> producer fed by the pipe (or expected)
         self._next_number = 1
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -306,35 +311,51 @@ class PipeTransport:
     def _control(self, kind: int, number: int, body: bytes = b"") -> None:
         self._sender(kind, number)(body)
 
-    def send_track(self, producer: Producer, fan_out: FanOut) -> PipeConsumer | None:
+    def send_track(self, producer: Producer, fan_out: FanOut) -> list[PipeConsumer] | None:
         """Forward ``producer`` (a member of ``fan_out``, its room's Router) to the far end,
         once whatever the number of subscribers there; before the connection is up, as soon
-        as it is (None meanwhile)."""
+        as it is (None meanwhile). Returns the pipe's members: one per simulcast layer, each
+        in its layer's fan-out (one without simulcast)."""
         existing = self._by_sid.get(producer.track_sid)
         if existing is not None:
             return existing
         if not self.attached:
             self._waiting.append((producer, fan_out))
             return None
+        info: dict[str, Any] = {"sid": producer.track_sid, "kind": producer.kind, "ssrc": producer.ssrc}
+        if producer.simulcast:
+            streams = [(layer, self._new_number()) for layer in producer.layers]
+            info["ssrc"] = None
+            info["layers"] = [{"rid": layer.rid, "ssrc": layer.ssrc, "number": n} for layer, n in streams]
+            number = self._new_number()  # (the track's own: its OPEN)
+        else:
+            number = self._new_number()
+            streams = [(producer, number)]
+        self._control(OPEN, number, json.dumps(info).encode())
+        members = self._by_sid[producer.track_sid] = [PipeConsumer(layer, fan_out, n, self) for layer, n in streams]
+        for member in members:
+            self._outgoing[member.number] = member
+            for packet in member.producer.recent_keyframe() or ():
+                member.forward(packet, b"")  # the far end can start its first subscriber at once
+            member.attach()
+        return members
+
+    def _new_number(self) -> int:
         number = self._next_number
         self._next_number += 1
-        self._control(OPEN, number, json.dumps({"sid": producer.track_sid, "kind": producer.kind, "ssrc": producer.ssrc}).encode())
-        member = PipeConsumer(producer, fan_out, number, self)
-        self._outgoing[number] = member
-        self._by_sid[producer.track_sid] = member
-        for packet in producer.recent_keyframe() or ():
-            member.forward(packet, b"")  # the far end can start its first subscriber at once
-        member.attach()
-        return member
+        return number
 
     def stop_track(self, track_sid: str) -> None:
-        member = self._by_sid.get(track_sid)
-        if member is not None:
+        for member in list(self._by_sid.get(track_sid, ())):
             member.detach()
 
     def _closed(self, member: PipeConsumer) -> None:
         self._outgoing.pop(member.number, None)
-        self._by_sid.pop(member.producer.track_sid, None)
+        members = [m for m in self._by_sid.get(member.producer.track_sid, ()) if m is not member]
+        if members:
+            self._by_sid[member.producer.track_sid] = members
+        else:
+            self._by_sid.pop(member.producer.track_sid, None)
         self._control(CLOSE, member.number)
 
     def _pass_sender_reports(self) -> None:
@@ -392,49 +413,75 @@ class PipeTransport:
             if producer is not None and len(body) >= _SR.size:
                 producer.on_sender_report(*_SR.unpack_from(body))
         elif kind == CLOSE:
-            producer = self._incoming.pop(number, None)
-            if producer is not None:
-                self.producers.pop(producer.track_sid, None)
-                self._numbers.pop(producer.track_sid, None)
-                self._end(producer)
+            stream = self._incoming.pop(number, None)
+            track = None if stream is None else stream.parent or stream
+            if track is not None and self.producers.get(track.track_sid) is track:
+                # (a simulcast track closes at its first layer's CLOSE: the others find nothing)
+                del self.producers[track.track_sid]
+                for layer in track.layers:
+                    self._incoming.pop(self._numbers.pop(layer, -1), None)
+                self._end(track)
 
-    def expect(self, track_sid: str, kind: str) -> Producer:
+    def expect(self, track_sid: str, kind: str, rids: list[str] | None = None) -> Producer:
         """The far end's producer for a track the origin is about to send: there at once, with
-        the pipe's codecs, so a worker can subscribe its transports to it before the track
-        opens (they start at its first keyframe, asked for when it opens)."""
+        the pipe's codecs (and its simulcast layers, ``rids`` low to high, when the origin's
+        track has them), so a worker can subscribe its transports to it before the track opens
+        (they start at its first keyframe, asked for when it opens)."""
         producer = self.producers.get(track_sid)
         if producer is None:
             producer = self.producers[track_sid] = self._far_producer(track_sid, kind)
             producer.configure(list(pipe_codecs(kind)), {}, AUDIO_LEVEL_ID, 0, nack_enabled=True)
+        if rids and kind == "video" and [layer.rid for layer in producer.layers] != rids:
+            if producer.layers[0].parent is not None or producer.stats.packets:
+                # (consumers made on the old layers keep them: they get nothing until resubscribed)
+                logger.warning("pipe: track %s changes layers %s -> %s", track_sid, [l.rid for l in producer.layers], rids)
+            producer.set_layers(rids)
         return producer
 
     def _far_producer(self, sid: str, kind: str) -> Producer:
+        def number_of(ssrc: int) -> int | None:
+            """The origin's number of the stream (the layer) with ``ssrc``."""
+            track = self.producers.get(sid)
+            if track is None:
+                return None
+            layers = track.layers
+            stream = layers[0] if len(layers) == 1 else next((layer for layer in layers if layer.ssrc == ssrc), None)
+            return None if stream is None else self._numbers.get(stream)
+
         def send_pli(ssrc: int) -> None:
-            number = self._numbers.get(sid)
+            number = number_of(ssrc)
             if number is not None:
                 self._control(PLI, number)
 
         def send_nack(ssrc: int, lost: list[int]) -> None:
-            number = self._numbers.get(sid)
+            number = number_of(ssrc)
             if number is not None:
                 self._control(NACK, number, b"".join(seq.to_bytes(2, "big") for seq in lost))
 
         # The far producer's keyframe requester rate-limits and coalesces its subscribers'
-        # requests as at home; each PLI it lets through goes to the origin.
+        # requests as at home; each PLI it lets through goes to the origin. (A simulcast
+        # track's layers share these callbacks, and call them with their own SSRC.)
         return Producer(sid, cast(Kind, kind), send_pli, send_nack, cache_size=self._cache_size)
 
     def _open(self, number: int, info: dict[str, Any]) -> None:
         sid, kind = str(info["sid"]), str(info["kind"])
-        producer = self.expect(sid, kind)
-        ssrc = info.get("ssrc")
-        producer.set_ssrcs(ssrc if isinstance(ssrc, int) else None, None)
-        self._incoming[number] = producer
-        self._numbers[sid] = number
-        logger.debug("pipe: track %s (%s) opened as %d", sid, kind, number)
+        layers = info.get("layers") if isinstance(info.get("layers"), list) else None
+        rids = [str(layer["rid"]) for layer in layers] if layers else None
+        producer = self.expect(sid, kind, rids)
+        if layers and [layer.rid for layer in producer.layers] == rids:
+            streams = [(far, int(layer["number"]), layer.get("ssrc")) for far, layer in zip(producer.layers, layers)]
+        else:
+            streams = [(producer, number, info.get("ssrc"))]
+        for stream, stream_number, ssrc in streams:
+            stream.set_ssrcs(ssrc if isinstance(ssrc, int) else None, None)
+            self._incoming[stream_number] = stream
+            self._numbers[stream] = stream_number
+        logger.debug("pipe: track %s (%s) opened as %d (layers: %s)", sid, kind, number, rids)
         if self.on_open is not None:
             self.on_open(producer)
-        if producer.keyframe_requests_sent or producer.keyframe_requests_coalesced:
-            self._control(PLI, number)  # asked for before it opened (no number to send it with)
+        for stream, stream_number, _ in streams:
+            if stream.keyframe_requests_sent or stream.keyframe_requests_coalesced:
+                self._control(PLI, stream_number)  # asked for before it opened (no number to send it with)
 
     # --- lifecycle -------------------------------------------------------------------------
 
@@ -454,6 +501,7 @@ class PipeTransport:
         for producer in list(self.producers.values()):
             self._end(producer)
         self._incoming.clear()
+        self._numbers.clear()
         self.producers.clear()
         if self._sr_timer is not None:
             self._sr_timer.cancel()
@@ -531,8 +579,8 @@ class PipeHub:
     def send(self, peer: int, producer: Producer, fan_out: FanOut) -> None:
         self.pipe(peer).send_track(producer, fan_out)
 
-    def expect(self, peer: int, track_sid: str, kind: str) -> Producer:
-        return self.pipe(peer).expect(track_sid, kind)
+    def expect(self, peer: int, track_sid: str, kind: str, rids: list[str] | None = None) -> Producer:
+        return self.pipe(peer).expect(track_sid, kind, rids)
 
     def counters(self) -> PipeCounters:
         total = PipeCounters()

@@ -294,8 +294,10 @@ class RemoteMediaPlane:
             worker.channel.request("pipe_listen", {"peer": origin.index, "name": name}).add_done_callback(_quiet)
             origin.channel.request("pipe_connect", {"peer": worker.index, "name": name}).add_done_callback(_quiet)
         # in this order on each channel: the far worker has the proxy before any subscribe to it
+        # (with a simulcast track's RIDs: the far producer has its layers before any consumer)
+        piped.rids = list(source.rids)
         worker.channel.request("pipe_in", {"peer": origin.index, "h": piped.id, "track_sid": source.track_sid,
-                                           "kind": source.kind}).add_done_callback(_quiet)
+                                           "kind": source.kind, "rids": source.rids}).add_done_callback(_quiet)
         origin.channel.request("pipe_out", {"peer": worker.index, "h": source.id, "room": room_sid}).add_done_callback(_quiet)
         logger.info("track %s piped from media worker %d to %d", source.track_sid, origin.index, worker.index)
         return piped

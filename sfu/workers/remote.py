@@ -82,6 +82,7 @@ class RemoteSource(RemoteHandle):
     ) -> None:
         super().__init__(worker, transport, track_sid, kind)
         self._options = options
+        self.rids: list[str] = []  # a simulcast track's layers (from publication_ready), for the pipe
 
     @property
     def data_options(self) -> DataTrackOptions | None:
@@ -264,6 +265,8 @@ class RemoteTransport:
             if handle is None:
                 return  # (already unpublished or unsubscribed here)
             if event == "publication_ready":
+                if isinstance(handle, RemoteSource):
+                    handle.rids = [str(rid) for rid in data.get("rids") or ()]
                 listener.on_publication_ready(handle)  # type: ignore[arg-type]
             elif event == "publication_failed":
                 listener.on_publication_failed(handle, data["reason"])  # type: ignore[arg-type]

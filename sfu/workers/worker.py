@@ -68,7 +68,10 @@ class _Listener:
         self._send("offer", sdp=offer.sdp, revision=offer.revision, sections=sections)
 
     def on_publication_ready(self, source: TrackSource) -> None:
-        self._send("publication_ready", h=self.host.id_of(source))
+        # (a simulcast track's RIDs, low to high: a worker it is piped to makes the same layers)
+        layers = getattr(source, "layers", None) or ()
+        rids = [layer.rid for layer in layers] if len(layers) > 1 else []
+        self._send("publication_ready", h=self.host.id_of(source), rids=rids)
 
     def on_publication_failed(self, source: TrackSource, reason: str) -> None:
         self._send("publication_failed", h=self.host.id_of(source), reason=reason)
@@ -145,7 +148,7 @@ class WorkerHost:
             "pipe_listen": lambda d: self.pipes.listen(d["peer"], d["name"]),
             "pipe_connect": lambda d: self.pipes.connect(d["peer"], d["name"]),
             "pipe_out": self._pipe_out,
-            "pipe_in": lambda d: self.bind(d["h"], self.pipes.expect(d["peer"], d["track_sid"], d["kind"])),
+            "pipe_in": lambda d: self.bind(d["h"], self.pipes.expect(d["peer"], d["track_sid"], d["kind"], d.get("rids"))),
         }
         self.pipes = PipeHub(on_close=self._pipe_closed)
 
