@@ -427,11 +427,12 @@ async function join(event) {
     const tracks = [state.audio, state.video].filter((t) => t && !t.isStopped);
     // ICE servers come from the server (sfu serve --ice-server); ?iceTransportPolicy=relay
     // makes the call go through its TURN server only (to check that TURN works).
-<<<<<<< HEAD
-    const options = { name: roomName, tracks: [...tracks, chat], ...SPEAKER_AND_QUALITY_OPTIONS };
-=======
-    const options = { name: roomName, tracks: [...tracks, chat], preferredVideoCodecs: [{ codec: 'VP8', simulcast: true }] };
->>>>>>> layers
+    const options = {
+      name: roomName,
+      tracks: [...tracks, chat],
+      preferredVideoCodecs: [{ codec: 'VP8', simulcast: true }],
+      ...SPEAKER_AND_QUALITY_OPTIONS,
+    };
     if (state.iceTransportPolicy) options.iceTransportPolicy = state.iceTransportPolicy;
     const room = await Video.connect(token, options);
     state.chat = chat;
