@@ -452,7 +452,11 @@ class Peer(AsyncIOEventEmitter):
                     self._retired[transceiver] = self.revision
             waiter: asyncio.Future[None] = asyncio.get_running_loop().create_future()
             self._pending_answer = (self.revision, waiter)
-            videos = {str(t.mid) for t, p in self._publications.items() if p.kind == "video" and t.mid is not None}
+            # Simulcast rids go on the sections the SFU offers for publications; a participant
+            # that offers its own sections (the official SDK) lays out its simulcast itself.
+            videos = set() if self._client_offers else {
+                str(t.mid) for t, p in self._publications.items() if p.kind == "video" and t.mid is not None
+            }
             sdp = simulcast.offer_simulcast(self.pc.localDescription.sdp, videos)
             self.emit("offer", Offer(self._announce(sdp), self.revision, self.sections()))
             try:
