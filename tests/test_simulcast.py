@@ -69,6 +69,15 @@ class Frames:
         self._task.cancel()
 
 
+def manual_layers(server: Any, identity: str) -> None:
+    """Stop the subscriber's stream allocator, so the layers these tests set by hand stay
+    set (the allocator picks layers from bandwidth and render size: tests/test_allocation*.py)."""
+    for room in server.registry.rooms.values():
+        for p in room.participants.values():
+            if p.identity == identity:
+                p.transport.allocation.close()
+
+
 def consumer_of(server: Any, identity: str) -> Consumer | None:
     for room in server.registry.rooms.values():
         for p in room.participants.values():
@@ -124,7 +133,10 @@ async def test_python_clients_publish_layers_and_each_subscriber_gets_the_one_it
         assert [layer.rid for layer in producer.layers] == ["q", "h"]
         small_sink = await wait_for(lambda: consumer_of(server, "small"), message="small's consumer")
         large_sink = await wait_for(lambda: consumer_of(server, "large"), message="large's consumer")
+        manual_layers(server, "small")
+        manual_layers(server, "large")
         small_sink.set_target_layer(0)
+        large_sink.set_target_layer(1)
         readers = [Frames(await subscribed_media(small, "alice", "cam")), Frames(await subscribed_media(large, "alice", "cam"))]
         await readers[0].wait_width(320)
         await readers[1].wait_width(640)

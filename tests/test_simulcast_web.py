@@ -16,6 +16,7 @@ from sfu.media.producer import Producer
 
 from .conftest import DEADLINE, wait_for
 from .helpers.browser import Page, chromium, harness_site
+from .test_simulcast import manual_layers
 
 pytestmark = pytest.mark.browser  # real Chromium: deselect with -m 'not browser'
 
@@ -95,6 +96,8 @@ async def test_chromium_publishes_simulcast_and_each_subscriber_decodes_its_own_
 
             small_sink = await wait_for(lambda: next(iter(sinks(server, "small")), None), message="small's consumer")
             large_sink = await wait_for(lambda: next(iter(sinks(server, "large")), None), message="large's consumer")
+            manual_layers(server, "small")
+            manual_layers(server, "large")
             small_sink.set_target_layer(0)
             large_sink.set_target_layer(2)
             low = await watch(small, narrower_than=widths[0] + 1)
