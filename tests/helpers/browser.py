@@ -114,17 +114,14 @@ async def chromium(fake_ui: bool = True, extra_flags: list[str] | None = None) -
 
 
 @asynccontextmanager
-async def harness_site() -> AsyncIterator[str]:
-    """A loopback web server for the harness page, yielding its origin: an application's own
-    page on an origin other than the SFU's. (A page Playwright fulfils itself counts as public,
-    and Chromium's local-network checks keep it from reaching a loopback server at all.)"""
+async def loopback_site(routes: dict[str, Any]) -> AsyncIterator[str]:
+    """A loopback web server answering GET ``routes`` (path -> aiohttp handler), yielding its
+    origin: an application's own page on an origin other than the SFU's."""
     from aiohttp import web
 
-    async def harness(request: web.Request) -> web.Response:
-        return web.Response(text=HARNESS, content_type="text/html")
-
     app = web.Application()
-    app.router.add_get("/harness.html", harness)
+    for path, handler in routes.items():
+        app.router.add_get(path, handler)
     runner = web.AppRunner(app, access_log=None)
     await runner.setup()
     site = web.TCPSite(runner, "127.0.0.1", 0)
@@ -134,6 +131,20 @@ async def harness_site() -> AsyncIterator[str]:
         yield f"http://127.0.0.1:{port}"
     finally:
         await runner.cleanup()
+
+
+@asynccontextmanager
+async def harness_site() -> AsyncIterator[str]:
+    """A loopback web server for the harness page, yielding its origin. (A page Playwright
+    fulfils itself counts as public, and Chromium's local-network checks keep it from reaching
+    a loopback server at all.)"""
+    from aiohttp import web
+
+    async def harness(request: web.Request) -> web.Response:
+        return web.Response(text=HARNESS, content_type="text/html")
+
+    async with loopback_site({"/harness.html": harness}) as origin:
+        yield origin
 
 
 class Page:

@@ -25,6 +25,8 @@ from pathlib import Path
 
 import pytest
 
+from .browser import loopback_site
+
 VERSION = "2.36.0"
 MIN_JS = "package/dist/twilio-video.min.js"
 
@@ -126,18 +128,8 @@ async def sdk_site() -> AsyncIterator[str]:
     async def sdk(request: web.Request) -> web.Response:
         return web.Response(body=script, content_type="application/javascript")
 
-    app = web.Application()
-    app.router.add_get("/", page)
-    app.router.add_get("/twilio-video.min.js", sdk)
-    runner = web.AppRunner(app, access_log=None)
-    await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0)
-    await site.start()
-    port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
-    try:
-        yield f"http://127.0.0.1:{port}"
-    finally:
-        await runner.cleanup()
+    async with loopback_site({"/": page, "/twilio-video.min.js": sdk}) as origin:
+        yield origin
 
 
 if __name__ == "__main__":
